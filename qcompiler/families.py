@@ -1,0 +1,179 @@
+"""Model families as data: one JSON file per family under `qcompiler/families/` (or `$QCOMPILE_FAMILY_PATH`).
+
+Adding a family is adding a file; nothing here knows any family by name. A family file may carry
+`variants` (e.g. `tiny`): the same components, layer counts and attention kinds with other widths, so
+tests and the offline demo compile plans for exactly the model they run.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from qcompiler.errors import FamilyError
+from qcompiler.schemas import load_schema
+
+BUILTIN_FAMILY_DIR = Path(__file__).parent / "families"
+FAMILY_PATH_ENV = "QCOMPILE_FAMILY_PATH"
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    role: str
+    diffusers_class: str
+    num_layers: int
+    num_heads: int
+    head_dim: int
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    variant: str | None
+    description: str
+    pipeline_class: str
+    components: tuple[Component, ...]
+    attention_kinds: tuple[str, ...]
+    attention_modules: tuple[tuple[str, str], ...]  # (kind, module pattern), e.g. ("self", "blocks.{layer}.attn1")
+    boundary_ratio: float | None
+    num_train_timesteps: int
+    flow_shift: float
+    reference_shapes: tuple[tuple[str, Any], ...]
+    variants: tuple[str, ...]
+
+    @property
+    def display_name(self) -> str:
+        return f"{self.name} ({self.variant} variant)" if self.variant else self.name
+
+    def component(self, name: str) -> Component:
+        for component in self.components:
+            if component.name == name:
+                return component
+        raise KeyError(name)
+
+    @property
+    def component_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.components)
+
+    def shapes(self) -> dict[str, Any]:
+        return dict(self.reference_shapes)
+
+    def structure(self) -> dict[str, Any]:
+        """The part of the family a plan records and a runtime checks against the real pipeline."""
+        return {
+            "name": self.name,
+            "variant": self.variant,
+            "pipeline_class": self.pipeline_class,
+            "boundary_ratio": self.boundary_ratio,
+            "num_train_timesteps": self.num_train_timesteps,
+            "flow_shift": self.flow_shift,
+            "components": [
+                {
+                    "name": c.name,
+                    "diffusers_class": c.diffusers_class,
+                    "num_layers": c.num_layers,
+                    "num_heads": c.num_heads,
+                    "head_dim": c.head_dim,
+                }
+                for c in self.components
+            ],
+            "attention_kinds": {kind: {"module": module} for kind, module in self.attention_modules},
+            "reference_shapes": self.shapes(),
+        }
+
+
+def _family_dirs() -> list[Path]:
+    extra = [Path(p) for p in os.environ.get(FAMILY_PATH_ENV, "").split(os.pathsep) if p]
+    return [*extra, BUILTIN_FAMILY_DIR]
+
+
+@lru_cache(maxsize=8)
+def _load_family_files(dirs: tuple[Path, ...]) -> dict[str, dict]:
+    schema = load_schema("family")
+    found: dict[str, dict] = {}
+    for folder in dirs:
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.glob("*.json")):
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise FamilyError(f"{path}: not a readable JSON family file: {exc}") from None
+            errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(data), key=lambda e: list(e.path))
+            if errors:
+                where = "/".join(str(p) for p in errors[0].absolute_path) or "(top level)"
+                raise FamilyError(f"{path}: {where}: {errors[0].message} (see schemas/family.schema.json)")
+            # Earlier folders win, so a user's $QCOMPILE_FAMILY_PATH can override a built-in family.
+            found.setdefault(data["name"], data)
+    return found
+
+
+def _all_family_data() -> dict[str, dict]:
+    return _load_family_files(tuple(_family_dirs()))
+
+
+def family_names() -> list[str]:
+    return sorted(_all_family_data())
+
+
+def _build(data: dict, variant: str | None) -> Family:
+    components = [dict(c) for c in data["components"]]
+    scheduler = dict(data["scheduler"])
+    shapes = dict(data["reference_shapes"])
+    if variant is not None:
+        override = data.get("variants", {}).get(variant)
+        if override is None:
+            known = ", ".join(sorted(data.get("variants", {}))) or "none"
+            raise FamilyError(f"family {data['name']!r} has no variant {variant!r} (variants: {known})")
+        by_name = {c["name"]: c for c in override.get("components", [])}
+        for component in components:
+            component.update({k: v for k, v in by_name.get(component["name"], {}).items() if k != "name"})
+        scheduler.update(override.get("scheduler", {}))
+        shapes.update(override.get("reference_shapes", {}))
+    return Family(
+        name=data["name"],
+        variant=variant,
+        description=data["description"],
+        pipeline_class=data["pipeline_class"],
+        components=tuple(
+            Component(
+                name=c["name"],
+                role=c["role"],
+                diffusers_class=c["diffusers_class"],
+                num_layers=c["num_layers"],
+                num_heads=c["num_heads"],
+                head_dim=c["head_dim"],
+            )
+            for c in components
+        ),
+        attention_kinds=tuple(sorted(data["attention_kinds"])),
+        attention_modules=tuple(sorted((k, v["module"]) for k, v in data["attention_kinds"].items())),
+        boundary_ratio=data["boundary_ratio"],
+        num_train_timesteps=data["num_train_timesteps"],
+        flow_shift=scheduler["flow_shift"],
+        reference_shapes=tuple(sorted(shapes.items())),
+        variants=tuple(sorted(data.get("variants", {}))),
+    )
+
+
+def get_family(name: str, variant: str | None = None) -> Family:
+    """The family called `name`, optionally one of its variants. Raises FamilyError naming the known ones."""
+    data = _all_family_data().get(name)
+    if data is None:
+        known = family_names()
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise FamilyError(f"unknown model family {name!r}.{hint} Known families: {', '.join(known)}")
+    return _build(data, variant)
+
+
+def list_families() -> list[Family]:
+    return [get_family(name) for name in family_names()]
