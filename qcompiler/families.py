@@ -1,4 +1,4 @@
-"""Model families as data: one JSON file per family under `qcompiler/families/` (or `$QCOMPILE_FAMILY_PATH`).
+"""Model families as data: one JSON file per family under `qcompiler/family_data/` (or `$QCOMPILE_FAMILY_PATH`).
 
 Adding a family is adding a file; nothing here knows any family by name. A family file may carry
 `variants` (e.g. `tiny`): the same components, layer counts and attention kinds with other widths, so
@@ -20,7 +20,7 @@ import jsonschema
 from qcompiler.errors import FamilyError
 from qcompiler.schemas import load_schema
 
-BUILTIN_FAMILY_DIR = Path(__file__).parent / "families"
+BUILTIN_FAMILY_DIR = Path(__file__).parent / "family_data"
 FAMILY_PATH_ENV = "QCOMPILE_FAMILY_PATH"
 
 

@@ -1,0 +1,56 @@
+"""The `qcompile` command line. `qcompile RECIPE -o plan.json` compiles; subcommands do the rest.
+
+Commands live one per module in qcompiler/commands/ and are registered from COMMAND_MODULES, each module
+exposing `command` (a click.Command). Exit status: 0 success, 1 findings or a failed check, 2 usage errors.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from qcompiler import __version__
+from qcompiler.errors import QcompileError
+
+COMMAND_MODULES = ("compile", "lint", "show", "diff", "check", "schema", "families")
+DEFAULT_COMMAND = "compile"
+
+
+class _DefaultCommandGroup(click.Group):
+    """A group whose first argument, when it is not a subcommand, goes to the default `compile` command."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            args = [DEFAULT_COMMAND, *args]
+        elif args and args[0] in ("-o", "--output", "--steps", "--variant", "--strict"):
+            args = [DEFAULT_COMMAND, *args]
+        return super().parse_args(ctx, args)
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_usage("qcompile", "RECIPE -o plan.json [--steps N] [--variant tiny]\n       qcompile COMMAND [ARGS]...")
+
+
+@click.group(cls=_DefaultCommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="qcompile")
+def cli() -> None:
+    """Compile FP8-attention recipes into verified per-(step, layer) plans.
+
+    \b
+      qcompile recipes/wan22_i2v.yaml -o plan.json   compile a recipe
+      qcompile lint recipes/                          lint recipes (CI)
+      qcompile show plan.json                         heatmap and FP8 share
+    """
+
+
+for _name in COMMAND_MODULES:
+    cli.add_command(importlib.import_module(f"qcompiler.commands.{_name}").command)
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="qcompile", standalone_mode=True)
+    except QcompileError as exc:  # commands raise these for bad input; never show a traceback for them
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)

@@ -1,0 +1,1 @@
+"""One click command per module; qcompiler.cli registers the modules named in COMMAND_MODULES."""
