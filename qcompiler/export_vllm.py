@@ -281,11 +281,12 @@ def _not_expressible_message(plan: Plan, forced: tuple[Cell, ...], never: tuple[
     ]
     if forced:
         lines.append(
-            f"Keeping every FP8 cell of the plan would also run FP8 on these {len(forced)} cells it keeps native:"
+            f"Keeping every FP8 cell of the plan would also run FP8 on {_count(len(forced))} it keeps native:"
         )
         lines.extend(group_cells(forced))
     if never:
-        lines.append(f"These {len(never)} FP8 cells are of a kind vllm-omni never quantizes (they would run native):")
+        lines.append(f"{_count(len(never))} the plan runs in FP8 are of a kind vllm-omni never quantizes "
+                     "(they would run native):")
         lines.extend(group_cells(never))
     lines.append(
         f"Fix: pass --conservative to export the largest setting that keeps every native cell native "
@@ -294,6 +295,10 @@ def _not_expressible_message(plan: Plan, forced: tuple[Cell, ...], never: tuple[
         "steps for some layers)."
     )
     return "\n".join(lines)
+
+
+def _count(cells: int) -> str:
+    return f"{cells} cell" if cells == 1 else f"{cells} cells"
 
 
 def group_cells(cells: Iterable[Cell]) -> list[str]:
