@@ -19,10 +19,19 @@ DEFAULT_COMMAND = "compile"
 
 
 class _DefaultCommandGroup(click.Group):
-    """A group whose first argument, when it is not a subcommand, goes to the default `compile` command."""
+    """Subcommands imported on first use (startup stays fast); a first argument that is not a subcommand goes
+    to the default `compile` command, so `qcompile RECIPE -o plan.json` works."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMAND_MODULES:
+            return None
+        return importlib.import_module(f"qcompiler.commands.{name}").command
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and not args[0].startswith("-") and args[0] not in self.commands:
+        if args and not args[0].startswith("-") and args[0] not in COMMAND_MODULES:
             args = [DEFAULT_COMMAND, *args]
         elif args and args[0] in ("-o", "--output", "--steps", "--variant", "--strict"):
             args = [DEFAULT_COMMAND, *args]
@@ -44,13 +53,13 @@ def cli() -> None:
     """
 
 
-for _name in COMMAND_MODULES:
-    cli.add_command(importlib.import_module(f"qcompiler.commands.{_name}").command)
-
-
 def main() -> None:
     try:
         cli.main(prog_name="qcompile", standalone_mode=True)
     except QcompileError as exc:  # commands raise these for bad input; never show a traceback for them
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

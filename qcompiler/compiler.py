@@ -11,9 +11,9 @@ from typing import Any
 from qcompiler import __version__
 from qcompiler.errors import Diagnostic, FamilyError, RecipeError
 from qcompiler.families import Family, get_family
-from qcompiler.plan import PLAN_FORMAT, Plan, content_sha256, table_to_rows
+from qcompiler.plan import PLAN_FORMAT, Plan, content_sha256
 from qcompiler.recipe_schema import schema_diagnostics
-from qcompiler.resolve import RuleSelection, predict_expert_schedule, resolve_tables
+from qcompiler.resolve import RuleSelection, masks_to_rows, predict_expert_schedule, resolve_tables
 from qcompiler.selectors import SelectorError, select
 from qcompiler.yaml_source import SourceDocument, YamlLoadError, decode_recipe_bytes, parse_yaml, read_recipe_text
 
@@ -46,28 +46,33 @@ def compile_source(
     name: str = "<string>",
     steps: int | None = None,
     variant: str | None = None,
+    build_plan: bool = True,
 ) -> CompileResult:
-    """Compile recipe bytes or text; never raises for bad input (findings go into the result)."""
+    """Compile recipe bytes or text; never raises for bad input (findings go into the result).
+
+    build_plan=False (linting) stops after resolution: every finding, no plan object.
+    """
     try:
         text = decode_recipe_bytes(raw, name) if isinstance(raw, bytes) else raw
         doc = parse_yaml(text, name)
     except YamlLoadError as exc:
         return CompileResult(None, [exc.diagnostic])
     recipe_bytes = raw if isinstance(raw, bytes) else raw.encode("utf-8")
-    return _compile_document(doc, hashlib.sha256(recipe_bytes).hexdigest(), steps, variant)
+    return _compile_document(doc, hashlib.sha256(recipe_bytes).hexdigest(), steps, variant, build_plan)
 
 
-def compile_path(path: str | os.PathLike[str], *, steps: int | None = None, variant: str | None = None) -> CompileResult:
+def compile_path(path: str | os.PathLike[str], *, steps: int | None = None, variant: str | None = None,
+                 build_plan: bool = True) -> CompileResult:
     display = str(path)
     try:
         text = read_recipe_text(Path(path), display)
     except YamlLoadError as exc:
         return CompileResult(None, [exc.diagnostic])
-    result = compile_source(text, name=display, steps=steps, variant=variant)
-    return result
+    return compile_source(text, name=display, steps=steps, variant=variant, build_plan=build_plan)
 
 
-def _compile_document(doc: SourceDocument, recipe_sha: str, steps: int | None, variant: str | None) -> CompileResult:
+def _compile_document(doc: SourceDocument, recipe_sha: str, steps: int | None, variant: str | None,
+                      build_plan: bool) -> CompileResult:
     findings = list(schema_diagnostics(doc))
     data: dict[str, Any] = doc.data
     family = _family_or_finding(doc, variant, findings)
@@ -91,11 +96,13 @@ def _compile_document(doc: SourceDocument, recipe_sha: str, steps: int | None, v
                 "(from `default` or an earlier rule)",
                 "remove the rule, or change its selectors or precision; --strict makes this an error",
             ))
-    if not any(any(row) for table in resolution.tables.values() for row in table):
+    if not any(any(masks) for masks in resolution.masks.values()):
         findings.append(Diagnostic(doc.path, 0, 0, "warning", "QC202", "the plan runs no attention call in FP8",
                                    "set `default: fp8` or add a rule with `precision: fp8`"))
+    if not build_plan:
+        return CompileResult(None, findings)
     plan_data = _plan_data(doc, data, family, num_steps, recipe_sha, resolution)
-    return CompileResult(Plan.from_dict(plan_data), findings)
+    return CompileResult(Plan.from_dict(plan_data, trusted=True), findings)
 
 
 def _family_or_finding(doc: SourceDocument, variant: str | None, findings: list[Diagnostic]) -> Family | None:
@@ -173,19 +180,12 @@ def _select_or_finding(doc: SourceDocument, index: int, key: str, value: Any, le
         return None
 
 
-def _changed_rows(cells: frozenset[tuple[int, int]], num_steps: int, num_layers: int) -> list[str]:
-    rows = [["0"] * num_layers for _ in range(num_steps)]
-    for step, layer in cells:
-        rows[step][layer] = "1"
-    return ["".join(row) for row in rows]
-
-
 def _plan_data(doc: SourceDocument, data: dict, family: Family, num_steps: int, recipe_sha: str, resolution) -> dict:
     numerics = data.get("numerics") or {}
-    layers = {c.name: c.num_layers for c in family.components}
+    layers = resolution.num_layers
     tables: dict[str, dict[str, list[str]]] = {}
-    for (component, kind), table in resolution.tables.items():
-        tables.setdefault(component, {})[kind] = table_to_rows(table)
+    for component, kind in resolution.masks:
+        tables.setdefault(component, {})[kind] = resolution.rows(component, kind)
     plan: dict[str, Any] = {
         "plan_format": PLAN_FORMAT,
         "compiler": {"name": "qcompile", "version": __version__},
@@ -209,8 +209,8 @@ def _plan_data(doc: SourceDocument, data: dict, family: Family, num_steps: int, 
                 "cells_changed": effect.cells_changed,
                 "changed": {
                     component: {
-                        kind: _changed_rows(cells, num_steps, layers[component])
-                        for (comp, kind), cells in sorted(effect.changed.items()) if comp == component
+                        kind: masks_to_rows(masks, layers[component])
+                        for (comp, kind), masks in sorted(effect.changed.items()) if comp == component
                     }
                     for component in sorted({comp for comp, _ in effect.changed})
                 },

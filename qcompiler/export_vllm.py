@@ -228,7 +228,7 @@ def _best_rectangle(rows: Mapping[int, frozenset[int]]) -> tuple[frozenset[int],
     the candidates are the closure of the distinct rows under intersection, each scored with every step whose
     row contains it. When that closure passes _MAX_EXACT_CANDIDATES (many distinct irregular rows), a greedy
     search takes over: start from all FP8 steps and repeatedly drop the step whose removal leaves the largest
-    rectangle, keeping the best seen. Either way every cell of the result is an FP8 cell of the plan, which is
+    rectangle, keeping the best seen (and never less than the widest single step). Either way every cell of the result is an FP8 cell of the plan, which is
     the safety property; only optimality is lost in the greedy case. Ties go to more steps, then lower layers.
     """
     if not rows:
@@ -252,7 +252,9 @@ def _best_rectangle(rows: Mapping[int, frozenset[int]]) -> tuple[frozenset[int],
 
 def _greedy_rectangle(rows: Mapping[int, frozenset[int]]) -> tuple[frozenset[int], frozenset[int]]:
     steps = set(rows)
-    best = (0, frozenset(), frozenset())
+    # A single step's row is always a rectangle; starting from the widest one means greedy never returns less.
+    widest = max(sorted(rows), key=lambda step: len(rows[step]))
+    best = (len(rows[widest]), frozenset({widest}), rows[widest])
     while steps:
         layers = frozenset.intersection(*(rows[s] for s in steps))
         if len(steps) * len(layers) > best[0]:

@@ -15,10 +15,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-
 from qcompiler.errors import FamilyError
-from qcompiler.schemas import load_schema
+from qcompiler.schema_check import checker
 
 BUILTIN_FAMILY_DIR = Path(__file__).parent / "family_data"
 FAMILY_PATH_ENV = "QCOMPILE_FAMILY_PATH"
@@ -97,7 +95,6 @@ def _family_dirs() -> list[Path]:
 
 @lru_cache(maxsize=8)
 def _load_family_files(dirs: tuple[Path, ...]) -> dict[str, dict]:
-    schema = load_schema("family")
     found: dict[str, dict] = {}
     for folder in dirs:
         if not folder.is_dir():
@@ -107,7 +104,7 @@ def _load_family_files(dirs: tuple[Path, ...]) -> dict[str, dict]:
                 data = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise FamilyError(f"{path}: not a readable JSON family file: {exc}") from None
-            errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(data), key=lambda e: list(e.path))
+            errors = sorted(checker("family").iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
             if errors:
                 where = "/".join(str(p) for p in errors[0].absolute_path) or "(top level)"
                 raise FamilyError(f"{path}: {where}: {errors[0].message} (see schemas/family.schema.json)")

@@ -10,14 +10,13 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
-
-import jsonschema
+from typing import Any
 
 from qcompiler.errors import PlanError
-from qcompiler.schemas import load_schema
+from qcompiler.schema_check import checker
 
 PLAN_FORMAT = 1
 FP8 = "1"
@@ -39,12 +38,16 @@ def content_sha256(data: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(meaningful).encode("ascii")).hexdigest()
 
 
+_CELL_OF_CHAR = {FP8: True, NATIVE: False}
+_CHAR_OF_CELL = {True: FP8, False: NATIVE}
+
+
 def rows_to_table(rows: list[str] | tuple[str, ...]) -> Table:
-    return tuple(tuple(ch == FP8 for ch in row) for row in rows)
+    return tuple(tuple(map(_CELL_OF_CHAR.__getitem__, row)) for row in rows)
 
 
 def table_to_rows(table: Table) -> list[str]:
-    return ["".join(FP8 if cell else NATIVE for cell in row) for row in table]
+    return ["".join(map(_CHAR_OF_CELL.__getitem__, row)) for row in table]
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,10 @@ class Plan:
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, verify_hash: bool = True) -> "Plan":
-        validate_plan_dict(data, verify_hash=verify_hash)
+    def from_dict(cls, data: Mapping[str, Any], *, verify_hash: bool = True, trusted: bool = False) -> Plan:
+        """Verify and freeze plan data. `trusted` skips verification for data the compiler has just built."""
+        if not trusted:
+            validate_plan_dict(data, verify_hash=verify_hash)
         tables = {
             (component, kind): rows_to_table(rows)
             for component, kinds in data["tables"].items()
@@ -137,9 +142,7 @@ def validate_plan_dict(data: Any, *, verify_hash: bool = True) -> None:
             f"plan_format {version!r} is not supported (this qcompile reads format {PLAN_FORMAT}); "
             "recompile the recipe with this qcompile: qcompile RECIPE -o plan.json"
         )
-    errors = sorted(
-        jsonschema.Draft202012Validator(load_schema("plan")).iter_errors(data), key=lambda e: list(e.absolute_path)
-    )
+    errors = sorted(checker("plan").iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
         error = errors[0]
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
@@ -172,7 +175,7 @@ def _check_table_shapes(data: Mapping[str, Any]) -> None:
         raise PlanError(f"expert_schedule has {len(data['expert_schedule'])} entries for {steps} steps")
 
 
-def load_plan(source: "str | os.PathLike[str] | Mapping[str, Any] | Plan") -> Plan:
+def load_plan(source: str | os.PathLike[str] | Mapping[str, Any] | Plan) -> Plan:
     """Load and verify a plan from a path, a parsed JSON mapping or a Plan. Raises PlanError."""
     if isinstance(source, Plan):
         return source
@@ -197,7 +200,7 @@ def load_plan(source: "str | os.PathLike[str] | Mapping[str, Any] | Plan") -> Pl
         raise PlanError(f"{path}: {exc}") from None
 
 
-def write_text_atomically(path: "str | os.PathLike[str]", text: str) -> None:
+def write_text_atomically(path: str | os.PathLike[str], text: str) -> None:
     """Write via a temp file in the same folder and os.replace: readers see the old file or the new, never half."""
     target = Path(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
@@ -212,7 +215,7 @@ def write_text_atomically(path: "str | os.PathLike[str]", text: str) -> None:
         raise
 
 
-def write_plan(plan: "Plan | Mapping[str, Any]", path: "str | os.PathLike[str]") -> None:
+def write_plan(plan: Plan | Mapping[str, Any], path: str | os.PathLike[str]) -> None:
     text = plan.to_json() if isinstance(plan, Plan) else plan_json(plan)
     write_text_atomically(path, text)
 
@@ -233,16 +236,18 @@ class _FrozenDict(dict):
 
 
 def _freeze(value: Any) -> Any:
-    if isinstance(value, Mapping):
+    kind = type(value)
+    if kind is dict or kind is _FrozenDict:
         return _FrozenDict({k: _freeze(v) for k, v in value.items()})
-    if isinstance(value, (list, tuple)):
+    if kind is list or kind is tuple:
         return tuple(_freeze(v) for v in value)
     return value
 
 
 def _thaw(value: Any) -> Any:
-    if isinstance(value, Mapping):
+    kind = type(value)
+    if kind is dict or kind is _FrozenDict:
         return {k: _thaw(v) for k, v in value.items()}
-    if isinstance(value, tuple):
+    if kind is tuple or kind is list:
         return [_thaw(v) for v in value]
     return value

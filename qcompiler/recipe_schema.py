@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import difflib
-from typing import Any, Iterator
-
-import jsonschema
+from collections.abc import Iterator
+from typing import Any
 
 from qcompiler.errors import Diagnostic
-from qcompiler.schemas import load_schema
+from qcompiler.schema_check import SchemaViolation, checker
 from qcompiler.yaml_source import SourceDocument
 
 SELECTOR_KEYS = ("steps", "layers")  # checked by qcompiler.selectors, which gives better messages
@@ -36,15 +35,14 @@ def _subschema_description(schema: dict) -> str:
 
 
 def schema_diagnostics(doc: SourceDocument) -> Iterator[Diagnostic]:
-    validator = jsonschema.Draft202012Validator(load_schema("recipe"))
-    for error in sorted(validator.iter_errors(doc.data), key=lambda e: [str(p) for p in e.absolute_path]):
+    for error in sorted(checker("recipe").iter_errors(doc.data), key=lambda e: [str(p) for p in e.absolute_path]):
         path = tuple(error.absolute_path)
         if path and path[-1] in SELECTOR_KEYS or (len(path) >= 2 and path[-2] in SELECTOR_KEYS):
             continue
         yield from _diagnose(doc, error, path)
 
 
-def _diagnose(doc: SourceDocument, error: jsonschema.ValidationError, path: tuple) -> Iterator[Diagnostic]:
+def _diagnose(doc: SourceDocument, error: SchemaViolation, path: tuple) -> Iterator[Diagnostic]:
     where = _dotted(path)
     validator = error.validator
     if validator == "additionalProperties":

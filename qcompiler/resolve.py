@@ -28,17 +28,35 @@ class RuleSelection:
 class RuleEffect:
     name: str
     precision: str
-    changed: dict[tuple[str, str], frozenset[tuple[int, int]]]  # (component, kind) -> {(step, layer)}
+    # (component, kind) -> one int per step whose bit `layer` is set where this rule changed the cell
+    changed: dict[tuple[str, str], tuple[int, ...]]
 
     @property
     def cells_changed(self) -> int:
-        return sum(len(cells) for cells in self.changed.values())
+        return sum(mask.bit_count() for masks in self.changed.values() for mask in masks)
 
 
 @dataclass(frozen=True)
 class Resolution:
-    tables: dict[tuple[str, str], tuple[tuple[bool, ...], ...]]
+    # (component, kind) -> one int per step; bit `layer` set = FP8. Bitmasks make a rule O(steps), not O(cells).
+    masks: dict[tuple[str, str], tuple[int, ...]]
+    num_layers: dict[str, int]
     effects: tuple[RuleEffect, ...]
+
+    def rows(self, component: str, kind: str) -> list[str]:
+        return masks_to_rows(self.masks[(component, kind)], self.num_layers[component])
+
+
+def masks_to_rows(masks: tuple[int, ...], num_layers: int) -> list[str]:
+    """Bit `layer` of each mask -> character `layer` of each row ('1' FP8, '0' native)."""
+    return [format(mask, f"0{num_layers}b")[::-1] for mask in masks]
+
+
+def _mask_of(layers: frozenset[int]) -> int:
+    mask = 0
+    for layer in layers:
+        mask |= 1 << layer
+    return mask
 
 
 def resolve_tables(
@@ -49,30 +67,34 @@ def resolve_tables(
     default_fp8: bool,
     rules: list[RuleSelection],
 ) -> Resolution:
-    grids: dict[tuple[str, str], list[list[bool]]] = {}
+    grids: dict[tuple[str, str], list[int]] = {}
     for component in family.components:
+        full = (1 << component.num_layers) - 1
         for kind in family.attention_kinds:
             in_scope = component.name in scope_components and kind in scope_kinds
-            grids[(component.name, kind)] = [[default_fp8 and in_scope] * component.num_layers for _ in range(num_steps)]
+            grids[(component.name, kind)] = [full if default_fp8 and in_scope else 0] * num_steps
     effects = []
     for rule in rules:
-        value = rule.precision == "fp8"
-        changed: dict[tuple[str, str], frozenset[tuple[int, int]]] = {}
+        layer_mask = _mask_of(rule.layers)
+        set_fp8 = rule.precision == "fp8"
+        changed: dict[tuple[str, str], tuple[int, ...]] = {}
         for component in rule.components:
             for kind in rule.kinds:
                 grid = grids[(component, kind)]
-                cells = set()
+                diff = [0] * num_steps
                 for step in rule.steps:
-                    row = grid[step]
-                    for layer in rule.layers:
-                        if row[layer] != value:
-                            row[layer] = value
-                            cells.add((step, layer))
-                if cells:
-                    changed[(component, kind)] = frozenset(cells)
+                    before = grid[step]
+                    after = before | layer_mask if set_fp8 else before & ~layer_mask
+                    diff[step] = before ^ after
+                    grid[step] = after
+                if any(diff):
+                    changed[(component, kind)] = tuple(diff)
         effects.append(RuleEffect(rule.name, rule.precision, changed))
-    tables = {key: tuple(tuple(row) for row in grid) for key, grid in grids.items()}
-    return Resolution(tables=tables, effects=tuple(effects))
+    return Resolution(
+        masks={key: tuple(grid) for key, grid in grids.items()},
+        num_layers={c.name: c.num_layers for c in family.components},
+        effects=tuple(effects),
+    )
 
 
 def predict_expert_schedule(family: Family, num_steps: int) -> list[str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 _CANDIDATE_DIRS = (
@@ -20,6 +20,6 @@ def schema_path(name: str) -> Path:
     raise FileNotFoundError(f"schema {name!r} not found in {', '.join(str(d) for d in _CANDIDATE_DIRS)}")
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_schema(name: str) -> dict:
     return json.loads(schema_path(name).read_text(encoding="utf-8"))

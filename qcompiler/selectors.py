@@ -26,7 +26,7 @@ from typing import Any
 MAX_SELECTOR_LENGTH = 1000  # longer strings are not hand-written selectors
 MAX_INDEX_DIGITS = 9
 
-_NUMBER = r"(\d{1,%d})" % MAX_INDEX_DIGITS
+_NUMBER = rf"(\d{{1,{MAX_INDEX_DIGITS}}})"
 _RANGE = re.compile(rf"^{_NUMBER}\s*-\s*{_NUMBER}?$")
 _SINGLE = re.compile(rf"^{_NUMBER}$")
 _FIRST_LAST = re.compile(rf"^(first|last)\s+{_NUMBER}$")
@@ -154,7 +154,7 @@ def _select_term(term: str, length: int, axis: str, offset: int) -> frozenset[in
         count = -((-percent * length) // 100)  # ceil(percent * length / 100), exact with fractions
         return _first_last(match.group(1), int(count), length, axis, offset, term)
     if term.startswith("-") or re.match(r"^-\s*\d", term):
-        raise SelectorError("QC130", f"negative {axis} index in {term!r}", f"indices start at 0; use `last N` to count from the end", offset)
+        raise SelectorError("QC130", f"negative {axis} index in {term!r}", "indices start at 0; use `last N` to count from the end", offset)
     raise SelectorError(
         "QC130", f"cannot read {axis} selector item {term!r}",
         "items are: N, A-B (inclusive), A-, all, first N, last N, A-B/S" + (", first P%, last P%" if axis == "steps" else ""),

@@ -18,6 +18,9 @@ import yaml
 
 from qcompiler.errors import Diagnostic
 
+# libyaml's C loader when PyYAML was built with it (same nodes and marks, several times faster).
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 PathKey = tuple  # a path into the document, e.g. ("rules", 0, "steps")
 
 MAX_DOCUMENT_BYTES = 1_000_000  # a recipe is a page of YAML; anything bigger is not a recipe
@@ -117,7 +120,7 @@ def parse_yaml(text: str, display: str) -> SourceDocument:
     if tab is not None:
         raise _fail(display, tab[0], tab[1], "QC005", "tab character in indentation; YAML indents with spaces only", "replace the tab with spaces")
     try:
-        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        nodes = list(yaml.compose_all(text, Loader=_LOADER))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (0, 0)
@@ -157,7 +160,9 @@ def _tab_in_indentation(text: str) -> tuple[int, int] | None:
 
 def _check_no_aliases(text: str, display: str) -> None:
     # Anchors and aliases are refused before any expansion happens, so an alias bomb costs nothing.
-    for token in yaml.scan(text, Loader=yaml.SafeLoader):
+    if "&" not in text and "*" not in text and "!" not in text:
+        return  # no anchor, alias or tag can be written without one of these characters
+    for token in yaml.scan(text, Loader=_LOADER):
         if isinstance(token, (yaml.AnchorToken, yaml.AliasToken)):
             mark = token.start_mark
             raise _fail(
@@ -202,7 +207,7 @@ def _convert(node: yaml.Node, path: PathKey, doc: SourceDocument) -> Any:
 def _convert_scalar_key(node: yaml.Node, display: str) -> str:
     if not isinstance(node, yaml.ScalarNode):
         raise _fail(display, node.start_mark.line + 1, node.start_mark.column + 1, "QC005", "keys must be plain words", "")
-    if node.style is None and _BOOL_WORDS_11.match(node.value):
+    if node.style in (None, "") and _BOOL_WORDS_11.match(node.value):
         raise _fail(
             display, node.start_mark.line + 1, node.start_mark.column + 1, "QC102",
             f"key {node.value!r} is read by YAML 1.1 as a boolean, not as the word",
@@ -213,7 +218,7 @@ def _convert_scalar_key(node: yaml.Node, display: str) -> str:
 
 def _convert_scalar(node: yaml.ScalarNode, display: str) -> Any:
     text = node.value
-    if node.style is not None:  # quoted or block scalar: always a string
+    if node.style not in (None, ""):  # quoted or block scalar: always a string (libyaml marks plain as "")
         return text
     line, column = node.start_mark.line + 1, node.start_mark.column + 1
     if text in _NULL_12:

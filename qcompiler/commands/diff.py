@@ -13,9 +13,9 @@ def table_differences(a: Plan, b: Plan) -> list[str]:
     lines = []
     for component in a.component_names:
         for kind in a.attention_kinds:
-            for step, (row_a, row_b) in enumerate(zip(a.table(component, kind), b.table(component, kind))):
-                to_fp8 = [layer for layer, (x, y) in enumerate(zip(row_a, row_b)) if not x and y]
-                to_native = [layer for layer, (x, y) in enumerate(zip(row_a, row_b)) if x and not y]
+            for step, (row_a, row_b) in enumerate(zip(a.table(component, kind), b.table(component, kind), strict=True)):
+                to_fp8 = [layer for layer, (x, y) in enumerate(zip(row_a, row_b, strict=True)) if not x and y]
+                to_native = [layer for layer, (x, y) in enumerate(zip(row_a, row_b, strict=True)) if x and not y]
                 parts = []
                 if to_fp8:
                     parts.append(f"native -> fp8 layers {describe_indices(to_fp8)}")

@@ -38,7 +38,7 @@ def command(paths: tuple[str, ...], strict: bool, steps: int | None, fmt: str) -
         raise click.UsageError(f"no .yaml/.yml recipes found in {', '.join(paths)}")
     findings: list[Diagnostic] = []
     for recipe in recipes:
-        findings.extend(compile_path(recipe, steps=steps).diagnostics)
+        findings.extend(compile_path(recipe, steps=steps, build_plan=False).diagnostics)
     if findings:
         click.echo(format_diagnostics(findings, fmt), nl=False)
     errors = sum(d.severity == "error" for d in findings)
