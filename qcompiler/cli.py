@@ -14,7 +14,7 @@ import click
 from qcompiler import __version__
 from qcompiler.errors import QcompileError
 
-COMMAND_MODULES = ("compile", "lint", "show", "diff", "check", "schema", "families", "export", "patch")
+COMMAND_MODULES = ("compile", "lint", "show", "diff", "check", "schema", "families", "export", "patch", "suggest")
 DEFAULT_COMMAND = "compile"
 
 

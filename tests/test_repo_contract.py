@@ -1,0 +1,46 @@
+"""Promises the repository makes to newcomers and CI: README commands, CI script, pre-commit hooks."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+
+import yaml
+
+from tests.conftest import REPO_ROOT
+
+
+def _readme_test_command() -> str:
+    lines = (REPO_ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    marker = lines.index("<!-- test-command -->")
+    assert lines[marker + 1] == "```"
+    return lines[marker + 2]
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    command = _readme_test_command()
+    extracted = subprocess.run(
+        ["awk", '/<!-- test-command -->/ {getline; getline; print; exit}', "README.md"],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    assert extracted == command
+    assert 'bash -c "$test_command"' in (REPO_ROOT / ".ci/run").read_text()
+    assert "torch==2.13.0" in command and command.index("torch==2.13.0") < command.index(".[runtime,dev]")
+
+
+def test_readme_starts_with_the_main_job_then_the_tests():
+    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = [b.split("\n", 1)[1].strip() for b in text.split("```")[1::2]][:2]
+    main_job, tests = blocks
+    assert "qcompile recipes/wan22_i2v.yaml --variant tiny -o plan.json" in main_job
+    assert "python -m runtime.demo plan.json" in main_job
+    assert tests == _readme_test_command()
+
+
+def test_pre_commit_hooks_run_real_commands():
+    hooks = yaml.safe_load((REPO_ROOT / ".pre-commit-hooks.yaml").read_text())
+    assert {hook["id"] for hook in hooks} == {"qcompile-lint", "qcompile-check"}
+    for hook in hooks:
+        program, subcommand = shlex.split(hook["entry"])[:2]
+        assert program == "qcompile" and subcommand in ("lint", "check")
+        assert hook["language"] == "python"
