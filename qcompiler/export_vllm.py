@@ -24,7 +24,7 @@ from qcompiler.plan import Plan
 
 # vllm-omni quantizes only Wan's self-attention (attn1); it opts cross-attention (text K/V of 512 tokens) out
 # as no faster and worse in quality. Cells of any other kind can only ever run native there.
-QUANTIZED_KINDS = ("self",)
+QUANTIZED_KIND = "self"
 
 # vllm-omni's numerics are fixed: msModelSlim's randomized Hadamard with seed 425500, no K-mean subtraction.
 VLLM_OMNI_ROTATION_SEED = 425500
@@ -143,18 +143,18 @@ def export_vllm_omni(plan: Plan, *, conservative: bool = False) -> VllmOmniSetti
     expressible setting that never runs FP8 on a cell the plan keeps native (see _best_rectangle).
     """
     served = _served_fp8_layers(plan)
-    self_rows = {step: layers for (kind, step), layers in served.items() if kind in QUANTIZED_KINDS and layers}
+    self_rows = {step: layers for (kind, step), layers in served.items() if kind == QUANTIZED_KIND and layers}
     never = tuple(
         (plan.expert_schedule[step], kind, step, layer)
         for (kind, step), layers in sorted(served.items())
-        if kind not in QUANTIZED_KINDS
+        if kind != QUANTIZED_KIND
         for layer in sorted(layers)
     )
     planned = sum(len(layers) for layers in served.values())
     # The smallest rectangle holding every planned FP8 self cell: FP8 steps x union of FP8 layers.
     union = frozenset().union(*self_rows.values())
     forced = tuple(
-        (plan.expert_schedule[step], "self", step, layer)
+        (plan.expert_schedule[step], QUANTIZED_KIND, step, layer)
         for step, layers in sorted(self_rows.items())
         for layer in sorted(union - layers)
         if layer < _num_layers(plan, plan.expert_schedule[step])

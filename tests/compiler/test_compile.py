@@ -157,3 +157,14 @@ def test_interrupted_write_keeps_the_old_plan(tmp_path, monkeypatch):
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["plan.json"]  # no temp file left behind
     assert isinstance(load_plan(path), Plan)
+
+
+def test_written_plans_get_ordinary_permissions(tmp_path):
+    path = tmp_path / "plan.json"
+    write_plan(qcompiler.compile_recipe_text(VALID_RECIPE), path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    path.chmod(0o640)
+    write_plan(qcompiler.compile_recipe_text(VALID_RECIPE), path)
+    assert path.stat().st_mode & 0o777 == 0o640
