@@ -82,10 +82,10 @@ def test_show_heatmap_and_shares(repo_root):
     result = run("show", str(repo_root / "recipes/wan22_i2v.plan.json"))
     assert result.exit_code == 0, result.output
     assert "transformer / self-attention" in result.output
-    assert "  step    1  .#######################################   39/40 fp8" in result.output
-    # 4 steps x 40 layers x 2 kinds x 2 CFG branches = 640 calls. FP8: step 1 (transformer, 39 self layers)
-    # and step 2 (transformer_2, 38: its last block is native), x 2 branches = 154.
-    assert "154/640 attention calls = 24.1%" in result.output
+    assert "  step    1  .######################################.   38/40 fp8" in result.output
+    # 4 steps x 40 layers x 2 kinds x 2 CFG branches = 640 calls. FP8: steps 1 (transformer) and 2
+    # (transformer_2), 38 self-attention layers each (blocks 0 and 39 native), x 2 branches = 152.
+    assert "152/640 attention calls = 23.8%" in result.output
 
 
 def test_show_accepts_a_recipe_too(repo_root):
@@ -108,7 +108,7 @@ def test_check_detects_stale_and_missing_plans(tmp_path, repo_root):
     assert run("check", str(tmp_path / "r.yaml")).exit_code == 1  # missing plan
     assert run("check", "--write", str(tmp_path / "r.yaml")).exit_code == 0
     assert run("check", str(tmp_path / "r.yaml")).exit_code == 0
-    recipe = (tmp_path / "r.yaml").read_text().replace('layers: "0"\n', 'layers: "0-1"\n')
+    recipe = (tmp_path / "r.yaml").read_text().replace('layers: "0, 39"\n', 'layers: "0-1, 39"\n')
     (tmp_path / "r.yaml").write_text(recipe)
     result = run("check", str(tmp_path / "r.yaml"))
     assert result.exit_code == 1 and "is stale" in result.output and "fix: qcompile" in result.output

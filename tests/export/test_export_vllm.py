@@ -108,13 +108,26 @@ def test_conservative_notch_recipe_skips_the_layers_and_gives_up_six_cells():
     assert "gives up 6 of the plan's 154 FP8 cells" in exported.to_yaml()
 
 
-def test_one_layer_list_for_both_experts_the_shipped_recipe():
-    # recipes/wan22_i2v.yaml keeps layer 39 native in transformer_2 only: vllm-omni has one layer list.
+def test_the_shipped_recipe_exports_exactly():
+    # recipes/wan22_i2v.yaml is the seed's setting: native edge steps x native edge blocks, both experts.
     from pathlib import Path
 
     from qcompiler import compile_recipe_file
 
     plan = compile_recipe_file(Path(__file__).parents[2] / "recipes" / "wan22_i2v.yaml")
+    exported = export_vllm_omni(plan)
+    assert exported.engine_args() == {"diffusion_kv_cache_dtype": "fp8", "diffusion_kv_cache_skip_steps": "0,3",
+                                      "diffusion_kv_cache_skip_layers": "0,39"}
+    assert exported.given_up_cells == 0
+    assert vllm.decode(plan, vllm.flags(exported.to_flags())) == vllm.planned(plan)
+
+
+def test_one_layer_list_for_both_experts():
+    # Layer 39 native in transformer_2 only: vllm-omni has one layer list for both experts.
+    plan = compile_recipe_text(recipe(
+        "  - {name: edge, steps: \"0, last 1\", precision: native}\n"
+        "  - {name: first, layers: \"0\", precision: native}\n"
+        "  - {name: low-noise-last, components: [transformer_2], layers: \"39\", precision: native}\n"))
     assert plan.expert_schedule[1:3] == ("transformer", "transformer_2")
     with pytest.raises(NotExpressibleError) as caught:
         export_vllm_omni(plan)
