@@ -44,3 +44,15 @@ def test_pre_commit_hooks_run_real_commands():
         program, subcommand = shlex.split(hook["entry"])[:2]
         assert program == "qcompile" and subcommand in ("lint", "check")
         assert hook["language"] == "python"
+
+
+def test_every_package_is_installed():
+    import tomllib
+
+    listed = set(tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(init.parent.relative_to(REPO_ROOT).parts)
+        for top in ("qcompiler", "runtime")
+        for init in (REPO_ROOT / top).rglob("__init__.py")
+    }
+    assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages"
