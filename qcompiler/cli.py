@@ -14,7 +14,7 @@ import click
 from qcompiler import __version__
 from qcompiler.errors import QcompileError
 
-COMMAND_MODULES = ("compile", "lint", "show", "diff", "check", "schema", "families", "export", "patch", "suggest")
+COMMAND_MODULES = ("compile", "lint", "show", "diff", "check", "schema", "families", "export", "patch", "suggest", "report", "calibrate")
 DEFAULT_COMMAND = "compile"
 
 

@@ -1,0 +1,136 @@
+"""What a loaded plan costs when it should cost nothing (CPU figures; FP8 speed needs an NPU).
+
+1. Per-attention-call dispatch overhead (goal <= 5 us): the replacement processor around the stock one with a
+   native decision, plus the per-forward hook (step tracking, flag setting, counting) amortized over the
+   attention calls of one forward.
+2. Tiny Wan2.2 I2V pipeline wall time with an all-native plan loaded / with no plan, interleaved in one run
+   (goal <= 1.02x), and peak memory (max RSS) of each, measured in a fresh subprocess per case.
+
+    .venv/bin/python benchmarks/runtime_overhead.py [--repeats 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import runtime  # noqa: E402
+from qcompiler import compile_recipe_text  # noqa: E402
+from runtime.tiny import build_tiny_pipeline, run_tiny  # noqa: E402
+
+FAMILY = "wan2.2-i2v-a14b"
+ALL_NATIVE = f"""\
+version: 1
+family: {FAMILY}
+num_inference_steps: 4
+dtype: fp8_e4m3_per_block
+numerics: {{hadamard_rotation: true, rotation_seed: 425500}}
+fallback: error
+attention_kinds: [self, cross]
+components: [transformer, transformer_2]
+default: native
+"""
+
+
+def _per_call_seconds(fn, calls: int, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best
+
+
+def dispatch_overhead(pipe, plan, repeats: int) -> dict[str, float]:
+    attn = pipe.transformer.blocks[0].attn1
+    stock = attn.processor
+    hidden = torch.randn(1, 3, attn.inner_dim)
+    with torch.no_grad():
+        stock_s = _per_call_seconds(lambda: attn(hidden), 2000, repeats)
+        with runtime.load(pipe, plan) as handle:
+            planned_s = _per_call_seconds(lambda: attn(hidden), 2000, repeats)
+            # The per-forward hook on its own, at a real step of a real call.
+            hook = handle._hooks[0]
+            pipe.scheduler.set_timesteps(4)
+            pipe._current_timestep = pipe.scheduler.timesteps[0]
+            kwargs = {"hidden_states": torch.randn(1, 36, 3, 2, 2)}
+
+            def one_forward_of_hooks() -> None:
+                hook._pre_forward(pipe.transformer, (), kwargs)
+                hook._post_forward(pipe.transformer, (), kwargs, None)
+
+            hook_s = _per_call_seconds(one_forward_of_hooks, 500, repeats)
+            calls_per_forward = sum(len(procs) for _, procs in hook._by_kind)
+            pipe._current_timestep = None
+    assert attn.processor is stock
+    processor_us = (planned_s - stock_s) * 1e6
+    hook_us = hook_s * 1e6 / calls_per_forward
+    return {"stock_call_us": stock_s * 1e6, "processor_us": processor_us, "hook_per_forward_us": hook_s * 1e6,
+            "hook_amortized_us": hook_us, "total_us": processor_us + hook_us, "calls_per_forward": calls_per_forward}
+
+
+def wall_ratio(pipe, plan, repeats: int) -> tuple[float, float]:
+    run_tiny(pipe)  # warm-up
+    bare, loaded = [], []
+    for _ in range(repeats):  # interleaved, so drift in machine load hits both alike
+        start = time.perf_counter()
+        run_tiny(pipe)
+        bare.append(time.perf_counter() - start)
+        with runtime.load(pipe, plan):
+            start = time.perf_counter()
+            run_tiny(pipe)
+            loaded.append(time.perf_counter() - start)
+    return statistics.median(bare), statistics.median(loaded)
+
+
+def memory_case(case: str) -> None:
+    pipe = build_tiny_pipeline(FAMILY)
+    if case == "plan":
+        runtime.load(pipe, compile_recipe_text(ALL_NATIVE, name="all-native.yaml", variant="tiny"))
+    run_tiny(pipe)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
+
+
+def peak_rss_mib(case: str) -> float:
+    out = subprocess.run([sys.executable, __file__, "--memory-case", case], capture_output=True, text=True,
+                         check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return int(out.stdout.strip().splitlines()[-1]) / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--memory-case", choices=["bare", "plan"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # tiny tensors; avoids OpenMP spinning on a shared machine
+    if args.memory_case:
+        memory_case(args.memory_case)
+        return
+    pipe = build_tiny_pipeline(FAMILY)
+    plan = compile_recipe_text(ALL_NATIVE, name="all-native.yaml", variant="tiny")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
+    d = dispatch_overhead(pipe, plan, args.repeats)
+    print(f"dispatch overhead per attention call: {d['total_us']:.2f} us (goal <= 5 us) = processor "
+          f"{d['processor_us']:.2f} us + hook {d['hook_per_forward_us']:.1f} us per forward / "
+          f"{d['calls_per_forward']} calls ({d['hook_amortized_us']:.2f} us); stock call itself {d['stock_call_us']:.1f} us")
+    bare, loaded = wall_ratio(pipe, plan, args.repeats)
+    print(f"tiny {FAMILY} pipeline (4 steps, CFG, 2 x 40 layers): no plan {bare * 1000:.1f} ms, all-native plan "
+          f"{loaded * 1000:.1f} ms, ratio {loaded / bare:.4f}x (goal <= 1.02x; medians of {args.repeats})")
+    print(f"peak memory (max RSS, fresh process each): no plan {peak_rss_mib('bare'):.1f} MiB, "
+          f"all-native plan {peak_rss_mib('plan'):.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()

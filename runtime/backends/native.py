@@ -1,0 +1,17 @@
+"""Native attention: the stock diffusers dispatch (default backend), unquantized."""
+
+from __future__ import annotations
+
+import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+from runtime.backends.base import AttentionBackend
+
+
+class NativeBackend(AttentionBackend):
+    name = "native"
+
+    def attend(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rotation: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False)

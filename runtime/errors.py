@@ -1,0 +1,21 @@
+"""Errors the runtime raises on purpose: a user mistake or an environment limit, never a bug.
+
+All subclass `qcompiler.errors.QcompileError`, so the CLI prints them without a traceback.
+"""
+
+from __future__ import annotations
+
+from qcompiler.errors import QcompileError
+
+
+class PlanMismatchError(QcompileError):
+    """The plan does not fit the pipeline it is loaded into (family, components, layers, heads, head dim),
+    or the pipeline stopped following the step sequence the plan was laid out over."""
+
+
+class StepCountError(PlanMismatchError):
+    """The pipeline was called with a number of denoising steps the plan was not compiled for."""
+
+
+class BackendUnavailableError(QcompileError):
+    """The plan asks for FP8 attention that no available backend can serve, and its fallback policy is `error`."""

@@ -1,0 +1,136 @@
+"""`qcompile report` on the real tiny pipeline: cells, errors, end-to-end metrics, files."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from qcompiler.cli import cli
+from qcompiler.commands.report import DEFAULT_THROUGHPUT_RATIO as CLI_DEFAULT_RATIO
+from qcompiler.schemas import load_schema
+from runtime.metrics import PSNR_CAP_DB
+from runtime.quality_report import DEFAULT_THROUGHPUT_RATIO
+from runtime.report_render import heatmap_size
+from tests.quality.conftest import MIXED_RECIPE, STEPS
+
+
+def _ran(plan, observed):
+    """Every (component, kind, step, layer) the pipeline ran, from the runtime's observed expert schedule."""
+    return {
+        (component["name"], kind, step, layer)
+        for step, seen in enumerate(observed)
+        for component in plan.components
+        if seen and component["name"] in seen.split("+")
+        for kind in plan.attention_kinds
+        for layer in range(component["num_layers"])
+    }
+
+
+def test_report_has_one_cell_per_attention_site_that_ran(mixed_report, mixed_plan) -> None:
+    report, _ = mixed_report
+    cells = {(c["component"], c["kind"], c["step"], c["layer"]): c for c in report["cells"]}
+    assert set(cells) == _ran(mixed_plan, report["execution"]["observed_schedule"])
+    assert report["execution"]["matches_plan"] is True
+    for (component, kind, step, layer), cell in cells.items():
+        fp8 = mixed_plan.is_fp8(component, kind, step, layer)
+        assert cell["planned"] == ("fp8" if fp8 else "native")
+        assert cell["calls"] == 2  # classifier-free guidance: cond and uncond
+        assert cell["fp8_calls"] == (2 if fp8 else 0)
+
+
+def test_fp8_cells_have_nonzero_errors_and_native_cells_none(mixed_report) -> None:
+    report, _ = mixed_report
+    fp8 = [c for c in report["cells"] if c["planned"] == "fp8"]
+    native = [c for c in report["cells"] if c["planned"] == "native"]
+    assert fp8 and native
+    for cell in fp8:
+        assert 0.9 < cell["cos_sim"]["worst"] < 1.0
+        assert cell["rel_l1"]["worst"] > 0 and cell["rmse"]["worst"] > 0
+    assert all(c["cos_sim"] is None and c["rel_l1"] is None for c in native)
+    summary = report["summary"]
+    assert summary["per_call_error"]["cos_sim"]["worst"] == min(c["cos_sim"]["worst"] for c in fp8)
+    assert summary["worst_steps"][0]["cos_sim_worst"] == summary["per_call_error"]["cos_sim"]["worst"]
+    assert not summary["end_to_end"]["identical"] and summary["end_to_end"]["psnr_db"] < PSNR_CAP_DB
+
+
+def test_shares_are_counted_from_the_calls_and_shapes_seen(mixed_report) -> None:
+    summary = mixed_report[0]["summary"]
+    cells = mixed_report[0]["cells"]
+    assert summary["calls"]["fp8"] == sum(c["fp8_calls"] for c in cells)
+    assert summary["calls"]["total"] == sum(c["calls"] for c in cells)
+    assert summary["flops"]["total"] == sum(c["flops"] for c in cells) > 0
+    assert 0 < summary["flops"]["share"] < 1
+
+
+def test_all_native_plan_has_zero_error_and_capped_psnr(native_report) -> None:
+    summary = native_report["summary"]
+    assert summary["calls"]["fp8"] == 0 and summary["per_call_error"] is None
+    e2e = summary["end_to_end"]
+    assert e2e["identical"] is True and e2e["max_abs_diff"] == 0.0
+    assert e2e["psnr_db"] == PSNR_CAP_DB == e2e["psnr_cap_db"]
+    assert e2e["ssim"] == pytest.approx(1.0)
+    assert summary["estimate"]["attention_time_saved"] == 0.0
+
+
+def test_estimate_is_labelled_and_follows_the_formula(mixed_report) -> None:
+    estimate = mixed_report[0]["summary"]["estimate"]
+    assert estimate["kind"] == "estimate, not measured"
+    assert estimate["throughput_ratio"] == DEFAULT_THROUGHPUT_RATIO == CLI_DEFAULT_RATIO == pytest.approx(5.43 / 6.81, abs=5e-4)
+    assert estimate["attention_time_saved"] == pytest.approx(estimate["target_flop_share"] * (1 - DEFAULT_THROUGHPUT_RATIO))
+    markdown = (mixed_report[1] / "report.md").read_text()
+    assert "an estimate, not a measurement" in markdown
+
+
+def test_json_validates_and_pngs_are_images_of_the_documented_size(mixed_report, mixed_plan) -> None:
+    report, outdir = mixed_report
+    written = json.loads((outdir / "report.json").read_text())
+    jsonschema.Draft202012Validator(load_schema("report")).validate(written)
+    assert written == json.loads(json.dumps(report))
+    heatmaps = written["files"]["heatmaps"]
+    assert len(heatmaps) == 2 * len(mixed_plan.components) * len(mixed_plan.attention_kinds)
+    for item in heatmaps:
+        with Image.open(outdir / item["file"]) as image:
+            image.verify()
+        with Image.open(outdir / item["file"]) as image:
+            assert image.format == "PNG"
+            assert image.size == heatmap_size(STEPS, 40)
+
+
+def test_plan_heatmap_shows_fp8_and_native_cells(mixed_report) -> None:
+    from runtime.report_render import CELL, FP8_COLOR, LEFT, NATIVE_COLOR, TOP
+
+    _, outdir = mixed_report
+    with Image.open(outdir / "plan_transformer_self.png") as image:
+        rgb = image.convert("RGB")
+        # step 0, layer 0 is native (rule first-step-first-blocks); step 0, layer 10 is FP8.
+        assert rgb.getpixel((LEFT + CELL // 2, TOP + CELL // 2)) == NATIVE_COLOR
+        assert rgb.getpixel((LEFT + 10 * CELL + CELL // 2, TOP + CELL // 2)) == FP8_COLOR
+
+
+def test_cli_report_on_a_recipe_with_the_tiny_pipeline(tmp_path) -> None:
+    recipe = tmp_path / "mixed.yaml"
+    recipe.write_text(MIXED_RECIPE, encoding="utf-8")
+    outdir = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["report", str(recipe), "--pipeline", "tiny", "-o", str(outdir), "--no-progress",
+                                      "--throughput-ratio", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert "(estimate)" in result.output
+    report = json.loads((outdir / "report.json").read_text())
+    assert report["summary"]["estimate"]["throughput_ratio"] == 0.5
+    assert report["summary"]["estimate"]["throughput_ratio_source"] == "given with --throughput-ratio"
+
+
+def test_cli_report_errors_are_one_clear_line(tmp_path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(cli, ["report", str(tmp_path / "missing.json"), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "no such plan file" in result.output and "Traceback" not in result.output
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(MIXED_RECIPE, encoding="utf-8")
+    result = runner.invoke(cli, ["report", str(recipe), "--pipeline", str(tmp_path), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "model_index.json" in result.output and "Traceback" not in result.output
+    result = runner.invoke(cli, ["report", str(recipe), "--height", "20", "-o", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "multiples of 16" in result.output
