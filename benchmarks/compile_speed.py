@@ -61,7 +61,7 @@ def main() -> None:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, children inherit it
 
-    qcompile = [sys.executable, "-m", "qcompiler.cli"]
+    qcompile = [sys.executable, "-m", "qcompiler.entry"]  # what the `qcompile` console script runs
     with tempfile.TemporaryDirectory() as tmp:
         baseline = median_wall([sys.executable, "-c", "pass"], args.runs)
         compiled = median_wall([*qcompile, str(RECIPE), "-o", str(Path(tmp) / "plan.json")], args.runs)

@@ -1,7 +1,9 @@
 """The `qcompile` command line. `qcompile RECIPE -o plan.json` compiles; subcommands do the rest.
 
-Commands live one per module in qcompiler/commands/ and are registered from COMMAND_MODULES, each module
-exposing `command` (a click.Command). Exit status: 0 success, 1 findings or a failed check, 2 usage errors.
+Commands live one per module in qcompiler/commands/ and are registered from
+qcompiler.commands.COMMAND_MODULES, each module exposing `command` (a click.Command). The console script
+enters through qcompiler.entry, which runs the plain compile form without importing click.
+Exit status: 0 success, 1 findings or a failed check, 2 usage errors.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ import sys
 import click
 
 from qcompiler import __version__
+from qcompiler.commands import COMMAND_MODULES
 from qcompiler.errors import QcompileError
 
-COMMAND_MODULES = ("compile", "lint", "show", "diff", "check", "schema", "families", "export", "patch", "suggest", "report", "calibrate")
 DEFAULT_COMMAND = "compile"
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +23,12 @@ KV_BLOCK_TOKENS = 256
 DEFAULT_ROTATION_SEED = 425500  # the seed vllm-omni's msModelSlim rotation used
 
 
-@dataclass
 class CompileResult:
     """What compiling a recipe produced: a plan when there were no errors, and every finding."""
 
-    plan: Plan | None
-    diagnostics: list[Diagnostic] = field(default_factory=list)
+    def __init__(self, plan: Plan | None, diagnostics: list[Diagnostic] | None = None) -> None:
+        self.plan = plan
+        self.diagnostics = list(diagnostics or [])
 
     @property
     def errors(self) -> list[Diagnostic]:

@@ -10,10 +10,9 @@ from __future__ import annotations
 import difflib
 import json
 import os
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from qcompiler.errors import FamilyError
 from qcompiler.schema_check import checker
@@ -22,8 +21,7 @@ BUILTIN_FAMILY_DIR = Path(__file__).parent / "family_data"
 FAMILY_PATH_ENV = "QCOMPILE_FAMILY_PATH"
 
 
-@dataclass(frozen=True)
-class Component:
+class Component(NamedTuple):
     name: str
     role: str
     diffusers_class: str
@@ -32,8 +30,7 @@ class Component:
     head_dim: int
 
 
-@dataclass(frozen=True)
-class Family:
+class Family(NamedTuple):
     name: str
     variant: str | None
     description: str

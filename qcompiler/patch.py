@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qcompiler.atomic import write_bytes_atomically
 from qcompiler.errors import PlanError, QcompileError
 from qcompiler.plan import Plan, load_plan
 
@@ -281,17 +281,6 @@ def _config_bytes(config: Mapping[str, Any]) -> bytes:
 
 
 def _replace_bytes(path: Path, data: bytes, *, mode_of: Path) -> None:
-    """Atomic write that keeps `mode_of`'s permissions (mkstemp alone would leave the file 0600)."""
+    """Atomic write that keeps `mode_of`'s permissions."""
     mode = mode_of.stat().st_mode & 0o7777 if mode_of.exists() else None
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if mode is not None:
-            os.chmod(tmp_name, mode)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    write_bytes_atomically(path, data, mode=mode)

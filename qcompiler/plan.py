@@ -9,12 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qcompiler.atomic import write_bytes_atomically
 from qcompiler.errors import PlanError
 from qcompiler.schema_check import checker
 
@@ -50,12 +49,29 @@ def table_to_rows(table: Table) -> list[str]:
     return ["".join(map(_CHAR_OF_CELL.__getitem__, row)) for row in table]
 
 
-@dataclass(frozen=True)
 class Plan:
-    """A loaded, verified plan. `data` is the JSON document; tables are decoded once into tuples of bools."""
+    """A loaded, verified plan. `data` is the JSON document; tables are decoded once into tuples of bools.
 
-    data: Mapping[str, Any]
-    tables: Mapping[tuple[str, str], Table]
+    Immutable: `data` and `tables` are read-only mappings and the attributes cannot be rebound.
+    """
+
+    __slots__ = ("data", "tables")
+
+    def __init__(self, data: Mapping[str, Any], tables: Mapping[tuple[str, str], Table]) -> None:
+        object.__setattr__(self, "data", data)
+        object.__setattr__(self, "tables", tables)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("plans are immutable; compile a new plan instead")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Plan) and self.data == other.data
+
+    def __hash__(self) -> int:
+        return hash(self.data.get("content_sha256"))
+
+    def __repr__(self) -> str:
+        return f"Plan({self.family_name}, {self.num_inference_steps} steps, sha256 {self.content_hash[:12]})"
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -202,28 +218,7 @@ def load_plan(source: str | os.PathLike[str] | Mapping[str, Any] | Plan) -> Plan
 
 def write_text_atomically(path: str | os.PathLike[str], text: str) -> None:
     """Write via a temp file in the same folder and os.replace: readers see the old file or the new, never half."""
-    target = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
-    try:
-        # mkstemp creates 0600 files; give the plan the mode a plain open() would (or the old file's).
-        os.chmod(tmp_name, _mode_for(target))
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
-def _mode_for(target: Path) -> int:
-    try:
-        return target.stat().st_mode & 0o777
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+    write_bytes_atomically(path, text.encode("utf-8"))
 
 
 def write_plan(plan: Plan | Mapping[str, Any], path: str | os.PathLike[str]) -> None:

@@ -7,13 +7,12 @@ per CFG branch. Shares are ratios, so the CFG factor and batch cancel but are ke
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from qcompiler.plan import Plan
 
 
-@dataclass(frozen=True)
-class PlanCost:
+class PlanCost(NamedTuple):
     calls_total: int
     calls_fp8: int
     flops_total: float

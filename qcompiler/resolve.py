@@ -7,13 +7,12 @@ apply in recipe order; the last rule that selects a cell decides it. Cells outsi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from qcompiler.families import Family
 
 
-@dataclass(frozen=True)
-class RuleSelection:
+class RuleSelection(NamedTuple):
     """A rule after its selectors were read: the concrete cells it selects."""
 
     name: str
@@ -24,8 +23,7 @@ class RuleSelection:
     layers: frozenset[int]
 
 
-@dataclass(frozen=True)
-class RuleEffect:
+class RuleEffect(NamedTuple):
     name: str
     precision: str
     # (component, kind) -> one int per step whose bit `layer` is set where this rule changed the cell
@@ -36,8 +34,7 @@ class RuleEffect:
         return sum(mask.bit_count() for masks in self.changed.values() for mask in masks)
 
 
-@dataclass(frozen=True)
-class Resolution:
+class Resolution(NamedTuple):
     # (component, kind) -> one int per step; bit `layer` set = FP8. Bitmasks make a rule O(steps), not O(cells).
     masks: dict[tuple[str, str], tuple[int, ...]]
     num_layers: dict[str, int]

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from functools import cache, lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 SUPPORTED_KEYWORDS = frozenset({
     "$schema", "$id", "$defs", "$ref", "title", "description", "default", "examples",
@@ -24,15 +23,14 @@ SUPPORTED_KEYWORDS = frozenset({
 })
 
 
-@dataclass(frozen=True)
-class SchemaViolation:
+class SchemaViolation(NamedTuple):
     """One violation, shaped like jsonschema's ValidationError for the fields qcompile reads."""
 
     validator: str
     validator_value: Any
     instance: Any
     schema: dict
-    absolute_path: tuple = field(default_factory=tuple)
+    absolute_path: tuple = ()
     message: str = ""
 
 

@@ -19,8 +19,6 @@ The grammar is documented for users in docs/recipes.md.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any
 
 MAX_SELECTOR_LENGTH = 1000  # longer strings are not hand-written selectors
@@ -34,15 +32,16 @@ _FIRST_LAST_PERCENT = re.compile(r"^(first|last)\s+(\d{1,3}(?:\.\d{1,6})?)\s*%$"
 _STRIDE = re.compile(r"^(.*?)\s*/\s*(\d{1,9})$")
 
 
-@dataclass(frozen=True)
 class SelectorError(Exception):
     """A selector is malformed or out of range. `offset` is the 0-based character (or list item) at fault."""
 
-    code: str
-    message: str
-    hint: str
-    offset: int = 0
-    list_index: int | None = None
+    def __init__(self, code: str, message: str, hint: str, offset: int = 0, list_index: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.hint = hint
+        self.offset = offset
+        self.list_index = list_index
 
     def __str__(self) -> str:
         return self.message
@@ -148,10 +147,13 @@ def _select_term(term: str, length: int, axis: str, offset: int) -> frozenset[in
     if match:
         if axis != "steps":
             raise SelectorError("QC130", f"percentages select steps only, not {axis}", f"write a count, e.g. \"first 3\" (the model has {length} {axis})", offset)
-        percent = Fraction(match.group(2))
-        if not 0 < percent <= 100:
+        # Exact decimal arithmetic on the digits: P = whole.frac = scaled / 10**len(frac).
+        whole, _, frac = match.group(2).partition(".")
+        scale = 10 ** len(frac)
+        scaled = int(whole + frac)
+        if not 0 < scaled <= 100 * scale:
             raise SelectorError("QC130", f"percentage must be above 0 and at most 100, found {match.group(2)}%", "write e.g. \"first 15%\"", offset)
-        count = -((-percent * length) // 100)  # ceil(percent * length / 100), exact with fractions
+        count = -((-scaled * length) // (100 * scale))  # ceil(P * length / 100), exact
         return _first_last(match.group(1), int(count), length, axis, offset, term)
     if term.startswith("-") or re.match(r"^-\s*\d", term):
         raise SelectorError("QC130", f"negative {axis} index in {term!r}", "indices start at 0; use `last N` to count from the end", offset)

@@ -403,9 +403,14 @@ def _yaml_list(items: Iterable[str]) -> str:
 
 
 def suggest_recipe(
-    sensitivity: Sensitivity, budget: Budget, *, source_name: str = "sensitivity.json", fallback: str = "error"
+    sensitivity: Sensitivity, budget: Budget, *, source_name: str = "sensitivity.json", fallback: str = "error",
+    schema_ref: str = RECIPE_SCHEMA_URL,
 ) -> Suggestion:
-    """The recipe text meeting `budget` with the most FP8 (see the module docstring), plus facts about it."""
+    """The recipe text meeting `budget` with the most FP8 (see the module docstring), plus facts about it.
+
+    `schema_ref` goes in the first line for editors (`# yaml-language-server: $schema=...`); the CLI passes
+    the path of schemas/recipe.schema.json relative to the written file, as the shipped recipes do.
+    """
     fp8 = choose_fp8_cells(sensitivity, budget)
     component_names = [name for name, _ in sensitivity.components]
     scope_components = [c for c in component_names if any(k[0] == c for k in fp8)]
@@ -427,15 +432,16 @@ def suggest_recipe(
     share = fp8_flops / total_flops if total_flops else 0.0
     worst_cos = min((sensitivity.cells[k].cos_sim_worst for k in fp8), default=None)
     worst_rel = max((sensitivity.cells[k].rel_l1_worst for k in fp8), default=None)
-    text = _render(sensitivity, budget, source_name, fallback, scope_components, scope_kinds, default, rules,
-                   len(fp8), len(measured), share, worst_cos, worst_rel)
+    text = _render(sensitivity, budget, source_name, fallback, schema_ref, scope_components, scope_kinds, default,
+                   rules, len(fp8), len(measured), share, worst_cos, worst_rel)
     return Suggestion(
         text=text, budget=budget, fp8_cells=fp8, measured_cells=len(measured), fp8_flop_share=share,
         worst_fp8_cos_sim=worst_cos, worst_fp8_rel_l1=worst_rel, rules=tuple(rules), default=default,
     )
 
 
-def _render(sensitivity: Sensitivity, budget: Budget, source_name: str, fallback: str, scope_components: list[str],
+def _render(sensitivity: Sensitivity, budget: Budget, source_name: str, fallback: str, schema_ref: str,
+            scope_components: list[str],
             scope_kinds: list[str], default: str, rules: list[SuggestedRule], fp8_count: int, measured_count: int,
             share: float, worst_cos: float | None, worst_rel: float | None) -> str:
     measured = sensitivity.measured
@@ -444,7 +450,7 @@ def _render(sensitivity: Sensitivity, budget: Budget, source_name: str, fallback
     worst = (f"worst FP8 call: cos-sim {worst_cos:.6f}, rel-L1 {worst_rel:.4g}" if worst_cos is not None
              else "no FP8 cell")
     lines = [
-        f"# yaml-language-server: $schema={RECIPE_SCHEMA_URL}",
+        f"# yaml-language-server: $schema={schema_ref}",
         f"# Written by `qcompile suggest {source_name} {budget.flag()}`: {budget.describe()}.",
         f"# Measured on {sensitivity.family_name}{' (' + sensitivity.variant + ' variant)' if sensitivity.variant else ''}"
         f" with {measured['backend']} on {measured['device']}, {measured['samples']} sample(s), "

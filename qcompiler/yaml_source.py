@@ -10,9 +10,8 @@ keys are refused, which also rules out alias bombs.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -36,22 +35,21 @@ _RADIX_11 = re.compile(r"^[-+]?(0b[0-1_]+|0x[0-9a-fA-F_]+|0o?[0-7_]+)$")
 _UNDERSCORE_NUMBER_11 = re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?$")
 
 
-@dataclass(frozen=True)
-class Mark:
+class Mark(NamedTuple):
     line: int  # 1-based
     column: int  # 1-based
     quoted: bool = False
 
 
-@dataclass
 class SourceDocument:
     """A parsed recipe: its values, where each value and key sits, and its text for error excerpts."""
 
-    path: str
-    text: str
-    data: Any
-    value_marks: dict[PathKey, Mark] = field(default_factory=dict)
-    key_marks: dict[PathKey, Mark] = field(default_factory=dict)
+    def __init__(self, path: str, text: str, data: Any = None) -> None:
+        self.path = path
+        self.text = text
+        self.data = data
+        self.value_marks: dict[PathKey, Mark] = {}
+        self.key_marks: dict[PathKey, Mark] = {}
 
     def mark_for(self, path: PathKey, *, key: bool = False) -> Mark:
         """The closest known mark for `path` (walking up to the parent when the exact one is unknown)."""

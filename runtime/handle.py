@@ -66,7 +66,7 @@ def recompile_hint(plan: Plan) -> str:
 class PlanHandle:
     """A plan installed in a pipeline. Use as a context manager, or call `unload()` when done."""
 
-    def __init__(self, pipe: Any, plan: Plan, backend: "str | AttentionBackend", served: dict[str, AttentionBackend | None],
+    def __init__(self, pipe: Any, plan: Plan, backend: str | AttentionBackend, served: dict[str, AttentionBackend | None],
                  fallback_reasons: dict[str, str]):
         self.pipe = pipe
         self.plan = plan
@@ -204,7 +204,7 @@ class PlanHandle:
 
 
 def _serving_backends(
-    plan: Plan, backend: "str | AttentionBackend", models: dict[str, torch.nn.Module]
+    plan: Plan, backend: str | AttentionBackend, models: dict[str, torch.nn.Module]
 ) -> tuple[dict[str, AttentionBackend | None], dict[str, str]]:
     """Per component, the backend serving its FP8 cells (None: native), and why FP8 falls back where it does.
     Raises BackendUnavailableError where the plan wants FP8, nothing can serve it and the policy is `error`."""
@@ -240,7 +240,7 @@ def _serving_backends(
 
 
 def load(pipe: Any, plan: str | os.PathLike[str] | Mapping[str, Any] | Plan | None = None, *,
-         backend: "str | AttentionBackend" = "auto") -> PlanHandle:
+         backend: str | AttentionBackend = "auto") -> PlanHandle:
     """Install `plan` (a path, a parsed dict, a Plan, or None for the plan embedded by `qcompile patch`) in a
     diffusers Wan pipeline. `backend`: "auto" (fp8-npu where available), "fp8-npu", "fp8-reference" (PyTorch
     emulation, any device), "native" (every cell native), or an AttentionBackend object.

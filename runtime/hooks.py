@@ -80,7 +80,7 @@ class ComponentHook:
                 self._rotation_key = key
         if self.rows is not None:
             for kind, procs in self._by_kind:
-                for proc, flag in zip(procs, self.rows[kind][step]):
+                for proc, flag in zip(procs, self.rows[kind][step], strict=True):
                     proc.fp8 = flag
         self._step = step
 

@@ -26,7 +26,8 @@ import torch
 
 import qcompiler
 from qcompiler.families import get_family
-from qcompiler.plan import Plan, write_text_atomically
+from qcompiler.plan import Plan, content_sha256, write_text_atomically
+from qcompiler.resolve import predict_expert_schedule
 from qcompiler.schemas import load_schema
 from runtime.backends import resolve_fp8_backend
 from runtime.call_record import CallRecord
@@ -72,6 +73,21 @@ class ReportOptions:
     throughput_ratio: float = DEFAULT_THROUGHPUT_RATIO
     frames: FrameSettings = field(default_factory=FrameSettings)
     progress: bool = True
+
+
+def retarget_plan(plan: Plan, variant: str | None) -> Plan:
+    """The same decisions laid over another variant of the plan's family (e.g. a real-model plan on the tiny
+    pipeline). Sound because a variant keeps the components, layer counts and attention kinds, which are all
+    a table is indexed by; widths, scheduler shift and so the predicted expert schedule are the variant's."""
+    family = get_family(plan.family_name, variant)
+    data = plan.to_dict()
+    for component in family.components:
+        if len(plan.table(component.name, plan.attention_kinds[0])[0]) != component.num_layers:
+            raise PipelineLoadError(f"{component.name} has another layer count in variant {variant!r}; recompile")
+    data["family"] = family.structure()
+    data["expert_schedule"] = predict_expert_schedule(family, plan.num_inference_steps)
+    data["content_sha256"] = content_sha256(data)
+    return Plan.from_dict(data)
 
 
 def pick_backend(requested: str, plan: Plan) -> str:
@@ -171,12 +187,9 @@ def build_report(plan: Plan, options: ReportOptions, pipe: Any = None) -> dict[s
     if pipe is None:
         pipe = load_pipeline(options.pipeline, plan.family_name)
     variant = detect_variant(pipe, plan.family_name)
+    compiled = plan
     if variant != plan.variant:
-        wanted = f"--variant {variant}" if variant else "no --variant"
-        raise PipelineLoadError(
-            f"the plan was compiled for {plan.family_name} variant {plan.variant!r} but the pipeline is variant "
-            f"{variant!r}: recompile the recipe with {wanted}"
-        )
+        plan = retarget_plan(plan, variant)
     steps = plan.num_inference_steps
     backend = pick_backend(options.backend, plan)
     patterns = {k: v["module"] for k, v in plan.data["family"]["attention_kinds"].items()}
@@ -214,9 +227,10 @@ def build_report(plan: Plan, options: ReportOptions, pipe: Any = None) -> dict[s
         "producer": {"name": "qcompile", "version": qcompiler.__version__},
         "plan": {
             "recipe": (plan.data.get("recipe") or {}).get("name", ""),
-            "content_sha256": plan.content_hash,
+            "content_sha256": compiled.content_hash,
             "family": plan.family_name,
-            "variant": plan.variant,
+            "variant": compiled.variant,
+            "run_as_variant": plan.variant,
             "num_inference_steps": steps,
             "numerics": dict(plan.numerics),
         },

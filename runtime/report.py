@@ -87,7 +87,7 @@ class ExecutionReport:
 
     def schedule_matches_plan(self) -> bool:
         """True when every step that ran was served by the component the plan predicted."""
-        return all(seen is None or seen == want for seen, want in zip(self.observed_schedule, self.expert_schedule))
+        return all(seen is None or seen == want for seen, want in zip(self.observed_schedule, self.expert_schedule, strict=True))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -120,7 +120,7 @@ class ExecutionReport:
                     if set(row) == {NOT_RUN}:
                         verdict = "not run here"
                     else:
-                        verdict = "ok" if all(a == b or a == NOT_RUN for a, b in zip(row, planned)) else "DIFFERS"
+                        verdict = "ok" if all(a == b or a == NOT_RUN for a, b in zip(row, planned, strict=True)) else "DIFFERS"
                     lines.append(f"  step {step:>3} plan {planned}")
                     lines.append(f"           ran  {row}  {verdict}  (served by {seen or '-'})")
         lines.append(

@@ -128,10 +128,21 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     e2e = summary["end_to_end"]
     estimate = summary["estimate"]
     errors = summary["per_call_error"]
-    psnr = "identical (capped at {:.0f} dB)".format(e2e["psnr_db"]) if e2e["identical"] else f"{e2e['psnr_db']:.2f} dB"
+    if e2e["identical"]:
+        psnr = f"{e2e['psnr_cap_db']:.0f} dB (the cap: frames are bit-identical)"
+    elif e2e["psnr_db"] >= e2e["psnr_cap_db"]:
+        psnr = f">= {e2e['psnr_cap_db']:.0f} dB (capped; largest pixel difference {e2e['max_abs_diff']:.1e})"
+    else:
+        psnr = f"{e2e['psnr_db']:.2f} dB"
+    run_as = plan["run_as_variant"]
     lines = [
-        f"# qcompile report: {plan['recipe']} on {plan['family']}{' (' + plan['variant'] + ')' if plan['variant'] else ''}",
+        f"# qcompile report: {plan['recipe']} on {plan['family']}{' (' + run_as + ' variant)' if run_as else ''}",
         "",
+    ]
+    if run_as != plan["variant"]:
+        lines += [f"The plan was compiled for variant `{plan['variant']}`; its tables ran on the `{run_as}` variant "
+                  "(same components, layer counts and attention kinds).", ""]
+    lines += [
         f"Pipeline `{measured['pipeline']}`, {plan['num_inference_steps']} steps, seed {measured['seed']}, "
         f"{measured['width']}x{measured['height']}, {measured['num_frames']} frames, FP8 backend "
         f"`{measured['backend']}` on `{measured['device']}`. Native run {measured['elapsed_s']['native']:.2f} s, "

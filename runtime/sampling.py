@@ -57,7 +57,13 @@ def load_pipeline(spec: str, family_name: str):
         )
     # A report or a calibration must never download: a missing file is an error, not a fetch.
     os.environ["HF_HUB_OFFLINE"] = "1"
+    import diffusers.utils.logging
+    import transformers.utils.logging
     from diffusers import DiffusionPipeline
+
+    # Their loading bars would interleave with ours on stderr; loading a local folder takes seconds.
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
 
     try:
         pipe = DiffusionPipeline.from_pretrained(str(folder), local_files_only=True)

@@ -1,1 +1,3 @@
-"""One click command per module; qcompiler.cli registers the modules named in COMMAND_MODULES."""
+"""One click command per module; qcompiler.cli registers the modules named here (imported on first use)."""
+
+COMMAND_MODULES = ("compile", "lint", "show", "diff", "check", "schema", "families", "export", "patch", "suggest", "report", "calibrate")

@@ -4,39 +4,19 @@ from __future__ import annotations
 
 import click
 
-from qcompiler.commands._common import fail
-from qcompiler.compiler import compile_path
-from qcompiler.diagnostics_format import FORMATS, format_diagnostics
-from qcompiler.plan import write_plan
-from qcompiler.plan_stats import plan_cost
+from qcompiler.compile_run import MAX_STEPS, run_compile
+from qcompiler.diagnostics_format import FORMATS
 
 
 @click.command(name="compile")
 @click.argument("recipe", type=click.Path(dir_okay=True, path_type=str))
 @click.option("-o", "--output", default="-", show_default=True, help="Plan file to write; - prints it.")
-@click.option("--steps", type=click.IntRange(1, 1000), help="Override the recipe's num_inference_steps.")
+@click.option("--steps", type=click.IntRange(1, MAX_STEPS), help="Override the recipe's num_inference_steps.")
 @click.option("--variant", help="Compile for a variant of the family (e.g. tiny, the offline test model).")
 @click.option("--strict", is_flag=True, help="Treat warnings (e.g. a rule that changes nothing) as errors.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True, help="How findings are printed.")
 def command(recipe: str, output: str, steps: int | None, variant: str | None, strict: bool, fmt: str) -> None:
     """Compile RECIPE into a plan (the default command: `qcompile RECIPE -o plan.json`)."""
-    result = compile_path(recipe, steps=steps, variant=variant)
-    if result.diagnostics:
-        click.echo(format_diagnostics(result.diagnostics, fmt), err=True, nl=False)
-    if result.errors or result.plan is None or (strict and result.warnings):
-        fail(f"{recipe}: not compiled ({len(result.errors)} error(s), {len(result.warnings)} warning(s){', --strict' if strict else ''})")
-    plan = result.plan
-    if output == "-":
-        click.echo(plan.to_json(), nl=False)
-        return
-    try:
-        write_plan(plan, output)
-    except OSError as exc:
-        fail(f"cannot write {output}: {exc.strerror}")
-    cost = plan_cost(plan)
-    click.echo(
-        f"wrote {output}: {plan.family_name}{' (' + plan.variant + ')' if plan.variant else ''}, "
-        f"{plan.num_inference_steps} steps, {cost.call_share:.1%} of attention calls and {cost.flop_share:.1%} "
-        f"of attention FLOPs on FP8; content sha256 {plan.content_hash[:12]}",
-        err=True,
-    )
+    code = run_compile(recipe, output, steps, variant, strict, fmt)
+    if code:
+        raise SystemExit(code)

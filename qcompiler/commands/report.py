@@ -54,7 +54,12 @@ def command(plan_path: str, outdir: str, seed: int, prompt: str, throughput_rati
     e2e = summary["end_to_end"]
     errors = summary["per_call_error"]
     worst = f"worst FP8 call cos-sim {errors['cos_sim']['worst']:.6f}" if errors else "no FP8 call"
-    psnr = "identical frames" if e2e["identical"] else f"PSNR {e2e['psnr_db']:.2f} dB, SSIM {e2e['ssim']:.4f}"
+    if e2e["identical"]:
+        psnr = "frames bit-identical to native"
+    elif e2e["psnr_db"] >= e2e["psnr_cap_db"]:
+        psnr = f"PSNR >= {e2e['psnr_cap_db']:.0f} dB (capped; frames differ by at most {e2e['max_abs_diff']:.1e})"
+    else:
+        psnr = f"PSNR {e2e['psnr_db']:.2f} dB, SSIM {e2e['ssim']:.4f}"
     click.echo(
         f"wrote {Path(outdir) / 'report.json'}, report.md and {len(report['files']['heatmaps'])} PNGs: "
         f"{summary['calls']['share']:.1%} of attention calls on FP8; {worst}; {psnr}; "

@@ -6,6 +6,7 @@ docs/report-and-calibrate.md), after compiling it and checking that its plan is 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -15,6 +16,7 @@ from qcompiler.compiler import compile_source
 from qcompiler.diagnostics_format import format_text
 from qcompiler.errors import QcompileError
 from qcompiler.plan import write_text_atomically
+from qcompiler.schemas import schema_path
 from qcompiler.sensitivity import load_sensitivity
 from qcompiler.suggest import Budget, suggest_recipe, verify_suggestion
 
@@ -37,7 +39,9 @@ def command(sensitivity: str, min_cos: float | None, max_rel_l1: float | None, f
         raise click.UsageError("give exactly one budget: --min-cos X, --max-rel-l1 X or --fp8-flop-share X")
     try:
         data = load_sensitivity(sensitivity)
-        suggestion = suggest_recipe(data, Budget(*chosen[0]), source_name=Path(sensitivity).name, fallback=fallback)
+        schema = os.path.relpath(schema_path("recipe"), Path(output).resolve().parent)
+        suggestion = suggest_recipe(data, Budget(*chosen[0]), source_name=Path(sensitivity).name, fallback=fallback,
+                                    schema_ref=Path(schema).as_posix())
     except QcompileError as exc:
         fail(str(exc))
     result = compile_source(suggestion.text, name=output, variant=data.variant)

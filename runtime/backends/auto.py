@@ -17,7 +17,7 @@ def _check_name(name: str) -> None:
 
 
 def resolve_fp8_backend(
-    name: "str | AttentionBackend", numerics: Numerics | None = None
+    name: str | AttentionBackend, numerics: Numerics | None = None
 ) -> tuple[AttentionBackend | None, str]:
     """The backend that serves FP8 cells under `name`, or (None, why nothing can). `name` may also be a backend
     object (e.g. Fp8NpuBackend(op=...) with a stand-in op in tests).

@@ -124,6 +124,36 @@ def test_cli_report_on_a_recipe_with_the_tiny_pipeline(tmp_path) -> None:
     assert report["summary"]["estimate"]["throughput_ratio_source"] == "given with --throughput-ratio"
 
 
+def test_cli_report_on_a_shipped_real_model_plan_runs_it_on_the_tiny_pipeline(repo_root, tmp_path) -> None:
+    # The shipped plans are compiled for the real model; on the tiny pipeline the same tables are laid over the
+    # tiny variant (same components, layers, kinds), and the report says so.
+    outdir = tmp_path / "shipped"
+    plan_path = repo_root / "recipes" / "wan22_i2v.plan.json"
+    result = CliRunner().invoke(cli, ["report", str(plan_path), "--pipeline", "tiny", "-o", str(outdir), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((outdir / "report.json").read_text())
+    assert (report["plan"]["variant"], report["plan"]["run_as_variant"]) == (None, "tiny")
+    assert report["execution"]["matches_plan"] and report["summary"]["calls"]["fp8"] > 0
+    assert "ran on the `tiny` variant" in (outdir / "report.md").read_text()
+
+
+def test_cli_report_on_a_saved_pipeline_folder(tiny_pipe, tmp_path) -> None:
+    from runtime.tiny import save_tiny_pipeline
+
+    folder = save_tiny_pipeline(tiny_pipe, tmp_path / "pipeline")
+    recipe = tmp_path / "mixed.yaml"
+    recipe.write_text(MIXED_RECIPE, encoding="utf-8")
+    outdir = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["report", str(recipe), "--pipeline", str(folder), "-o", str(outdir),
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((outdir / "report.json").read_text())
+    # A recipe compiled for the real model, run on a folder holding the tiny variant: laid over it, and said.
+    assert report["measured"]["pipeline"] == str(folder)
+    assert (report["plan"]["variant"], report["plan"]["run_as_variant"]) == (None, "tiny")
+    assert report["execution"]["matches_plan"]
+
+
 def test_cli_report_errors_are_one_clear_line(tmp_path) -> None:
     runner = CliRunner()
     result = runner.invoke(cli, ["report", str(tmp_path / "missing.json"), "-o", str(tmp_path / "o")])

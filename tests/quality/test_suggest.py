@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from qcompiler.cli import cli
 from qcompiler.compiler import compile_source
+from qcompiler.schemas import schema_path
 from qcompiler.sensitivity import SensitivityError, load_sensitivity, sensitivity_from_dict
 from qcompiler.suggest import Budget, SuggestError, choose_fp8_cells, format_selector, plan_fp8_cells, suggest_recipe
 from tests.quality.synthetic import synthetic_sensitivity
@@ -158,9 +159,22 @@ def test_cli_writes_the_recipe_and_refuses_two_budgets(tmp_path) -> None:
     runner = CliRunner()
     result = runner.invoke(cli, ["suggest", str(source), "--max-rel-l1", "0.02", "-o", str(out)])
     assert result.exit_code == 0, result.output
-    assert "measured cells on FP8" in result.output and out.read_text().startswith("# yaml-language-server")
+    assert "measured cells on FP8" in result.output
+    # The schema reference is relative to the written file, as in the shipped recipes, so editors resolve it.
+    first = out.read_text().splitlines()[0]
+    schema = first.removeprefix("# yaml-language-server: $schema=")
+    assert first != schema and (out.parent / schema).resolve() == schema_path("recipe").resolve()
     result = runner.invoke(cli, ["suggest", str(source), "--max-rel-l1", "0.02", "--min-cos", "0.9", "-o", str(out)])
     assert result.exit_code == 2 and "exactly one budget" in result.output
     result = runner.invoke(cli, ["suggest", str(tmp_path / "none.json"), "--min-cos", "0.9", "-o", str(out)])
     assert result.exit_code == 1 and "no such sensitivity file" in result.output
     assert "Traceback" not in result.output
+
+
+def test_suggest_and_the_run_commands_import_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, qcompiler.cli, qcompiler.suggest, qcompiler.commands.report, qcompiler.commands.calibrate; "
+            "assert 'torch' not in sys.modules and 'runtime' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)

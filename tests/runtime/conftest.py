@@ -6,7 +6,7 @@ Tests that install a plan must unload it (use `with runtime.load(...)`), so the 
 from __future__ import annotations
 
 import textwrap
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import torch
