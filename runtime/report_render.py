@@ -140,7 +140,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "",
     ]
     if run_as != plan["variant"]:
-        lines += [f"The plan was compiled for variant `{plan['variant']}`; its tables ran on the `{run_as}` variant "
+        compiled_for = f"the `{plan['variant']}` variant" if plan["variant"] else "the real model"
+        lines += [f"The plan was compiled for {compiled_for}; its tables ran on the `{run_as}` variant "
                   "(same components, layer counts and attention kinds).", ""]
     lines += [
         f"Pipeline `{measured['pipeline']}`, {plan['num_inference_steps']} steps, seed {measured['seed']}, "
