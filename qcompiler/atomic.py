@@ -1,9 +1,26 @@
-"""Atomic file replacement: readers see the old file or the new one, never a half-written one."""
+"""Atomic file replacement (readers see the old file or the new one, never a half-written one), and sha256."""
 
 from __future__ import annotations
 
 import itertools
 import os
+
+
+def _fast_sha256():
+    """CPython's built-in sha256 (hashlib would load OpenSSL's, ~5 ms of start-up, for the same digest)."""
+    import importlib
+
+    for module in ("_sha256", "_sha2"):  # _sha2 from Python 3.12 on
+        try:
+            return importlib.import_module(module).sha256
+        except ImportError:
+            continue
+    import hashlib
+
+    return hashlib.sha256
+
+
+sha256 = _fast_sha256()
 
 _counter = itertools.count()
 

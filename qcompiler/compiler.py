@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
-from typing import Any
 
 from qcompiler import __version__
+from qcompiler.atomic import sha256
 from qcompiler.errors import Diagnostic, FamilyError, RecipeError
 from qcompiler.families import Family, get_family
 from qcompiler.plan import PLAN_FORMAT, Plan, content_sha256
@@ -15,6 +14,10 @@ from qcompiler.recipe_schema import schema_diagnostics
 from qcompiler.resolve import RuleSelection, masks_to_rows, predict_expert_schedule, resolve_tables
 from qcompiler.selectors import SelectorError, select
 from qcompiler.yaml_source import SourceDocument, YamlLoadError, decode_recipe_bytes, parse_yaml, read_recipe_text
+
+TYPE_CHECKING = False  # see docs/design.md "Start-up": no typing import at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 # Block sizes of the Ascend per-block FP8 kernel (quant mode 7): one scale per 128 query tokens and per
 # 256 key/value tokens (torch_npu npu_fused_infer_attention_score_v2 scale shapes [B, N, ceil(S/128|256), 1]).
@@ -57,7 +60,7 @@ def compile_source(
     except YamlLoadError as exc:
         return CompileResult(None, [exc.diagnostic])
     recipe_bytes = raw if isinstance(raw, bytes) else raw.encode("utf-8")
-    return _compile_document(doc, hashlib.sha256(recipe_bytes).hexdigest(), steps, variant, build_plan)
+    return _compile_document(doc, sha256(recipe_bytes).hexdigest(), steps, variant, build_plan)
 
 
 def compile_path(path: str | os.PathLike[str], *, steps: int | None = None, variant: str | None = None,

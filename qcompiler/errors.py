@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections import namedtuple
 
 
-class Diagnostic(NamedTuple):
+class Diagnostic(namedtuple("Diagnostic", ["path", "line", "column", "severity", "code", "message", "hint"], defaults=("",))):
     """One finding about a recipe: where it is, how bad, what is wrong and how to fix it."""
 
-    path: str
-    line: int  # 1-based; 0 when the finding is about the whole file
-    column: int  # 1-based; 0 when unknown
-    severity: str  # "error" or "warning"
-    code: str  # stable identifier, e.g. "QC103"; documented in docs/recipes.md
-    message: str
-    hint: str = ""
+    # Fields:
+    #   path: str
+    #   line: int  # 1-based; 0 when the finding is about the whole file
+    #   column: int  # 1-based; 0 when unknown
+    #   severity: str  # "error" or "warning"
+    #   code: str  # stable identifier, e.g. "QC103"; documented in docs/recipes.md
+    #   message: str
+    #   hint: str = ""
+    __slots__ = ()
 
     def location(self) -> str:
         if self.line <= 0:
@@ -52,3 +54,10 @@ class PlanError(QcompileError):
 
 class FamilyError(QcompileError):
     """A model family is unknown or its data file is malformed."""
+
+
+def close_matches(word: str, candidates: list[str], n: int = 1, cutoff: float = 0.6) -> list[str]:
+    """Candidates close to a misspelt `word`, for "did you mean" hints."""
+    import difflib  # imported only when there is a mistake to suggest a fix for (start-up time)
+
+    return difflib.get_close_matches(word, candidates, n=n, cutoff=cutoff)

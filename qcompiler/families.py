@@ -7,42 +7,50 @@ tests and the offline demo compile plans for exactly the model they run.
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
+from collections import namedtuple
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, NamedTuple
 
-from qcompiler.errors import FamilyError
+from qcompiler.errors import FamilyError, close_matches
 from qcompiler.schema_check import checker
+
+TYPE_CHECKING = False  # see docs/design.md "Start-up": no typing import at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 BUILTIN_FAMILY_DIR = Path(__file__).parent / "family_data"
 FAMILY_PATH_ENV = "QCOMPILE_FAMILY_PATH"
 
 
-class Component(NamedTuple):
-    name: str
-    role: str
-    diffusers_class: str
-    num_layers: int
-    num_heads: int
-    head_dim: int
+class Component(namedtuple("Component", ["name", "role", "diffusers_class", "num_layers", "num_heads", "head_dim"])):
 
+    # Fields:
+    #   name: str
+    #   role: str
+    #   diffusers_class: str
+    #   num_layers: int
+    #   num_heads: int
+    #   head_dim: int
+    __slots__ = ()
 
-class Family(NamedTuple):
-    name: str
-    variant: str | None
-    description: str
-    pipeline_class: str
-    components: tuple[Component, ...]
-    attention_kinds: tuple[str, ...]
-    attention_modules: tuple[tuple[str, str], ...]  # (kind, module pattern), e.g. ("self", "blocks.{layer}.attn1")
-    boundary_ratio: float | None
-    num_train_timesteps: int
-    flow_shift: float
-    reference_shapes: tuple[tuple[str, Any], ...]
-    variants: tuple[str, ...]
+class Family(namedtuple("Family", ["name", "variant", "description", "pipeline_class", "components", "attention_kinds", "attention_modules", "boundary_ratio", "num_train_timesteps", "flow_shift", "reference_shapes", "variants"])):
+
+    # Fields:
+    #   name: str
+    #   variant: str | None
+    #   description: str
+    #   pipeline_class: str
+    #   components: tuple[Component, ...]
+    #   attention_kinds: tuple[str, ...]
+    #   attention_modules: tuple[tuple[str, str], ...]  # (kind, module pattern), e.g. ("self", "blocks.{layer}.attn1")
+    #   boundary_ratio: float | None
+    #   num_train_timesteps: int
+    #   flow_shift: float
+    #   reference_shapes: tuple[tuple[str, Any], ...]
+    #   variants: tuple[str, ...]
+    __slots__ = ()
 
     @property
     def display_name(self) -> str:
@@ -163,7 +171,7 @@ def get_family(name: str, variant: str | None = None) -> Family:
     data = _all_family_data().get(name)
     if data is None:
         known = family_names()
-        close = difflib.get_close_matches(name, known, n=1)
+        close = close_matches(name, known, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise FamilyError(f"unknown model family {name!r}.{hint} Known families: {', '.join(known)}")
     return _build(data, variant)

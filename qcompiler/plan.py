@@ -6,16 +6,18 @@ meaningful content, so a consumer can detect an edited file. See docs/plan-forma
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from qcompiler.atomic import write_bytes_atomically
+from qcompiler.atomic import sha256, write_bytes_atomically
 from qcompiler.errors import PlanError
 from qcompiler.schema_check import checker
+
+TYPE_CHECKING = False  # see docs/design.md "Start-up": no typing import at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 PLAN_FORMAT = 1
 FP8 = "1"
@@ -34,7 +36,7 @@ def canonical_json(data: Any) -> str:
 
 def content_sha256(data: Mapping[str, Any]) -> str:
     meaningful = {k: v for k, v in data.items() if k not in _UNHASHED_KEYS}
-    return hashlib.sha256(canonical_json(meaningful).encode("ascii")).hexdigest()
+    return sha256(canonical_json(meaningful).encode("ascii")).hexdigest()
 
 
 _CELL_OF_CHAR = {FP8: True, NATIVE: False}

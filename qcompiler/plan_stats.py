@@ -7,17 +7,20 @@ per CFG branch. Shares are ratios, so the CFG factor and batch cancel but are ke
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections import namedtuple
 
 from qcompiler.plan import Plan
 
 
-class PlanCost(NamedTuple):
-    calls_total: int
-    calls_fp8: int
-    flops_total: float
-    flops_fp8: float
-    shapes_description: str
+class PlanCost(namedtuple("PlanCost", ["calls_total", "calls_fp8", "flops_total", "flops_fp8", "shapes_description"])):
+
+    # Fields:
+    #   calls_total: int
+    #   calls_fp8: int
+    #   flops_total: float
+    #   flops_fp8: float
+    #   shapes_description: str
+    __slots__ = ()
 
     @property
     def call_share(self) -> float:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterator
-from typing import Any
 
-from qcompiler.errors import Diagnostic
+from qcompiler.errors import Diagnostic, close_matches
 from qcompiler.schema_check import SchemaViolation, checker
 from qcompiler.yaml_source import SourceDocument
+
+TYPE_CHECKING = False  # see docs/design.md "Start-up": no typing import at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 SELECTOR_KEYS = ("steps", "layers")  # checked by qcompiler.selectors, which gives better messages
 
@@ -50,7 +52,7 @@ def _diagnose(doc: SourceDocument, error: SchemaViolation, path: tuple) -> Itera
         extras = [key for key in error.instance if key not in error.schema.get("properties", {})]
         for key in extras:
             mark = doc.mark_for((*path, key), key=True)
-            close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+            close = close_matches(str(key), allowed, n=1, cutoff=0.6)
             hint = f"did you mean `{close[0]}`?" if close else f"allowed keys{' in ' + where if where else ''}: {', '.join(allowed)}"
             yield Diagnostic(doc.path, mark.line, mark.column, "error", "QC110", f"unknown key `{key}`{' in ' + where if where else ''}", hint)
         return
@@ -67,7 +69,7 @@ def _diagnose(doc: SourceDocument, error: SchemaViolation, path: tuple) -> Itera
                          f"`{where}` must be {wanted}, found {_describe(error.instance)}", _subschema_description(error.schema))
     elif validator in ("enum", "const"):
         allowed = error.validator_value if validator == "enum" else [error.validator_value]
-        close = difflib.get_close_matches(str(error.instance), [str(a) for a in allowed], n=1, cutoff=0.6)
+        close = close_matches(str(error.instance), [str(a) for a in allowed], n=1, cutoff=0.6)
         hint = f"did you mean `{close[0]}`?" if close else f"valid values: {', '.join(str(a) for a in allowed)}"
         yield Diagnostic(doc.path, mark.line, mark.column, "error", "QC112",
                          f"`{where}` is {_describe(error.instance)}; valid: {', '.join(str(a) for a in allowed)}", hint)

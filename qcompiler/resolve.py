@@ -7,38 +7,45 @@ apply in recipe order; the last rule that selects a cell decides it. Cells outsi
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections import namedtuple
 
 from qcompiler.families import Family
 
 
-class RuleSelection(NamedTuple):
+class RuleSelection(namedtuple("RuleSelection", ["name", "precision", "components", "kinds", "steps", "layers"])):
     """A rule after its selectors were read: the concrete cells it selects."""
 
-    name: str
-    precision: str  # "fp8" | "native"
-    components: tuple[str, ...]
-    kinds: tuple[str, ...]
-    steps: frozenset[int]
-    layers: frozenset[int]
+    # Fields:
+    #   name: str
+    #   precision: str  # "fp8" | "native"
+    #   components: tuple[str, ...]
+    #   kinds: tuple[str, ...]
+    #   steps: frozenset[int]
+    #   layers: frozenset[int]
+    __slots__ = ()
 
+class RuleEffect(namedtuple("RuleEffect", ["name", "precision", "changed"])):
 
-class RuleEffect(NamedTuple):
-    name: str
-    precision: str
+    # Fields:
+    #   name: str
+    #   precision: str
     # (component, kind) -> one int per step whose bit `layer` is set where this rule changed the cell
-    changed: dict[tuple[str, str], tuple[int, ...]]
+    #   changed: dict[tuple[str, str], tuple[int, ...]]
+    __slots__ = ()
 
     @property
     def cells_changed(self) -> int:
         return sum(mask.bit_count() for masks in self.changed.values() for mask in masks)
 
 
-class Resolution(NamedTuple):
+class Resolution(namedtuple("Resolution", ["masks", "num_layers", "effects"])):
+
+    # Fields:
     # (component, kind) -> one int per step; bit `layer` set = FP8. Bitmasks make a rule O(steps), not O(cells).
-    masks: dict[tuple[str, str], tuple[int, ...]]
-    num_layers: dict[str, int]
-    effects: tuple[RuleEffect, ...]
+    #   masks: dict[tuple[str, str], tuple[int, ...]]
+    #   num_layers: dict[str, int]
+    #   effects: tuple[RuleEffect, ...]
+    __slots__ = ()
 
     def rows(self, component: str, kind: str) -> list[str]:
         return masks_to_rows(self.masks[(component, kind)], self.num_layers[component])

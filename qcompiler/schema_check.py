@@ -11,9 +11,13 @@ so a schema edit can never be silently half-checked.
 from __future__ import annotations
 
 import re
+from collections import namedtuple
 from collections.abc import Iterator
 from functools import cache, lru_cache
-from typing import Any, NamedTuple
+
+TYPE_CHECKING = False  # see docs/design.md "Start-up": no typing import at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 SUPPORTED_KEYWORDS = frozenset({
     "$schema", "$id", "$defs", "$ref", "title", "description", "default", "examples",
@@ -23,16 +27,17 @@ SUPPORTED_KEYWORDS = frozenset({
 })
 
 
-class SchemaViolation(NamedTuple):
+class SchemaViolation(namedtuple("SchemaViolation", ["validator", "validator_value", "instance", "schema", "absolute_path", "message"], defaults=((), "",))):
     """One violation, shaped like jsonschema's ValidationError for the fields qcompile reads."""
 
-    validator: str
-    validator_value: Any
-    instance: Any
-    schema: dict
-    absolute_path: tuple = ()
-    message: str = ""
-
+    # Fields:
+    #   validator: str
+    #   validator_value: Any
+    #   instance: Any
+    #   schema: dict
+    #   absolute_path: tuple = ()
+    #   message: str = ""
+    __slots__ = ()
 
 def _is_type(value: Any, name: str) -> bool:
     if name == "integer":
