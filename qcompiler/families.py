@@ -99,8 +99,14 @@ def _family_dirs() -> list[Path]:
 
 
 @lru_cache(maxsize=8)
-def _load_family_files(dirs: tuple[Path, ...]) -> dict[str, dict]:
-    found: dict[str, dict] = {}
+def _load_family_files(dirs: tuple[Path, ...]) -> tuple[dict[str, tuple[Path, dict]], tuple[str, ...]]:
+    """Family data by name (earlier folders win) and the messages of files that are not family files.
+
+    Only the JSON is read here; a family is checked against the schema when it is used (one family per
+    compile, all of them in `qcompile families`), which keeps `qcompile` start-up small.
+    """
+    found: dict[str, tuple[Path, dict]] = {}
+    broken: list[str] = []
     for folder in dirs:
         if not folder.is_dir():
             continue
@@ -108,18 +114,28 @@ def _load_family_files(dirs: tuple[Path, ...]) -> dict[str, dict]:
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise FamilyError(f"{path}: not a readable JSON family file: {exc}") from None
-            errors = sorted(checker("family").iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
-            if errors:
-                where = "/".join(str(p) for p in errors[0].absolute_path) or "(top level)"
-                raise FamilyError(f"{path}: {where}: {errors[0].message} (see schemas/family.schema.json)")
+                broken.append(f"{path}: not a readable JSON family file: {exc}")
+                continue
+            if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+                broken.append(f"{path}: a family file is a JSON object with a string `name` (see schemas/family.schema.json)")
+                continue
             # Earlier folders win, so a user's $QCOMPILE_FAMILY_PATH can override a built-in family.
-            found.setdefault(data["name"], data)
-    return found
+            found.setdefault(data["name"], (path, data))
+    return found, tuple(broken)
 
 
-def _all_family_data() -> dict[str, dict]:
-    return _load_family_files(tuple(_family_dirs()))
+@lru_cache(maxsize=64)
+def _checked(name: str, dirs: tuple[Path, ...]) -> dict:
+    path, data = _load_family_files(dirs)[0][name]
+    errors = sorted(checker("family").iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
+    if errors:
+        where = "/".join(str(p) for p in errors[0].absolute_path) or "(top level)"
+        raise FamilyError(f"{path}: {where}: {errors[0].message} (see schemas/family.schema.json)")
+    return data
+
+
+def _all_family_data() -> dict[str, tuple[Path, dict]]:
+    return _load_family_files(tuple(_family_dirs()))[0]
 
 
 def family_names() -> list[str]:
@@ -168,14 +184,20 @@ def _build(data: dict, variant: str | None) -> Family:
 
 def get_family(name: str, variant: str | None = None) -> Family:
     """The family called `name`, optionally one of its variants. Raises FamilyError naming the known ones."""
-    data = _all_family_data().get(name)
-    if data is None:
-        known = family_names()
+    dirs = tuple(_family_dirs())
+    found, broken = _load_family_files(dirs)
+    if name not in found:
+        known = sorted(found)
         close = close_matches(name, known, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise FamilyError(f"unknown model family {name!r}.{hint} Known families: {', '.join(known)}")
-    return _build(data, variant)
+        unreadable = f" (unreadable family files: {'; '.join(broken)})" if broken else ""
+        raise FamilyError(f"unknown model family {name!r}.{hint} Known families: {', '.join(known)}{unreadable}")
+    return _build(_checked(name, dirs), variant)
 
 
 def list_families() -> list[Family]:
+    """Every family, each checked against the schema; a file that is not a family file is an error here."""
+    broken = _load_family_files(tuple(_family_dirs()))[1]
+    if broken:
+        raise FamilyError("; ".join(broken))
     return [get_family(name) for name in family_names()]

@@ -35,11 +35,17 @@ def test_a_new_family_needs_only_a_data_file(tmp_path, monkeypatch):
     assert plan.family_name == "my-wan-variant" and len(plan.table("transformer", "self")[0]) == 12
 
 
-def test_malformed_family_file_is_reported(tmp_path, monkeypatch):
+def test_malformed_family_file_is_reported_when_used(tmp_path, monkeypatch):
     (tmp_path / "broken.json").write_text(json.dumps({"name": "broken"}))
+    (tmp_path / "notjson.json").write_text("{")
     monkeypatch.setenv(FAMILY_PATH_ENV, str(tmp_path))
-    with pytest.raises(FamilyError, match="broken.json"):
-        get_family("wan2.2-i2v-a14b")
+    with pytest.raises(FamilyError, match=r"broken.json: \(top level\): 'description' is a required property"):
+        get_family("broken")
+    with pytest.raises(FamilyError, match="notjson.json: not a readable JSON family file"):
+        list_families()
+    with pytest.raises(FamilyError, match="unreadable family files: .*notjson.json"):
+        get_family("nope")
+    assert get_family("wan2.2-i2v-a14b").name == "wan2.2-i2v-a14b"  # other families still work
 
 
 def test_unknown_variant():
