@@ -51,7 +51,35 @@ def table_to_rows(table: Table) -> list[str]:
     return ["".join(map(_CHAR_OF_CELL.__getitem__, row)) for row in table]
 
 
-class Plan:
+class FamilyDocument:
+    """Accessors shared by the JSON documents that describe one family at one step count (plans, sensitivity
+    files): subclasses keep the parsed document in `self.data`."""
+
+    __slots__ = ()
+    data: Mapping[str, Any]
+
+    @property
+    def family_name(self) -> str:
+        return self.data["family"]["name"]
+
+    @property
+    def variant(self) -> str | None:
+        return self.data["family"]["variant"]
+
+    @property
+    def num_inference_steps(self) -> int:
+        return self.data["num_inference_steps"]
+
+    @property
+    def attention_kinds(self) -> tuple[str, ...]:
+        return tuple(sorted(self.data["family"]["attention_kinds"]))
+
+    @property
+    def numerics(self) -> Mapping[str, Any]:
+        return self.data["numerics"]
+
+
+class Plan(FamilyDocument):
     """A loaded, verified plan. `data` is the JSON document; tables are decoded once into tuples of bools.
 
     Immutable: `data` and `tables` are read-only mappings and the attributes cannot be rebound.
@@ -89,17 +117,6 @@ class Plan:
         return cls(data=_freeze(data), tables=_FrozenDict(tables))
 
     # -- accessors --------------------------------------------------------------------------------
-    @property
-    def family_name(self) -> str:
-        return self.data["family"]["name"]
-
-    @property
-    def variant(self) -> str | None:
-        return self.data["family"]["variant"]
-
-    @property
-    def num_inference_steps(self) -> int:
-        return self.data["num_inference_steps"]
 
     @property
     def components(self) -> tuple[dict, ...]:
@@ -110,16 +127,8 @@ class Plan:
         return tuple(c["name"] for c in self.data["family"]["components"])
 
     @property
-    def attention_kinds(self) -> tuple[str, ...]:
-        return tuple(sorted(self.data["family"]["attention_kinds"]))
-
-    @property
     def fallback(self) -> str:
         return self.data["fallback"]
-
-    @property
-    def numerics(self) -> Mapping[str, Any]:
-        return self.data["numerics"]
 
     @property
     def expert_schedule(self) -> tuple[str, ...]:

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-
 from qcompiler.errors import QcompileError
-from qcompiler.schemas import load_schema
+from qcompiler.plan import FamilyDocument
+from qcompiler.schema_check import checker
 
 SENSITIVITY_FORMAT = 1
 
@@ -48,34 +47,14 @@ class CellSensitivity:
 
 
 @dataclass(frozen=True)
-class Sensitivity:
+class Sensitivity(FamilyDocument):
     data: Mapping[str, Any]
     cells: Mapping[CellKey, CellSensitivity]
-
-    @property
-    def family_name(self) -> str:
-        return self.data["family"]["name"]
-
-    @property
-    def variant(self) -> str | None:
-        return self.data["family"]["variant"]
-
-    @property
-    def num_inference_steps(self) -> int:
-        return self.data["num_inference_steps"]
 
     @property
     def components(self) -> tuple[tuple[str, int], ...]:
         """(name, num_layers) in denoising order."""
         return tuple((c["name"], c["num_layers"]) for c in self.data["family"]["components"])
-
-    @property
-    def attention_kinds(self) -> tuple[str, ...]:
-        return tuple(sorted(self.data["family"]["attention_kinds"]))
-
-    @property
-    def numerics(self) -> Mapping[str, Any]:
-        return self.data["numerics"]
 
     @property
     def measured(self) -> Mapping[str, Any]:
@@ -92,8 +71,7 @@ def sensitivity_from_dict(data: Any) -> Sensitivity:
             f"sensitivity_format {version!r} is not supported (this qcompile reads format {SENSITIVITY_FORMAT}); "
             "re-run qcompile calibrate with this qcompile"
         )
-    validator = jsonschema.Draft202012Validator(load_schema("sensitivity"))
-    errors = sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
+    errors = sorted(checker("sensitivity").iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
         where = "/".join(str(p) for p in errors[0].absolute_path) or "(top level)"
         raise SensitivityError(f"does not match schemas/sensitivity.schema.json at {where}: {errors[0].message}")
