@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from qcompiler.errors import FamilyError, close_matches
-from qcompiler.schema_check import checker
+from qcompiler.schema_check import first_violation
 
 TYPE_CHECKING = False  # see docs/design.md "Start-up": no typing import at run time
 if TYPE_CHECKING:
@@ -127,10 +127,9 @@ def _load_family_files(dirs: tuple[Path, ...]) -> tuple[dict[str, tuple[Path, di
 @lru_cache(maxsize=64)
 def _checked(name: str, dirs: tuple[Path, ...]) -> dict:
     path, data = _load_family_files(dirs)[0][name]
-    errors = sorted(checker("family").iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
-    if errors:
-        where = "/".join(str(p) for p in errors[0].absolute_path) or "(top level)"
-        raise FamilyError(f"{path}: {where}: {errors[0].message} (see schemas/family.schema.json)")
+    violation = first_violation("family", data)
+    if violation:
+        raise FamilyError(f"{path}: {violation[0]}: {violation[1]} (see schemas/family.schema.json)")
     return data
 
 

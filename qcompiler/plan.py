@@ -13,7 +13,7 @@ from pathlib import Path
 
 from qcompiler.atomic import sha256, write_bytes_atomically
 from qcompiler.errors import PlanError
-from qcompiler.schema_check import checker
+from qcompiler.schema_check import first_violation
 
 TYPE_CHECKING = False  # see docs/design.md "Start-up": no typing import at run time
 if TYPE_CHECKING:
@@ -169,11 +169,9 @@ def validate_plan_dict(data: Any, *, verify_hash: bool = True) -> None:
             f"plan_format {version!r} is not supported (this qcompile reads format {PLAN_FORMAT}); "
             "recompile the recipe with this qcompile: qcompile RECIPE -o plan.json"
         )
-    errors = sorted(checker("plan").iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
-    if errors:
-        error = errors[0]
-        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise PlanError(f"plan does not match schemas/plan.schema.json at {where}: {error.message}")
+    violation = first_violation("plan", data)
+    if violation:
+        raise PlanError(f"plan does not match schemas/plan.schema.json at {violation[0]}: {violation[1]}")
     _check_table_shapes(data)
     if verify_hash:
         expected = content_sha256(data)

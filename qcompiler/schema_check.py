@@ -188,3 +188,14 @@ def checker(name: str) -> SchemaChecker:
     from qcompiler.schemas import load_schema
 
     return SchemaChecker(load_schema(name))
+
+
+def first_violation(name: str, document: Any) -> tuple[str, str] | None:
+    """(where, message) of the first violation of schemas/NAME.schema.json in path order, or None if valid.
+
+    `where` is the slash-separated path to the offending value, "(top level)" for the document itself.
+    """
+    errors = sorted(checker(name).iter_errors(document), key=lambda e: [str(p) for p in e.absolute_path])
+    if not errors:
+        return None
+    return "/".join(str(p) for p in errors[0].absolute_path) or "(top level)", errors[0].message

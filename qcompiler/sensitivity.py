@@ -15,7 +15,7 @@ from typing import Any
 
 from qcompiler.errors import QcompileError
 from qcompiler.plan import FamilyDocument
-from qcompiler.schema_check import checker
+from qcompiler.schema_check import first_violation
 
 SENSITIVITY_FORMAT = 1
 
@@ -71,10 +71,9 @@ def sensitivity_from_dict(data: Any) -> Sensitivity:
             f"sensitivity_format {version!r} is not supported (this qcompile reads format {SENSITIVITY_FORMAT}); "
             "re-run qcompile calibrate with this qcompile"
         )
-    errors = sorted(checker("sensitivity").iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
-    if errors:
-        where = "/".join(str(p) for p in errors[0].absolute_path) or "(top level)"
-        raise SensitivityError(f"does not match schemas/sensitivity.schema.json at {where}: {errors[0].message}")
+    violation = first_violation("sensitivity", data)
+    if violation:
+        raise SensitivityError(f"does not match schemas/sensitivity.schema.json at {violation[0]}: {violation[1]}")
     layers = {c["name"]: c["num_layers"] for c in data["family"]["components"]}
     kinds = set(data["family"]["attention_kinds"])
     steps = data["num_inference_steps"]
