@@ -17,7 +17,7 @@ inputs. Variants: `bf16` (native attention in bfloat16, what FP8 replaces on the
 (one scale per tensor: a local contrast, the baseline FA3 reports), and the runtime's fp8-reference backend
 (per-block e4m3, 128-token query / 256-token K/V blocks, scale = amax/448) without and with the Hadamard
 rotation and K mean subtraction (`Numerics(hadamard_rotation=..., k_mean_subtraction=...)`).
-Metrics as in runtime.metrics: cosine similarity, relative L1, RMSE over the whole output.
+Metrics as in runtime.quality.metrics: cosine similarity, relative L1, RMSE over the whole output.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from runtime.backends import Fp8ReferenceBackend  # noqa: E402
-from runtime.metrics import call_error  # noqa: E402
 from runtime.numerics import Numerics  # noqa: E402
+from runtime.quality.metrics import call_error  # noqa: E402
 from runtime.quantize import E4M3_MAX, FP8_DTYPE  # noqa: E402
 from runtime.rotation import get_rotation  # noqa: E402
 

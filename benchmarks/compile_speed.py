@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from qcompiler.compiler import compile_source  # noqa: E402
+from qcompiler.compile.compiler import compile_source  # noqa: E402
 
 RECIPE = REPO / "recipes" / "wan22_i2v.yaml"
 
@@ -67,7 +67,7 @@ def main() -> None:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, children inherit it
 
-    qcompile = [sys.executable, "-m", "qcompiler.entry"]  # what the `qcompile` console script runs
+    qcompile = [sys.executable, "-m", "qcompiler.cli.entry"]  # what the `qcompile` console script runs
     with tempfile.TemporaryDirectory() as tmp:
         wall([*qcompile, str(RECIPE), "-o", str(Path(tmp) / "plan.json")])  # warm the file cache and .pyc files
         baselines, compiles = interleaved_walls(

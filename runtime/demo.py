@@ -12,10 +12,10 @@ import sys
 import torch
 
 from qcompiler.errors import QcompileError
-from qcompiler.plan import load_plan
+from qcompiler.plan.format import load_plan
 from runtime.backends import BACKEND_NAMES
 from runtime.handle import load
-from runtime.metrics import cosine_similarity, psnr
+from runtime.quality.metrics import cosine_similarity, psnr
 from runtime.tiny import build_tiny_pipeline, run_tiny
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from qcompiler.plan import Plan, load_plan, table_to_rows
+from qcompiler.plan.format import Plan, load_plan, table_to_rows
 from runtime.backends import AttentionBackend, NativeBackend, resolve_fp8_backend
 from runtime.call_record import CallRecord
 from runtime.checks import check_structure, transformer_components
@@ -31,7 +31,7 @@ PlanSource = "str | os.PathLike[str] | Mapping[str, Any] | Plan | None"
 
 
 def _embedded_plan(pipe: Any) -> Plan:
-    from qcompiler.patch import embedded_plan_from_configs
+    from qcompiler.targets.pipeline_dir import embedded_plan_from_configs
 
     configs = {name: model.config for name, model in transformer_components(pipe).items()}
     data = embedded_plan_from_configs(configs)

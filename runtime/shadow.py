@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from qcompiler.plan import Plan, load_plan
+from qcompiler.plan.format import Plan, load_plan
 from runtime.backends import AttentionBackend, resolve_fp8_backend
 from runtime.call_record import CallRecord
 from runtime.checks import check_structure, inspect_component, transformer_components

@@ -9,7 +9,7 @@ import pytest
 
 import qcompiler
 from qcompiler.errors import PlanError, RecipeError
-from qcompiler.plan import Plan, content_sha256, load_plan, write_plan
+from qcompiler.plan.format import Plan, content_sha256, load_plan, write_plan
 from tests.conftest import VALID_RECIPE
 
 
@@ -51,7 +51,7 @@ def test_rule_that_changes_nothing_warns_and_strict_refuses():
 
 
 def test_all_native_plan_warns():
-    from qcompiler.compiler import compile_source
+    from qcompiler.compile.compiler import compile_source
 
     result = compile_source(VALID_RECIPE.replace("default: fp8", "default: native").split("rules:")[0], name="n.yaml")
     assert [d.code for d in result.warnings] == ["QC202"]

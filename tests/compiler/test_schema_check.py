@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qcompiler.families import BUILTIN_FAMILY_DIR
+from qcompiler.recipe.source import parse_yaml
 from qcompiler.schema_check import checker
 from qcompiler.schemas import load_schema
-from qcompiler.yaml_source import parse_yaml
 from tests.conftest import RECIPES_DIR, VALID_RECIPE
 
 VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 2**33), st.floats(allow_nan=False, allow_infinity=False),

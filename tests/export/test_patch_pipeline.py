@@ -7,8 +7,14 @@ import logging
 
 import pytest
 
-from qcompiler.patch import BACKUP_SUFFIX, PLAN_KEY, embedded_plan_from_config, patch_pipeline_dir, remove_patch
-from qcompiler.plan import load_plan
+from qcompiler.plan.format import load_plan
+from qcompiler.targets.pipeline_dir import (
+    BACKUP_SUFFIX,
+    PLAN_KEY,
+    embedded_plan_from_config,
+    patch_pipeline_dir,
+    remove_patch,
+)
 
 COMPONENTS = ("transformer", "transformer_2")
 

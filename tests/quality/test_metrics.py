@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from runtime.metrics import (
+from runtime.quality.metrics import (
     PSNR_CAP_DB,
     SSIM_K1,
     attention_flops,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from qcompiler import compile_recipe_text
-from qcompiler.plan import Plan
+from qcompiler.plan.format import Plan
 from runtime.tiny import build_tiny_pipeline, run_tiny
 
 # Tiny tensors gain nothing from intra-op threads, and on a shared 2-core machine OpenMP's spinning threads

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from qcompiler import compile_recipe_file
-from qcompiler.plan import write_plan
+from qcompiler.plan.format import write_plan
 from runtime.demo import main
 from tests.conftest import RECIPES_DIR
 

@@ -44,7 +44,7 @@ def test_plan_of_another_family_is_refused(i2v_pipe, compile_tiny):
 def test_uncovered_expert_is_refused(i2v_pipe, compile_tiny):
     # A one-transformer plan (its class made to match) loaded into a two-expert pipeline: transformer_2 would
     # run unplanned, so load refuses.
-    from qcompiler.plan import content_sha256, load_plan
+    from qcompiler.plan.format import content_sha256, load_plan
 
     data = compile_tiny(recipe(T2V)).to_dict()
     data["family"]["pipeline_class"] = "WanImageToVideoPipeline"
@@ -54,7 +54,7 @@ def test_uncovered_expert_is_refused(i2v_pipe, compile_tiny):
 
 
 def test_missing_expert_is_named(t2v_pipe, compile_tiny):
-    from qcompiler.plan import content_sha256, load_plan
+    from qcompiler.plan.format import content_sha256, load_plan
 
     data = compile_tiny(recipe("wan2.2-t2v-a14b")).to_dict()
     data["family"]["boundary_ratio"] = None
