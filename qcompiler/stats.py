@@ -1,26 +1,32 @@
-"""What a plan puts on FP8: share of attention calls and of attention FLOPs, from the family's reference shapes.
+"""What a plan puts on FP8: share of attention calls and of attention FLOPs, from reference shapes.
 
-FLOPs per attention call = 4 * B * H * S_q * S_kv * D (two matmuls, QK^T and PV, of 2*S_q*S_kv*D each).
-Each step runs one component (per the plan's expert_schedule), every layer of it, each attention kind, once
-per CFG branch. Shares are ratios, so the CFG factor and batch cancel but are kept for the absolute figures.
+The one attention-FLOP formula lives here (`attention_flops`); the runtime's FLOP counter and the quality
+report use it too. Each step runs one component (per the plan's expert_schedule), every layer of it, each
+attention kind, once per CFG branch. Shares are ratios, so the CFG factor and batch cancel but are kept for
+the absolute figures.
 """
 
 from __future__ import annotations
 
-from collections import namedtuple
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from qcompiler.plan.format import Plan
 
 
-class PlanCost(namedtuple("PlanCost", ["calls_total", "calls_fp8", "flops_total", "flops_fp8", "shapes_description"])):
+def attention_flops(batch: int, heads: int, q_tokens: int, kv_tokens: int, head_dim: int) -> int:
+    """FLOPs of one attention call: `4 * B * H * S_q * S_kv * D` (QK^T and PV, each 2 * S_q * S_kv * D)."""
+    return 4 * batch * heads * q_tokens * kv_tokens * head_dim
 
-    # Fields:
-    #   calls_total: int
-    #   calls_fp8: int
-    #   flops_total: float
-    #   flops_fp8: float
-    #   shapes_description: str
-    __slots__ = ()
+
+@dataclass(frozen=True)
+class PlanCost:
+    calls_total: int
+    calls_fp8: int
+    flops_total: float
+    flops_fp8: float
+    shapes_description: str
 
     @property
     def call_share(self) -> float:
@@ -31,24 +37,28 @@ class PlanCost(namedtuple("PlanCost", ["calls_total", "calls_fp8", "flops_total"
         return self.flops_fp8 / self.flops_total if self.flops_total else 0.0
 
 
-def flops_per_call(plan: Plan, component: str, kind: str) -> float:
-    shapes = plan.data["family"]["reference_shapes"]
-    spec = next(c for c in plan.components if c["name"] == component)
-    batch = shapes.get("batch", 1)
+def reference_tokens(shapes: Mapping[str, Any], kind: str) -> tuple[int, int]:
+    """(query tokens, key/value tokens) of one `kind` ("self" or "cross") call at a family's reference shapes."""
     query = shapes["self_tokens"]
     keys = query if kind == "self" else shapes.get("text_tokens", 0) + shapes.get("image_tokens", 0)
-    return 4.0 * batch * spec["num_heads"] * query * keys * spec["head_dim"]
+    return query, keys
 
 
-def plan_cost(plan: Plan) -> PlanCost:
-    shapes = plan.data["family"]["reference_shapes"]
+def plan_cost(plan: Plan, family: Mapping[str, Any] | None = None) -> PlanCost:
+    """FP8 calls and FLOPs of `plan` at the reference shapes of `family` (a Family.structure() mapping; by
+    default the family the plan records, i.e. its variant's shapes)."""
+    family = plan.data["family"] if family is None else family
+    shapes = family["reference_shapes"]
+    specs = {c["name"]: c for c in family["components"]}
+    batch = shapes.get("batch", 1)
     branches = 2 if shapes.get("cfg", True) else 1
     calls_total = calls_fp8 = 0
     flops_total = flops_fp8 = 0.0
     for step, component in enumerate(plan.expert_schedule):
+        spec = specs[component]
         for kind in plan.attention_kinds:
             row = plan.table(component, kind)[step]
-            per_call = flops_per_call(plan, component, kind)
+            per_call = float(attention_flops(batch, spec["num_heads"], *reference_tokens(shapes, kind), spec["head_dim"]))
             fp8_layers = sum(row)
             calls_total += branches * len(row)
             calls_fp8 += branches * fp8_layers

@@ -8,19 +8,20 @@ from typing import Any
 
 import torch
 
-from runtime.quantize import KV_BLOCK_TOKENS, QUERY_BLOCK_TOKENS, dequantize_per_block, quantize_per_block
+from qcompiler.numerics import DEFAULT_DTYPE, DEFAULT_NUMERICS, DEFAULT_ROTATION_SEED, DTYPES
+from runtime.quantize import dequantize_per_block, quantize_per_block
 
-# The seed vllm-omni passed to msModelSlim's create_rot; our default when no plan says otherwise.
-DEFAULT_ROTATION_SEED = 425500
+# Defaults come from qcompiler.numerics, the one record the compiler writes plans from.
+_DEFAULT_SPEC = DTYPES[DEFAULT_DTYPE]
 
 
 @dataclass(frozen=True)
 class Numerics:
-    hadamard_rotation: bool = True
+    hadamard_rotation: bool = DEFAULT_NUMERICS["hadamard_rotation"]
     rotation_seed: int = DEFAULT_ROTATION_SEED
-    query_block_tokens: int = QUERY_BLOCK_TOKENS
-    kv_block_tokens: int = KV_BLOCK_TOKENS
-    k_mean_subtraction: bool = False
+    query_block_tokens: int = _DEFAULT_SPEC.query_block_tokens
+    kv_block_tokens: int = _DEFAULT_SPEC.kv_block_tokens
+    k_mean_subtraction: bool = DEFAULT_NUMERICS["k_mean_subtraction"]
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> Numerics:

@@ -11,9 +11,8 @@ from qcompiler.cli.common import fail
 from qcompiler.cli.run_options import check_frame_sizes, pipeline_options
 from qcompiler.errors import QcompileError
 from qcompiler.families import get_family
+from qcompiler.numerics import DEFAULT_ROTATION_SEED, MAX_ROTATION_SEED
 from qcompiler.plan.format import write_text_atomically
-
-DEFAULT_ROTATION_SEED = 425500  # vllm-omni's msModelSlim rotation seed, the recipes' default too
 
 
 def _parse_seeds(text: str) -> tuple[int, ...]:
@@ -46,7 +45,7 @@ def _read_prompts(path: str | None) -> tuple[str, ...] | None:
               help="Text file, one prompt per line (# comments). Default: one built-in prompt.")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds; every prompt runs every seed.")
 @click.option("--hadamard/--no-hadamard", default=True, show_default=True, help="Measure with the Q/K Hadamard rotation.")
-@click.option("--rotation-seed", type=click.IntRange(0, 2**32 - 1), default=DEFAULT_ROTATION_SEED, show_default=True)
+@click.option("--rotation-seed", type=click.IntRange(0, MAX_ROTATION_SEED), default=DEFAULT_ROTATION_SEED, show_default=True)
 @click.option("--k-mean-subtraction", is_flag=True, help="Measure with K's token mean subtracted (exact for softmax).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Sensitivity file to write.")
 @pipeline_options

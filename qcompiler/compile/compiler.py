@@ -9,6 +9,7 @@ from qcompiler import __version__
 from qcompiler.compile.resolve import RuleSelection, masks_to_rows, predict_expert_schedule, resolve_tables
 from qcompiler.errors import Diagnostic, FamilyError, RecipeError
 from qcompiler.families import Family, get_family
+from qcompiler.numerics import plan_numerics
 from qcompiler.plan.format import PLAN_FORMAT, Plan, content_sha256
 from qcompiler.plan.io import sha256
 from qcompiler.recipe.schema import schema_diagnostics
@@ -18,12 +19,6 @@ from qcompiler.recipe.source import SourceDocument, YamlLoadError, decode_recipe
 TYPE_CHECKING = False  # see docs/design.md "Start-up": no typing import at run time
 if TYPE_CHECKING:
     from typing import Any
-
-# Block sizes of the Ascend per-block FP8 kernel (quant mode 7): one scale per 128 query tokens and per
-# 256 key/value tokens (torch_npu npu_fused_infer_attention_score_v2 scale shapes [B, N, ceil(S/128|256), 1]).
-QUERY_BLOCK_TOKENS = 128
-KV_BLOCK_TOKENS = 256
-DEFAULT_ROTATION_SEED = 425500  # the seed vllm-omni's msModelSlim rotation used
 
 
 class CompileResult:
@@ -183,7 +178,6 @@ def _select_or_finding(doc: SourceDocument, index: int, key: str, value: Any, le
 
 
 def _plan_data(doc: SourceDocument, data: dict, family: Family, num_steps: int, recipe_sha: str, resolution) -> dict:
-    numerics = data.get("numerics") or {}
     layers = resolution.num_layers
     tables: dict[str, dict[str, list[str]]] = {}
     for component, kind in resolution.masks:
@@ -194,13 +188,7 @@ def _plan_data(doc: SourceDocument, data: dict, family: Family, num_steps: int, 
         "family": family.structure(),
         "num_inference_steps": num_steps,
         "dtype": data["dtype"],
-        "numerics": {
-            "hadamard_rotation": numerics.get("hadamard_rotation", True),
-            "rotation_seed": numerics.get("rotation_seed", DEFAULT_ROTATION_SEED),
-            "query_block_tokens": QUERY_BLOCK_TOKENS,
-            "kv_block_tokens": KV_BLOCK_TOKENS,
-            "k_mean_subtraction": numerics.get("k_mean_subtraction", False),
-        },
+        "numerics": plan_numerics(data["dtype"], data.get("numerics")),
         "fallback": data["fallback"],
         "expert_schedule": predict_expert_schedule(family, num_steps),
         "tables": tables,

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from qcompiler.errors import QcompileError
+from qcompiler.numerics import DEFAULT_ROTATION_SEED
 from qcompiler.plan.format import Plan
 
 # vllm-omni quantizes only Wan's self-attention (attn1); it opts cross-attention (text K/V of 512 tokens) out
@@ -27,7 +28,7 @@ from qcompiler.plan.format import Plan
 QUANTIZED_KIND = "self"
 
 # vllm-omni's numerics are fixed: msModelSlim's randomized Hadamard with seed 425500, no K-mean subtraction.
-VLLM_OMNI_ROTATION_SEED = 425500
+VLLM_OMNI_ROTATION_SEED = DEFAULT_ROTATION_SEED
 
 # Past this many candidate layer sets the exact search stops and a greedy search takes over (see _best_rectangle).
 _MAX_EXACT_CANDIDATES = 4096

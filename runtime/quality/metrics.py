@@ -160,8 +160,3 @@ def ssim(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 1.0) -> float:
     cov = F.conv2d(a * b, window) - mu_a * mu_b
     ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
     return float(ssim_map.mean())
-
-
-def attention_flops(batch: int, heads: int, q_tokens: int, kv_tokens: int, head_dim: int) -> int:
-    """`4 * B * H * S_q * S_kv * D`: QK^T and PV, two FLOPs per multiply-add each."""
-    return 4 * batch * heads * q_tokens * kv_tokens * head_dim

@@ -18,8 +18,8 @@ import torch
 
 from qcompiler.errors import QcompileError
 from qcompiler.families import get_family
+from qcompiler.stats import attention_flops
 from runtime import tiny
-from runtime.quality.metrics import attention_flops
 
 DEFAULT_PROMPT = "a red cube on a table"
 DEFAULT_NEGATIVE_PROMPT = "blurry"

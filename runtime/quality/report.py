@@ -29,6 +29,7 @@ from qcompiler.compile.resolve import predict_expert_schedule
 from qcompiler.families import get_family
 from qcompiler.plan.format import Plan, content_sha256, write_text_atomically
 from qcompiler.schemas import load_schema
+from qcompiler.stats import plan_cost
 from runtime.backends import resolve_fp8_backend
 from runtime.call_record import CallRecord
 from runtime.handle import load
@@ -115,19 +116,8 @@ def _error_stats(records: list[CallRecord]) -> dict[str, dict[str, float]] | Non
 
 def target_flop_share(plan: Plan) -> tuple[float, str]:
     """FP8 share of attention FLOPs at the REAL model's reference shapes (the family without variant)."""
-    family = get_family(plan.family_name)
-    shapes = family.shapes()
-    query = shapes["self_tokens"]
-    keys = {"self": query, "cross": shapes.get("text_tokens", 0) + shapes.get("image_tokens", 0)}
-    total = fp8 = 0.0
-    for step, component_name in enumerate(plan.expert_schedule):
-        component = family.component(component_name)
-        for kind in plan.attention_kinds:
-            per_call = 4.0 * component.num_heads * query * keys[kind] * component.head_dim
-            row = plan.table(component_name, kind)[step]
-            total += per_call * len(row)
-            fp8 += per_call * sum(row)
-    return (fp8 / total if total else 0.0), str(shapes.get("description", ""))
+    cost = plan_cost(plan, get_family(plan.family_name).structure())
+    return cost.flop_share, str(cost.shapes_description)
 
 
 def _cells(plan: Plan, execution: dict, flops_per_call: Callable[[str, str], int], fp8_name: str | None,
