@@ -1,14 +1,33 @@
-"""Access to the JSON Schemas shipped in `schemas/` (also packaged as qcompiler/_schemas for installs)."""
+"""The JSON Schemas shipped in `schemas/` (also packaged as qcompiler/_schemas for installs), and their validators.
+
+Every schema check in qcompile goes through `jsonschema`: one Draft 2020-12 validator per schema, built once.
+Our one rule stricter than JSON Schema: `integer` means an integer value, never a float such as 4.0 (JSON
+Schema accepts 4.0); booleans are never numbers (as in JSON Schema).
+"""
 
 from __future__ import annotations
 
 import json
 from functools import cache
 from pathlib import Path
+from typing import Any
+
+import jsonschema
+from jsonschema.exceptions import ValidationError
 
 _CANDIDATE_DIRS = (
     Path(__file__).parent / "_schemas",  # installed wheel: schemas copied into the package
     Path(__file__).parent.parent / "schemas",  # source checkout
+)
+
+
+def _is_strict_integer(checker: Any, instance: Any) -> bool:
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+StrictValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_strict_integer),
 )
 
 
@@ -23,3 +42,35 @@ def schema_path(name: str) -> Path:
 @cache
 def load_schema(name: str) -> dict:
     return json.loads(schema_path(name).read_text(encoding="utf-8"))
+
+
+@cache
+def validator(name: str) -> jsonschema.protocols.Validator:
+    """The validator of schemas/NAME.schema.json (the schema itself checked against the metaschema once)."""
+    schema = load_schema(name)
+    StrictValidator.check_schema(schema)
+    return StrictValidator(schema)
+
+
+def schema_errors(name: str, document: Any) -> list[ValidationError]:
+    """Every violation of schemas/NAME.schema.json, in path order."""
+    return sorted(validator(name).iter_errors(document), key=lambda e: [str(p) for p in e.absolute_path])
+
+
+def json_path(path: Any) -> str:
+    """`$.tables.transformer.self[3]`: where a value sits in a JSON document, for messages."""
+    text = "$"
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return text
+
+
+def first_violation(name: str, document: Any) -> tuple[str, str] | None:
+    """(where, message) of the first violation of schemas/NAME.schema.json in path order, or None if valid.
+
+    `where` is the JSON path to the offending value (`$` for the document itself).
+    """
+    errors = schema_errors(name, document)
+    if not errors:
+        return None
+    return json_path(errors[0].absolute_path), errors[0].message

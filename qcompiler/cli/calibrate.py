@@ -7,12 +7,10 @@ from pathlib import Path
 
 import click
 
-from qcompiler.cli.common import fail
 from qcompiler.cli.run_options import check_frame_sizes, pipeline_options
-from qcompiler.errors import QcompileError
 from qcompiler.families import get_family
 from qcompiler.numerics import DEFAULT_ROTATION_SEED, MAX_ROTATION_SEED
-from qcompiler.plan.format import write_text_atomically
+from qcompiler.plan.io import write_text_atomically
 
 
 def _parse_seeds(text: str) -> tuple[int, ...]:
@@ -56,26 +54,21 @@ def command(family: str, steps: int, prompts_file: str | None, seeds: str, hadam
     check_frame_sizes(height, width, num_frames)
     seed_list = _parse_seeds(seeds)
     prompts = _read_prompts(prompts_file)
-    try:
-        get_family(family)
-        from runtime.numerics import Numerics
-        from runtime.quality.calibrate import CalibrateOptions, calibrate, sensitivity_json
-        from runtime.quality.pipelines import DEFAULT_PROMPT, FrameSettings
+    get_family(family)
+    from runtime.numerics import Numerics
+    from runtime.quality.calibrate import CalibrateOptions, calibrate, sensitivity_json
+    from runtime.quality.pipelines import DEFAULT_PROMPT, FrameSettings
 
-        options = CalibrateOptions(
-            family=family, steps=steps, pipeline=pipeline, seeds=seed_list, prompts=prompts or (DEFAULT_PROMPT,),
-            backend=backend,
-            numerics=Numerics(hadamard_rotation=hadamard, rotation_seed=rotation_seed,
-                              k_mean_subtraction=k_mean_subtraction),
-            frames=FrameSettings(height=height, width=width, num_frames=num_frames, guidance_scale=guidance_scale),
-            progress=not no_progress,
-        )
-        data = calibrate(options)
-        write_text_atomically(output, sensitivity_json(data))
-    except QcompileError as exc:
-        fail(str(exc))
-    except OSError as exc:
-        fail(f"{output}: cannot write: {exc}")
+    options = CalibrateOptions(
+        family=family, steps=steps, pipeline=pipeline, seeds=seed_list, prompts=prompts or (DEFAULT_PROMPT,),
+        backend=backend,
+        numerics=Numerics(hadamard_rotation=hadamard, rotation_seed=rotation_seed,
+                          k_mean_subtraction=k_mean_subtraction),
+        frames=FrameSettings(height=height, width=width, num_frames=num_frames, guidance_scale=guidance_scale),
+        progress=not no_progress,
+    )
+    data = calibrate(options)
+    write_text_atomically(output, sensitivity_json(data))
     cells = data["cells"]
     worst = min(cells, key=lambda c: c["cos_sim"]["worst"]) if cells else None
     where = (f"; most sensitive: {worst['component']}/{worst['kind']} step {worst['step']} layer {worst['layer']} "

@@ -9,20 +9,12 @@ import click
 
 from qcompiler.cli.diagnostics_format import format_text
 from qcompiler.compile.compiler import compile_path
-from qcompiler.errors import QcompileError
 from qcompiler.plan.format import Plan, load_plan
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     raise SystemExit(code)
-
-
-def load_plan_or_fail(path: str) -> Plan:
-    try:
-        return load_plan(path)
-    except QcompileError as exc:
-        fail(str(exc))
 
 
 def load_plan_or_recipe(path: str, *, steps: int | None = None, variant: str | None = None) -> Plan:
@@ -33,7 +25,7 @@ def load_plan_or_recipe(path: str, *, steps: int | None = None, variant: str | N
             click.echo(format_text(result.diagnostics), err=True, nl=False)
             fail(f"{path}: the recipe has errors (see above)")
         return result.plan
-    return load_plan_or_fail(path)
+    return load_plan(path)
 
 
 def describe_indices(indices: list[int]) -> str:

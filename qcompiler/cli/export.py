@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from qcompiler.cli.common import fail, load_plan_or_recipe
-from qcompiler.errors import QcompileError
+from qcompiler.cli.common import load_plan_or_recipe
 from qcompiler.targets.vllm_omni import export_vllm_omni
 
 TARGETS = ("vllm-omni",)
@@ -28,10 +27,7 @@ def command(plan_path: str, target: str, conservative: bool, output_format: str)
     cells that cannot be expressed, unless --conservative. Summary and notes go to stderr, settings to stdout.
     """
     plan = load_plan_or_recipe(plan_path)
-    try:
-        settings = export_vllm_omni(plan, conservative=conservative)
-    except QcompileError as exc:
-        fail(str(exc))
+    settings = export_vllm_omni(plan, conservative=conservative)
     if output_format in ("flags", "both"):
         if output_format == "both":
             click.echo("# vllm-omni CLI flags")

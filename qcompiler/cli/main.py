@@ -1,15 +1,16 @@
-"""The `qcompile` command line. `qcompile RECIPE -o plan.json` compiles; subcommands do the rest.
+"""The `qcompile` command line (the console script's entry point). `qcompile RECIPE -o plan.json` compiles;
+subcommands do the rest.
 
-Commands live one per module in qcompiler/cli/ and are registered from
-qcompiler.cli.COMMAND_MODULES, each module exposing `command` (a click.Command). The console script
-enters through qcompiler.cli.entry, which runs the plain compile form without importing click.
-Exit status: 0 success, 1 findings or a failed check, 2 usage errors.
+Commands live one per module in qcompiler/cli/ and are registered from qcompiler.cli.COMMAND_MODULES, each
+module exposing `command` (a click.Command), imported on first use. Errors are handled here, once: a
+QcompileError (bad input: recipe, plan, family, sensitivity file) or an OSError (a file that cannot be read or
+written) prints `error: ...` and exits 1, never a traceback.
+Exit status: 0 success, 1 findings, bad input or a failed check, 2 usage errors (click).
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
 
 import click
 
@@ -20,9 +21,14 @@ from qcompiler.errors import QcompileError
 DEFAULT_COMMAND = "compile"
 
 
-class _DefaultCommandGroup(click.Group):
-    """Subcommands imported on first use (startup stays fast); a first argument that is not a subcommand goes
-    to the default `compile` command, so `qcompile RECIPE -o plan.json` works."""
+def _os_error_message(exc: OSError) -> str:
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}"
+
+
+class _QcompileGroup(click.Group):
+    """Subcommands imported on first use; a first argument that is not a subcommand (a recipe path, or an
+    option of the compile form) goes to the default `compile` command, so `qcompile RECIPE -o plan.json` works."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMAND_MODULES)
@@ -33,17 +39,25 @@ class _DefaultCommandGroup(click.Group):
         return importlib.import_module(f"qcompiler.cli.{name}").command
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and not args[0].startswith("-") and args[0] not in COMMAND_MODULES:
-            args = [DEFAULT_COMMAND, *args]
-        elif args and args[0] in ("-o", "--output", "--steps", "--variant", "--strict"):
+        if args and args[0] not in COMMAND_MODULES and args[0] not in ("-h", "--help", "--version"):
             args = [DEFAULT_COMMAND, *args]
         return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except QcompileError as exc:  # bad input, reported by the library with where and how to fix it
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+        except OSError as exc:  # a path we could not read or write
+            click.echo(f"error: {_os_error_message(exc)}", err=True)
+            ctx.exit(1)
 
     def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         formatter.write_usage("qcompile", "RECIPE -o plan.json [--steps N] [--variant tiny]\n       qcompile COMMAND [ARGS]...")
 
 
-@click.group(cls=_DefaultCommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_QcompileGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="qcompile")
 def cli() -> None:
     """Compile FP8-attention recipes into verified per-(step, layer) plans.
@@ -56,11 +70,7 @@ def cli() -> None:
 
 
 def main() -> None:
-    try:
-        cli.main(prog_name="qcompile", standalone_mode=True)
-    except QcompileError as exc:  # commands raise these for bad input; never show a traceback for them
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+    cli.main(prog_name="qcompile")
 
 
 if __name__ == "__main__":

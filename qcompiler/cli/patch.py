@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import click
 
-from qcompiler.cli.common import fail
-from qcompiler.errors import QcompileError
 from qcompiler.targets.pipeline_dir import CONFIG_NAME, PLAN_KEY, patch_pipeline_dir, remove_patch
 
 
@@ -22,17 +20,14 @@ def command(pipeline_dir: str, plan_path: str | None, remove: bool) -> None:
     """
     if remove == (plan_path is not None):
         raise click.UsageError("give PLAN to patch, or --remove without PLAN to undo a patch")
-    try:
-        if remove:
-            removed = remove_patch(pipeline_dir)
-            for name in removed.restored:
-                click.echo(f"{name}/{CONFIG_NAME}: restored the original from its backup")
-            for name in removed.key_removed:
-                click.echo(f"{name}/{CONFIG_NAME}: changed since patching (or re-saved); removed only {PLAN_KEY}")
-            return
-        result = patch_pipeline_dir(pipeline_dir, plan_path)
-    except QcompileError as exc:
-        fail(str(exc))
+    if remove:
+        removed = remove_patch(pipeline_dir)
+        for name in removed.restored:
+            click.echo(f"{name}/{CONFIG_NAME}: restored the original from its backup")
+        for name in removed.key_removed:
+            click.echo(f"{name}/{CONFIG_NAME}: changed since patching (or re-saved); removed only {PLAN_KEY}")
+        return
+    result = patch_pipeline_dir(pipeline_dir, plan_path)
     for name in result.patched:
         click.echo(f"{name}/{CONFIG_NAME}: embedded plan {result.plan_sha256[:12]} "
                    f"(original kept as {CONFIG_NAME}.qcompile-backup)")

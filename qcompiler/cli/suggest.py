@@ -14,8 +14,7 @@ import click
 from qcompiler.cli.common import fail
 from qcompiler.cli.diagnostics_format import format_text
 from qcompiler.compile.compiler import compile_source
-from qcompiler.errors import QcompileError
-from qcompiler.plan.format import write_text_atomically
+from qcompiler.plan.io import write_text_atomically
 from qcompiler.schemas import schema_path
 from qcompiler.suggest.cover import Budget, suggest_recipe, verify_suggestion
 from qcompiler.suggest.sensitivity import load_sensitivity
@@ -37,25 +36,16 @@ def command(sensitivity: str, min_cos: float | None, max_rel_l1: float | None, f
               (("min_cos", min_cos), ("max_rel_l1", max_rel_l1), ("fp8_flop_share", fp8_flop_share)) if value is not None]
     if len(chosen) != 1:
         raise click.UsageError("give exactly one budget: --min-cos X, --max-rel-l1 X or --fp8-flop-share X")
-    try:
-        data = load_sensitivity(sensitivity)
-        schema = os.path.relpath(schema_path("recipe"), Path(output).resolve().parent)
-        suggestion = suggest_recipe(data, Budget(*chosen[0]), source_name=Path(sensitivity).name, fallback=fallback,
-                                    schema_ref=Path(schema).as_posix())
-    except QcompileError as exc:
-        fail(str(exc))
+    data = load_sensitivity(sensitivity)
+    schema = os.path.relpath(schema_path("recipe"), Path(output).resolve().parent)
+    suggestion = suggest_recipe(data, Budget(*chosen[0]), source_name=Path(sensitivity).name, fallback=fallback,
+                                schema_ref=Path(schema).as_posix())
     result = compile_source(suggestion.text, name=output, variant=data.variant)
     if result.errors or result.plan is None:  # a bug in the generator, never the user's fault; say so
         click.echo(format_text(result.diagnostics), err=True, nl=False)
         fail("internal error: the generated recipe does not compile; please report this with the sensitivity file")
-    try:
-        verify_suggestion(suggestion, data, dict(result.plan.tables))
-    except QcompileError as exc:
-        fail(str(exc))
-    try:
-        write_text_atomically(output, suggestion.text)
-    except OSError as exc:
-        fail(f"{output}: cannot write: {exc}")
+    verify_suggestion(suggestion, data, dict(result.plan.tables))
+    write_text_atomically(output, suggestion.text)
     worst = (f"worst FP8 call cos-sim {suggestion.worst_fp8_cos_sim:.6f}, rel-L1 {suggestion.worst_fp8_rel_l1:.4g}"
              if suggestion.worst_fp8_cos_sim is not None else "no cell meets the budget: the recipe runs all native")
     click.echo(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from qcompiler import __version__
 from qcompiler.compile.resolve import RuleSelection, masks_to_rows, predict_expert_schedule, resolve_tables
@@ -15,10 +16,6 @@ from qcompiler.plan.io import sha256
 from qcompiler.recipe.schema import schema_diagnostics
 from qcompiler.recipe.selectors import SelectorError, select
 from qcompiler.recipe.source import SourceDocument, YamlLoadError, decode_recipe_bytes, parse_yaml, read_recipe_text
-
-TYPE_CHECKING = False  # see docs/design.md "Start-up": no typing import at run time
-if TYPE_CHECKING:
-    from typing import Any
 
 
 class CompileResult:

@@ -7,45 +7,40 @@ apply in recipe order; the last rule that selects a cell decides it. Cells outsi
 
 from __future__ import annotations
 
-from collections import namedtuple
+from dataclasses import dataclass
 
 from qcompiler.families import Family
 
 
-class RuleSelection(namedtuple("RuleSelection", ["name", "precision", "components", "kinds", "steps", "layers"])):
+@dataclass(frozen=True)
+class RuleSelection:
     """A rule after its selectors were read: the concrete cells it selects."""
 
-    # Fields:
-    #   name: str
-    #   precision: str  # "fp8" | "native"
-    #   components: tuple[str, ...]
-    #   kinds: tuple[str, ...]
-    #   steps: frozenset[int]
-    #   layers: frozenset[int]
-    __slots__ = ()
+    name: str
+    precision: str  # "fp8" | "native"
+    components: tuple[str, ...]
+    kinds: tuple[str, ...]
+    steps: frozenset[int]
+    layers: frozenset[int]
 
-class RuleEffect(namedtuple("RuleEffect", ["name", "precision", "changed"])):
-
-    # Fields:
-    #   name: str
-    #   precision: str
+@dataclass(frozen=True)
+class RuleEffect:
+    name: str
+    precision: str
     # (component, kind) -> one int per step whose bit `layer` is set where this rule changed the cell
-    #   changed: dict[tuple[str, str], tuple[int, ...]]
-    __slots__ = ()
+    changed: dict[tuple[str, str], tuple[int, ...]]
 
     @property
     def cells_changed(self) -> int:
         return sum(mask.bit_count() for masks in self.changed.values() for mask in masks)
 
 
-class Resolution(namedtuple("Resolution", ["masks", "num_layers", "effects"])):
-
-    # Fields:
+@dataclass(frozen=True)
+class Resolution:
     # (component, kind) -> one int per step; bit `layer` set = FP8. Bitmasks make a rule O(steps), not O(cells).
-    #   masks: dict[tuple[str, str], tuple[int, ...]]
-    #   num_layers: dict[str, int]
-    #   effects: tuple[RuleEffect, ...]
-    __slots__ = ()
+    masks: dict[tuple[str, str], tuple[int, ...]]
+    num_layers: dict[str, int]
+    effects: tuple[RuleEffect, ...]
 
     def rows(self, component: str, kind: str) -> list[str]:
         return masks_to_rows(self.masks[(component, kind)], self.num_layers[component])

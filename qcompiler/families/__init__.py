@@ -9,48 +9,41 @@ from __future__ import annotations
 
 import json
 import os
-from collections import namedtuple
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from qcompiler.errors import FamilyError, close_matches
-from qcompiler.schema_check import first_violation
-
-TYPE_CHECKING = False  # see docs/design.md "Start-up": no typing import at run time
-if TYPE_CHECKING:
-    from typing import Any
+from qcompiler.schemas import first_violation
 
 BUILTIN_FAMILY_DIR = Path(__file__).parent / "data"
 FAMILY_PATH_ENV = "QCOMPILE_FAMILY_PATH"
 
 
-class Component(namedtuple("Component", ["name", "role", "diffusers_class", "num_layers", "num_heads", "head_dim"])):
+@dataclass(frozen=True)
+class Component:
+    name: str
+    role: str
+    diffusers_class: str
+    num_layers: int
+    num_heads: int
+    head_dim: int
 
-    # Fields:
-    #   name: str
-    #   role: str
-    #   diffusers_class: str
-    #   num_layers: int
-    #   num_heads: int
-    #   head_dim: int
-    __slots__ = ()
-
-class Family(namedtuple("Family", ["name", "variant", "description", "pipeline_class", "components", "attention_kinds", "attention_modules", "boundary_ratio", "num_train_timesteps", "flow_shift", "reference_shapes", "variants"])):
-
-    # Fields:
-    #   name: str
-    #   variant: str | None
-    #   description: str
-    #   pipeline_class: str
-    #   components: tuple[Component, ...]
-    #   attention_kinds: tuple[str, ...]
-    #   attention_modules: tuple[tuple[str, str], ...]  # (kind, module pattern), e.g. ("self", "blocks.{layer}.attn1")
-    #   boundary_ratio: float | None
-    #   num_train_timesteps: int
-    #   flow_shift: float
-    #   reference_shapes: tuple[tuple[str, Any], ...]
-    #   variants: tuple[str, ...]
-    __slots__ = ()
+@dataclass(frozen=True)
+class Family:
+    name: str
+    variant: str | None
+    description: str
+    pipeline_class: str
+    components: tuple[Component, ...]
+    attention_kinds: tuple[str, ...]
+    attention_modules: tuple[tuple[str, str], ...]  # (kind, module pattern), e.g. ("self", "blocks.{layer}.attn1")
+    boundary_ratio: float | None
+    num_train_timesteps: int
+    flow_shift: float
+    reference_shapes: tuple[tuple[str, Any], ...]
+    variants: tuple[str, ...]
 
     @property
     def display_name(self) -> str:

@@ -10,14 +10,11 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from qcompiler.errors import PlanError
-from qcompiler.plan.io import sha256, write_bytes_atomically
-from qcompiler.schema_check import first_violation
-
-TYPE_CHECKING = False  # see docs/design.md "Start-up": no typing import at run time
-if TYPE_CHECKING:
-    from typing import Any
+from qcompiler.plan.io import sha256, write_text_atomically
+from qcompiler.schemas import first_violation
 
 PLAN_FORMAT = 1
 FP8 = "1"
@@ -223,11 +220,6 @@ def load_plan(source: str | os.PathLike[str] | Mapping[str, Any] | Plan) -> Plan
         return Plan.from_dict(data)
     except PlanError as exc:
         raise PlanError(f"{path}: {exc}") from None
-
-
-def write_text_atomically(path: str | os.PathLike[str], text: str) -> None:
-    """Write via a temp file in the same folder and os.replace: readers see the old file or the new, never half."""
-    write_bytes_atomically(path, text.encode("utf-8"))
 
 
 def write_plan(plan: Plan | Mapping[str, Any], path: str | os.PathLike[str]) -> None:

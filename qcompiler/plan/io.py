@@ -2,27 +2,11 @@
 
 from __future__ import annotations
 
-import itertools
 import os
+import tempfile
+from hashlib import sha256
 
-
-def _fast_sha256():
-    """CPython's built-in sha256 (hashlib would load OpenSSL's, ~5 ms of start-up, for the same digest)."""
-    import importlib
-
-    for module in ("_sha256", "_sha2"):  # _sha2 from Python 3.12 on
-        try:
-            return importlib.import_module(module).sha256
-        except ImportError:
-            continue
-    import hashlib
-
-    return hashlib.sha256
-
-
-sha256 = _fast_sha256()
-
-_counter = itertools.count()
+__all__ = ["sha256", "write_bytes_atomically", "write_text_atomically"]
 
 
 def _default_mode(path: str) -> int:
@@ -38,22 +22,19 @@ def _default_mode(path: str) -> int:
 def write_bytes_atomically(path: str | os.PathLike[str], data: bytes, *, mode: int | None = None) -> None:
     """Write `data` to a temp file beside `path`, fsync it, then os.replace it over `path`.
 
-    The temp name is made from the pid and a counter and created with O_EXCL (no `tempfile` import: it
-    costs more start-up time than compiling a recipe). An interrupted write leaves no temp file behind.
+    An interrupted write leaves no temp file behind. An OSError names `path` (not the temp file), so the
+    message a user sees is about the file they asked for.
     """
     target = os.fspath(path)
     folder, name = os.path.split(target)
-    mode = _default_mode(target) if mode is None else mode
-    while True:
-        tmp = os.path.join(folder, f".{name}.{os.getpid()}.{next(_counter)}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-            break
-        except FileExistsError:
-            continue
+    try:
+        mode = _default_mode(target) if mode is None else mode
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder or ".")
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, target) from exc
     try:
         try:
-            os.fchmod(fd, mode)  # os.open's mode is filtered by the umask; the old file's mode is not
+            os.fchmod(fd, mode)  # mkstemp creates 0600; keep the old file's mode or the umask's default
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
@@ -61,9 +42,15 @@ def write_bytes_atomically(path: str | os.PathLike[str], data: bytes, *, mode: i
         finally:
             os.close(fd)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and exc.filename != target:
+            raise OSError(exc.errno, exc.strerror, target) from exc
         raise
+
+
+def write_text_atomically(path: str | os.PathLike[str], text: str) -> None:
+    write_bytes_atomically(path, text.encode("utf-8"))

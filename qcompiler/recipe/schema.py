@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
+
+from jsonschema.exceptions import ValidationError
 
 from qcompiler.errors import Diagnostic, close_matches
 from qcompiler.recipe.source import SourceDocument
-from qcompiler.schema_check import SchemaViolation, checker
-
-TYPE_CHECKING = False  # see docs/design.md "Start-up": no typing import at run time
-if TYPE_CHECKING:
-    from typing import Any
+from qcompiler.schemas import schema_errors
 
 SELECTOR_KEYS = ("steps", "layers")  # checked by qcompiler.recipe.selectors, which gives better messages
 
@@ -37,14 +36,14 @@ def _subschema_description(schema: dict) -> str:
 
 
 def schema_diagnostics(doc: SourceDocument) -> Iterator[Diagnostic]:
-    for error in sorted(checker("recipe").iter_errors(doc.data), key=lambda e: [str(p) for p in e.absolute_path]):
+    for error in schema_errors("recipe", doc.data):
         path = tuple(error.absolute_path)
         if path and path[-1] in SELECTOR_KEYS or (len(path) >= 2 and path[-2] in SELECTOR_KEYS):
             continue
         yield from _diagnose(doc, error, path)
 
 
-def _diagnose(doc: SourceDocument, error: SchemaViolation, path: tuple) -> Iterator[Diagnostic]:
+def _diagnose(doc: SourceDocument, error: ValidationError, path: tuple) -> Iterator[Diagnostic]:
     where = _dotted(path)
     validator = error.validator
     if validator == "additionalProperties":

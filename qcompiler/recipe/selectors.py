@@ -19,10 +19,7 @@ The grammar is documented for users in docs/recipes.md.
 from __future__ import annotations
 
 import re
-
-TYPE_CHECKING = False  # see docs/design.md "Start-up": no typing import at run time
-if TYPE_CHECKING:
-    from typing import Any
+from typing import Any
 
 MAX_SELECTOR_LENGTH = 1000  # longer strings are not hand-written selectors
 MAX_INDEX_DIGITS = 9

@@ -10,16 +10,13 @@ keys are refused, which also rules out alias bombs.
 from __future__ import annotations
 
 import re
-from collections import namedtuple
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from qcompiler.errors import Diagnostic
-
-TYPE_CHECKING = False  # see docs/design.md "Start-up": no typing import at run time
-if TYPE_CHECKING:
-    from typing import Any
 
 # libyaml's C loader when PyYAML was built with it (same nodes and marks, several times faster).
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -39,13 +36,11 @@ _RADIX_11 = re.compile(r"^[-+]?(0b[0-1_]+|0x[0-9a-fA-F_]+|0o?[0-7_]+)$")
 _UNDERSCORE_NUMBER_11 = re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?$")
 
 
-class Mark(namedtuple("Mark", ["line", "column", "quoted"], defaults=(False,))):
-
-    # Fields:
-    #   line: int  # 1-based
-    #   column: int  # 1-based
-    #   quoted: bool = False
-    __slots__ = ()
+@dataclass(frozen=True)
+class Mark:
+    line: int  # 1-based
+    column: int  # 1-based
+    quoted: bool = False
 
 class SourceDocument:
     """A parsed recipe: its values, where each value and key sits, and its text for error excerpts."""

@@ -30,7 +30,8 @@ from itertools import groupby
 from qcompiler.errors import QcompileError
 from qcompiler.suggest.sensitivity import CellKey, CellSensitivity, Sensitivity
 
-RECIPE_SCHEMA_URL = "https://qcompile.dev/schemas/recipe.schema.json"
+# Where editors find the recipe schema from a recipe in recipes/; the CLI passes the path from the output file.
+RECIPE_SCHEMA_URL = "../schemas/recipe.schema.json"
 BUDGET_KINDS = ("min_cos", "max_rel_l1", "fp8_flop_share")
 
 Plane = tuple[str, str]  # (component, kind)

@@ -15,7 +15,7 @@ from typing import Any
 
 from qcompiler.errors import QcompileError
 from qcompiler.plan.format import FamilyDocument
-from qcompiler.schema_check import first_violation
+from qcompiler.schemas import first_violation
 
 SENSITIVITY_FORMAT = 1
 

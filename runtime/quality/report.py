@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import torch
 
 import qcompiler
 from qcompiler.compile.resolve import predict_expert_schedule
 from qcompiler.families import get_family
-from qcompiler.plan.format import Plan, content_sha256, write_text_atomically
-from qcompiler.schemas import load_schema
+from qcompiler.plan.format import Plan, content_sha256
+from qcompiler.plan.io import write_text_atomically
+from qcompiler.schemas import first_violation
 from qcompiler.stats import plan_cost
 from runtime.backends import resolve_fp8_backend
 from runtime.call_record import CallRecord
@@ -267,11 +267,10 @@ def build_report(plan: Plan, options: ReportOptions, pipe: Any = None) -> dict[s
 
 def report_json(report: dict[str, Any]) -> str:
     """Validate against schemas/report.schema.json and serialize deterministically (sorted keys, indent 2)."""
-    errors = sorted(jsonschema.Draft202012Validator(load_schema("report")).iter_errors(report),
-                    key=lambda e: [str(p) for p in e.absolute_path])
-    if errors:  # a bug in this module, not a user error: say where
-        where = "/".join(str(p) for p in errors[0].absolute_path) or "(top level)"
-        raise AssertionError(f"report does not match schemas/report.schema.json at {where}: {errors[0].message}")
+    violation = first_violation("report", report)
+    if violation:  # a bug in this module, not a user error: say where
+        where, message = violation
+        raise AssertionError(f"report does not match schemas/report.schema.json at {where}: {message}")
     return json.dumps(report, indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 

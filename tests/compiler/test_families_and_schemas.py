@@ -39,7 +39,7 @@ def test_malformed_family_file_is_reported_when_used(tmp_path, monkeypatch):
     (tmp_path / "broken.json").write_text(json.dumps({"name": "broken"}))
     (tmp_path / "notjson.json").write_text("{")
     monkeypatch.setenv(FAMILY_PATH_ENV, str(tmp_path))
-    with pytest.raises(FamilyError, match=r"broken.json: \(top level\): 'description' is a required property"):
+    with pytest.raises(FamilyError, match=r"broken.json: \$: 'description' is a required property"):
         get_family("broken")
     with pytest.raises(FamilyError, match="notjson.json: not a readable JSON family file"):
         list_families()
