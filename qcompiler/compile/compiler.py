@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from qcompiler import __version__
-from qcompiler.compile.resolve import RuleSelection, masks_to_rows, predict_expert_schedule, resolve_tables
+from qcompiler.compile.resolve import RuleSelection, predict_expert_schedule, resolve_tables
 from qcompiler.errors import Diagnostic, FamilyError, RecipeError
 from qcompiler.families import Family, get_family
 from qcompiler.numerics import plan_numerics
@@ -175,7 +175,6 @@ def _select_or_finding(doc: SourceDocument, index: int, key: str, value: Any, le
 
 
 def _plan_data(doc: SourceDocument, data: dict, family: Family, num_steps: int, recipe_sha: str, resolution) -> dict:
-    layers = resolution.num_layers
     tables: dict[str, dict[str, list[str]]] = {}
     for component, kind in resolution.masks:
         tables.setdefault(component, {})[kind] = resolution.rows(component, kind)
@@ -195,10 +194,7 @@ def _plan_data(doc: SourceDocument, data: dict, family: Family, num_steps: int, 
                 "precision": effect.precision,
                 "cells_changed": effect.cells_changed,
                 "changed": {
-                    component: {
-                        kind: masks_to_rows(masks, layers[component])
-                        for (comp, kind), masks in sorted(effect.changed.items()) if comp == component
-                    }
+                    component: {kind: cells for (comp, kind), cells in sorted(effect.changed.items()) if comp == component}
                     for component in sorted({comp for comp, _ in effect.changed})
                 },
             }

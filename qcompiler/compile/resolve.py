@@ -27,12 +27,12 @@ class RuleSelection:
 class RuleEffect:
     name: str
     precision: str
-    # (component, kind) -> one int per step whose bit `layer` is set where this rule changed the cell
-    changed: dict[tuple[str, str], tuple[int, ...]]
+    # (component, kind) -> how many cells of that plane this rule changed (planes it left alone are absent)
+    changed: dict[tuple[str, str], int]
 
     @property
     def cells_changed(self) -> int:
-        return sum(mask.bit_count() for masks in self.changed.values() for mask in masks)
+        return sum(self.changed.values())
 
 
 @dataclass(frozen=True)
@@ -76,18 +76,18 @@ def resolve_tables(
     for rule in rules:
         layer_mask = _mask_of(rule.layers)
         set_fp8 = rule.precision == "fp8"
-        changed: dict[tuple[str, str], tuple[int, ...]] = {}
+        changed: dict[tuple[str, str], int] = {}
         for component in rule.components:
             for kind in rule.kinds:
                 grid = grids[(component, kind)]
-                diff = [0] * num_steps
-                for step in rule.steps:
+                cells = 0
+                for step in rule.steps:  # O(selected steps) per plane: a rule is a bitmask operation per row
                     before = grid[step]
                     after = before | layer_mask if set_fp8 else before & ~layer_mask
-                    diff[step] = before ^ after
+                    cells += (before ^ after).bit_count()
                     grid[step] = after
-                if any(diff):
-                    changed[(component, kind)] = tuple(diff)
+                if cells:
+                    changed[(component, kind)] = cells
         effects.append(RuleEffect(rule.name, rule.precision, changed))
     return Resolution(
         masks={key: tuple(grid) for key, grid in grids.items()},

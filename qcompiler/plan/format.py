@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from qcompiler.errors import PlanError
-from qcompiler.plan.io import sha256, write_text_atomically
+from qcompiler.plan.io import InputRefused, read_json_file, sha256, write_text_atomically
+from qcompiler.plan.validate import check_plan_consistency
 from qcompiler.schemas import first_violation
 
 PLAN_FORMAT = 1
@@ -23,6 +24,8 @@ NATIVE = "0"
 # Keys left out of the content hash: the hash itself, and the compiler version (provenance, not meaning:
 # a newer compiler producing the same tables must not invalidate committed plans).
 _UNHASHED_KEYS = ("content_sha256", "compiler")
+# The largest shipped plan is about 40 KB; 64 MB is far above any real plan (1,000 steps x 10,000 layers is 40 MB).
+MAX_PLAN_BYTES = 64 * 1024 * 1024
 
 Table = tuple[tuple[bool, ...], ...]  # [step][layer] -> True for FP8
 
@@ -169,7 +172,7 @@ def validate_plan_dict(data: Any, *, verify_hash: bool = True) -> None:
     violation = first_violation("plan", data)
     if violation:
         raise PlanError(f"plan does not match schemas/plan.schema.json at {violation[0]}: {violation[1]}")
-    _check_table_shapes(data)
+    check_plan_consistency(data)
     if verify_hash:
         expected = content_sha256(data)
         if data["content_sha256"] != expected:
@@ -177,24 +180,6 @@ def validate_plan_dict(data: Any, *, verify_hash: bool = True) -> None:
                 "plan content does not match its content_sha256: the file was edited after compiling. "
                 "Edit the recipe instead and recompile it (qcompile RECIPE -o plan.json)"
             )
-
-
-def _check_table_shapes(data: Mapping[str, Any]) -> None:
-    steps = data["num_inference_steps"]
-    components = {c["name"]: c["num_layers"] for c in data["family"]["components"]}
-    kinds = set(data["family"]["attention_kinds"])
-    if set(data["tables"]) != set(components):
-        raise PlanError(f"plan tables cover components {sorted(data['tables'])}, the family has {sorted(components)}")
-    for component, by_kind in data["tables"].items():
-        if set(by_kind) != kinds:
-            raise PlanError(f"plan tables for {component} cover kinds {sorted(by_kind)}, the family has {sorted(kinds)}")
-        for kind, rows in by_kind.items():
-            if len(rows) != steps or any(len(row) != components[component] for row in rows):
-                raise PlanError(
-                    f"plan table {component}/{kind} is not {steps} steps x {components[component]} layers"
-                )
-    if len(data["expert_schedule"]) != steps:
-        raise PlanError(f"expert_schedule has {len(data['expert_schedule'])} entries for {steps} steps")
 
 
 def load_plan(source: str | os.PathLike[str] | Mapping[str, Any] | Plan) -> Plan:
@@ -205,17 +190,13 @@ def load_plan(source: str | os.PathLike[str] | Mapping[str, Any] | Plan) -> Plan
         return Plan.from_dict(source)
     path = Path(source)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = read_json_file(path, max_bytes=MAX_PLAN_BYTES)
     except FileNotFoundError:
         raise PlanError(f"{path}: no such plan file; compile one with: qcompile RECIPE -o {path}") from None
-    except IsADirectoryError:
-        raise PlanError(f"{path}: is a directory, expected a plan.json file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PlanError(f"{path}: cannot read plan: {exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise PlanError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
+    except InputRefused as exc:
+        raise PlanError(exc.located(str(path))) from None
+    except OSError as exc:
+        raise PlanError(f"{path}: cannot read plan: {exc.strerror or exc}") from None
     try:
         return Plan.from_dict(data)
     except PlanError as exc:

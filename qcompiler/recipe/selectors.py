@@ -19,17 +19,21 @@ The grammar is documented for users in docs/recipes.md.
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any
 
 MAX_SELECTOR_LENGTH = 1000  # longer strings are not hand-written selectors
 MAX_INDEX_DIGITS = 9
 
+# re.ASCII: `\d` is 0-9 only. Without it Python's `\d` also matches Arabic-Indic, fullwidth and other Unicode
+# digits, which int() then reads as numbers; selectors refuse those instead (see _refuse_non_ascii).
 _NUMBER = rf"(\d{{1,{MAX_INDEX_DIGITS}}})"
-_RANGE = re.compile(rf"^{_NUMBER}\s*-\s*{_NUMBER}?$")
-_SINGLE = re.compile(rf"^{_NUMBER}$")
-_FIRST_LAST = re.compile(rf"^(first|last)\s+{_NUMBER}$")
-_FIRST_LAST_PERCENT = re.compile(r"^(first|last)\s+(\d{1,3}(?:\.\d{1,6})?)\s*%$")
-_STRIDE = re.compile(r"^(.*?)\s*/\s*(\d{1,9})$")
+_RANGE = re.compile(rf"^{_NUMBER}\s*-\s*{_NUMBER}?\Z", re.ASCII)
+_SINGLE = re.compile(rf"^{_NUMBER}\Z", re.ASCII)
+_FIRST_LAST = re.compile(rf"^(first|last)\s+{_NUMBER}\Z", re.ASCII)
+_FIRST_LAST_PERCENT = re.compile(r"^(first|last)\s+(\d{1,3}(?:\.\d{1,6})?)\s*%\Z", re.ASCII)
+_STRIDE = re.compile(r"^(.*?)\s*/\s*(\d{1,9})\Z", re.ASCII)
+_NEGATIVE = re.compile(r"^-\s*\d", re.ASCII)
 
 
 class SelectorError(Exception):
@@ -91,6 +95,7 @@ def _select_string(text: str, length: int, axis: str) -> frozenset[int]:
         raise SelectorError("QC130", f"{axis} selector is {len(text)} characters long", "use ranges such as \"0-39\"")
     if not text.strip():
         raise SelectorError("QC133", f"{axis} selector is empty and selects nothing", f'write e.g. "all" or "0-{length - 1}"')
+    _refuse_non_ascii(text, axis)
     chosen: set[int] = set()
     offset = 0
     for raw_term in text.split(","):
@@ -101,6 +106,17 @@ def _select_string(text: str, length: int, axis: str) -> frozenset[int]:
         chosen |= _select_term(stripped, length, axis, term_offset)
         offset += len(raw_term) + 1
     return frozenset(chosen)
+
+
+def _refuse_non_ascii(text: str, axis: str) -> None:
+    """Selectors are ASCII: a Unicode digit (Arabic-Indic, fullwidth, ...) or any other non-ASCII character is an
+    error at its offset, never read as a number."""
+    for offset, char in enumerate(text):
+        if not char.isascii():
+            name = unicodedata.name(char, f"U+{ord(char):04X}")
+            kind = "digit" if char.isdigit() else "character"
+            raise SelectorError("QC130", f"{axis} selector contains the non-ASCII {kind} {char!r} ({name})",
+                                "write indices with the ASCII digits 0-9", offset)
 
 
 def _out_of_range(index: int, length: int, axis: str, offset: int) -> SelectorError:
@@ -155,7 +171,7 @@ def _select_term(term: str, length: int, axis: str, offset: int) -> frozenset[in
             raise SelectorError("QC130", f"percentage must be above 0 and at most 100, found {match.group(2)}%", "write e.g. \"first 15%\"", offset)
         count = -((-scaled * length) // (100 * scale))  # ceil(P * length / 100), exact
         return _first_last(match.group(1), int(count), length, axis, offset, term)
-    if term.startswith("-") or re.match(r"^-\s*\d", term):
+    if term.startswith("-") or _NEGATIVE.match(term):
         raise SelectorError("QC130", f"negative {axis} index in {term!r}", "indices start at 0; use `last N` to count from the end", offset)
     raise SelectorError(
         "QC130", f"cannot read {axis} selector item {term!r}",

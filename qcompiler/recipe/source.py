@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from qcompiler.errors import Diagnostic
+from qcompiler.plan.io import InputRefused, read_regular_file
 
 # libyaml's C loader when PyYAML was built with it (same nodes and marks, several times faster).
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -24,7 +25,10 @@ _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 PathKey = tuple  # a path into the document, e.g. ("rules", 0, "steps")
 
 MAX_DOCUMENT_BYTES = 1_000_000  # a recipe is a page of YAML; anything bigger is not a recipe
-MAX_INTEGER_DIGITS = 15  # far above any step/layer count or seed; keeps int() away from huge strings
+MAX_INTEGER_DIGITS = 15
+# A recipe nests 4 levels (rules -> item -> key -> list); 32 leaves room and keeps every recursive walk
+# (YAML composer, our conversion, jsonschema) far from Python's recursion limit.
+MAX_NESTING = 32  # far above any step/layer count or seed; keeps int() away from huge strings
 
 _INT_12 = re.compile(r"^[-+]?(0|[1-9][0-9]*)$")
 _FLOAT_12 = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$")
@@ -80,16 +84,16 @@ def _fail(path: str, line: int, column: int, code: str, message: str, hint: str 
 
 
 def read_recipe_text(path: Path, display: str) -> str:
-    """Read a recipe file as UTF-8 text, turning every way that can fail into a diagnostic."""
-    if not path.exists():
-        raise _fail(display, 0, 0, "QC001", "no such file", "check the path; recipes are YAML files such as recipes/wan22_i2v.yaml")
+    """Read a recipe file as UTF-8 text, turning every way that can fail into a diagnostic. Anything but a
+    regular file (a FIFO, a device) is refused without being opened."""
     if path.is_dir():
         raise _fail(display, 0, 0, "QC001", "is a directory, not a recipe file", "pass a .yaml file (qcompile lint accepts folders)")
     try:
-        size = path.stat().st_size
-        if size > MAX_DOCUMENT_BYTES:
-            raise _fail(display, 0, 0, "QC001", f"file is {size} bytes; a recipe is at most {MAX_DOCUMENT_BYTES}", "is this the right file?")
-        raw = path.read_bytes()
+        raw = read_regular_file(path, max_bytes=MAX_DOCUMENT_BYTES)
+    except FileNotFoundError:
+        raise _fail(display, 0, 0, "QC001", "no such file", "check the path; recipes are YAML files such as recipes/wan22_i2v.yaml") from None
+    except InputRefused as exc:
+        raise _fail(display, 0, 0, "QC001", exc.message, "pass a recipe file (.yaml)") from None
     except OSError as exc:
         raise _fail(display, 0, 0, "QC001", f"cannot read file: {exc.strerror}", "check the file's permissions") from None
     return decode_recipe_bytes(raw, display)
@@ -119,14 +123,21 @@ def parse_yaml(text: str, display: str) -> SourceDocument:
     if tab is not None:
         raise _fail(display, tab[0], tab[1], "QC005", "tab character in indentation; YAML indents with spaces only", "replace the tab with spaces")
     try:
+        _check_tokens(text, display)
         nodes = list(yaml.compose_all(text, Loader=_LOADER))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (0, 0)
         problem = exc.problem or exc.context or "invalid YAML"
         raise _fail(display, line, column, "QC005", f"YAML syntax error: {problem}", "check indentation, colons and quotes on this line") from None
+    except yaml.reader.ReaderError as exc:  # a control character: located by its offset in the text
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise _fail(display, line, column, "QC005", f"control character U+{code:04X} is not allowed in YAML",
+                    "delete it, or write it as an escape (\\x01) inside a double-quoted string") from None
     except yaml.YAMLError as exc:
-        raise _fail(display, 0, 0, "QC005", f"YAML error: {exc}") from None
+        raise _fail(display, 1, 1, "QC005", f"YAML error: {exc}") from None
     if len(nodes) != 1:
         where = nodes[1].start_mark if len(nodes) > 1 else None
         raise _fail(
@@ -144,7 +155,6 @@ def parse_yaml(text: str, display: str) -> SourceDocument:
             "see recipes/wan22_i2v.yaml for the layout",
         )
     document = SourceDocument(path=display, text=text, data=None)
-    _check_no_aliases(text, display)
     document.data = _convert(root, (), document)
     return document
 
@@ -157,19 +167,33 @@ def _tab_in_indentation(text: str) -> tuple[int, int] | None:
     return None
 
 
-def _check_no_aliases(text: str, display: str) -> None:
-    # Anchors and aliases are refused before any expansion happens, so an alias bomb costs nothing.
-    if "&" not in text and "*" not in text and "!" not in text:
-        return  # no anchor, alias or tag can be written without one of these characters
+_OPENING_TOKENS = (yaml.BlockMappingStartToken, yaml.BlockSequenceStartToken, yaml.FlowMappingStartToken,
+                   yaml.FlowSequenceStartToken)
+_CLOSING_TOKENS = (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)
+
+
+def _check_tokens(text: str, display: str) -> None:
+    """One pass of YAML's (iterative) scanner before anything recursive runs: refuses nesting deeper than
+    MAX_NESTING and, before any expansion happens, anchors, aliases and tags (so an alias bomb costs nothing)."""
+    depth = 0
     for token in yaml.scan(text, Loader=_LOADER):
-        if isinstance(token, (yaml.AnchorToken, yaml.AliasToken)):
+        if isinstance(token, _OPENING_TOKENS):
+            depth += 1
+            if depth > MAX_NESTING:
+                mark = token.start_mark
+                raise _fail(display, mark.line + 1, mark.column + 1, "QC009",
+                            f"nested more than {MAX_NESTING} levels deep; a recipe nests 4 levels at most",
+                            "is this the right file? see recipes/wan22_i2v.yaml for the layout")
+        elif isinstance(token, _CLOSING_TOKENS):
+            depth -= 1
+        elif isinstance(token, (yaml.AnchorToken, yaml.AliasToken)):
             mark = token.start_mark
             raise _fail(
                 display, mark.line + 1, mark.column + 1, "QC007",
                 "anchors and aliases (&name, *name) are not allowed in recipes",
                 "write the value out; recipes stay short enough to read without them",
             )
-        if isinstance(token, yaml.TagToken):
+        elif isinstance(token, yaml.TagToken):
             mark = token.start_mark
             raise _fail(
                 display, mark.line + 1, mark.column + 1, "QC008",
