@@ -124,7 +124,10 @@ def parse_yaml(text: str, display: str) -> SourceDocument:
         raise _fail(display, tab[0], tab[1], "QC005", "tab character in indentation; YAML indents with spaces only", "replace the tab with spaces")
     try:
         _check_tokens(text, display)
-        nodes = list(yaml.compose_all(text, Loader=_LOADER))
+        nodes = list(yaml.compose_all(text, Loader=_LOADER))  # libyaml's composer stops at 1,000 levels
+    except RecursionError:  # only PyYAML's pure-Python composer (no libyaml) recurses; refuse, never crash
+        raise _fail(display, 1, 1, "QC009", f"nested too deeply for YAML to read (a recipe nests {MAX_NESTING} levels at most)",
+                    "is this the right file? see recipes/wan22_i2v.yaml for the layout") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (0, 0)
@@ -167,26 +170,13 @@ def _tab_in_indentation(text: str) -> tuple[int, int] | None:
     return None
 
 
-_OPENING_TOKENS = (yaml.BlockMappingStartToken, yaml.BlockSequenceStartToken, yaml.FlowMappingStartToken,
-                   yaml.FlowSequenceStartToken)
-_CLOSING_TOKENS = (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)
-
-
 def _check_tokens(text: str, display: str) -> None:
-    """One pass of YAML's (iterative) scanner before anything recursive runs: refuses nesting deeper than
-    MAX_NESTING and, before any expansion happens, anchors, aliases and tags (so an alias bomb costs nothing)."""
-    depth = 0
+    """Anchors, aliases and tags are refused from YAML's scanner, before any expansion happens, so an alias
+    bomb costs nothing."""
+    if "&" not in text and "*" not in text and "!" not in text:
+        return  # no anchor, alias or tag can be written without one of these characters
     for token in yaml.scan(text, Loader=_LOADER):
-        if isinstance(token, _OPENING_TOKENS):
-            depth += 1
-            if depth > MAX_NESTING:
-                mark = token.start_mark
-                raise _fail(display, mark.line + 1, mark.column + 1, "QC009",
-                            f"nested more than {MAX_NESTING} levels deep; a recipe nests 4 levels at most",
-                            "is this the right file? see recipes/wan22_i2v.yaml for the layout")
-        elif isinstance(token, _CLOSING_TOKENS):
-            depth -= 1
-        elif isinstance(token, (yaml.AnchorToken, yaml.AliasToken)):
+        if isinstance(token, (yaml.AnchorToken, yaml.AliasToken)):
             mark = token.start_mark
             raise _fail(
                 display, mark.line + 1, mark.column + 1, "QC007",
@@ -208,6 +198,10 @@ def _mark(node: yaml.Node) -> Mark:
 
 def _convert(node: yaml.Node, path: PathKey, doc: SourceDocument) -> Any:
     doc.value_marks[path] = _mark(node)
+    if len(path) >= MAX_NESTING and isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        raise _fail(doc.path, node.start_mark.line + 1, node.start_mark.column + 1, "QC009",
+                    f"nested more than {MAX_NESTING} levels deep; a recipe nests 4 levels at most",
+                    "is this the right file? see recipes/wan22_i2v.yaml for the layout")
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
