@@ -26,20 +26,3 @@ def load_plan_or_recipe(path: str, *, steps: int | None = None, variant: str | N
             fail(f"{path}: the recipe has errors (see above)")
         return result.plan
     return load_plan(path)
-
-
-def describe_indices(indices: list[int]) -> str:
-    """[0, 1, 2, 5, 7, 8] -> "0-2,5,7-8" (inclusive ranges, the selector grammar's notation)."""
-    parts = []
-    start = prev = None
-    for index in sorted(indices):
-        if start is None:
-            start = prev = index
-        elif index == prev + 1:
-            prev = index
-        else:
-            parts.append(f"{start}-{prev}" if prev != start else f"{start}")
-            start = prev = index
-    if start is not None:
-        parts.append(f"{start}-{prev}" if prev != start else f"{start}")
-    return ",".join(parts)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from qcompiler.cli.common import describe_indices, fail, load_plan_or_recipe
+from qcompiler.cli.common import fail, load_plan_or_recipe
 from qcompiler.plan.format import Plan
+from qcompiler.ranges import format_ranges
 
 
 def table_differences(a: Plan, b: Plan) -> list[str]:
@@ -18,9 +19,9 @@ def table_differences(a: Plan, b: Plan) -> list[str]:
                 to_native = [layer for layer, (x, y) in enumerate(zip(row_a, row_b, strict=True)) if x and not y]
                 parts = []
                 if to_fp8:
-                    parts.append(f"native -> fp8 layers {describe_indices(to_fp8)}")
+                    parts.append(f"native -> fp8 layers {format_ranges(to_fp8)}")
                 if to_native:
-                    parts.append(f"fp8 -> native layers {describe_indices(to_native)}")
+                    parts.append(f"fp8 -> native layers {format_ranges(to_native)}")
                 if parts:
                     lines.append(f"{component}/{kind} step {step}: " + "; ".join(parts))
     return lines

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from itertools import groupby
 
 from qcompiler.errors import QcompileError
+from qcompiler.ranges import format_ranges
 from qcompiler.suggest.sensitivity import CellKey, CellSensitivity, Sensitivity
 
 # Where editors find the recipe schema from a recipe in recipes/; the CLI passes the path from the output file.
@@ -263,19 +264,7 @@ def _merge_products(rects: list[Rect]) -> list[Rect]:
 
 def format_selector(indices: Iterable[int], length: int) -> str:
     """Indices as the selector grammar's ranges: "all", or "0-2, 5, 37-39" (inclusive)."""
-    ordered = sorted(set(indices))
-    if ordered == list(range(length)):
-        return "all"
-    parts = []
-    start = prev = ordered[0]
-    for index in [*ordered[1:], None]:
-        if index is not None and index == prev + 1:
-            prev = index
-            continue
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-        if index is not None:
-            start = prev = index
-    return ", ".join(parts)
+    return format_ranges(indices, separator=", ", length=length)
 
 
 def _compact(indices: frozenset[int]) -> str:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from qcompiler.errors import QcompileError
 from qcompiler.numerics import DEFAULT_ROTATION_SEED
 from qcompiler.plan.format import Plan
+from qcompiler.ranges import format_ranges
 
 # vllm-omni quantizes only Wan's self-attention (attn1); it opts cross-attention (text K/V of 512 tokens) out
 # as no faster and worse in quality. Cells of any other kind can only ever run native there.
@@ -124,17 +125,7 @@ class VllmOmniSettings:
 
 def format_selector(indices: Iterable[int]) -> str:
     """Compact vllm-omni selector: sorted, de-duplicated, runs as inclusive ranges, e.g. "0-2,5,37-39"."""
-    ordered = sorted(set(indices))
-    parts: list[str] = []
-    start = 0
-    while start < len(ordered):
-        end = start
-        while end + 1 < len(ordered) and ordered[end + 1] == ordered[end] + 1:
-            end += 1
-        first, last = ordered[start], ordered[end]
-        parts.append(str(first) if first == last else f"{first}-{last}")
-        start = end + 1
-    return ",".join(parts)
+    return format_ranges(indices)
 
 
 def export_vllm_omni(plan: Plan, *, conservative: bool = False) -> VllmOmniSettings:

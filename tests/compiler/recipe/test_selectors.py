@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qcompiler.cli.common import describe_indices
+from qcompiler.ranges import format_ranges
 from qcompiler.recipe.selectors import SelectorError, select
 
 
@@ -54,8 +54,8 @@ def test_invalid_selectors(value, code):
 
 @given(st.sets(st.integers(0, 39), min_size=1))
 def test_compact_ranges_round_trip(indices):
-    # describe_indices writes the grammar's own notation; reading it back gives the same set.
-    assert select(describe_indices(sorted(indices)), 40, "layers") == frozenset(indices)
+    # format_ranges writes the grammar's own notation; reading it back gives the same set.
+    assert select(format_ranges(indices), 40, "layers") == frozenset(indices)
 
 
 @given(st.text(alphabet="0123456789-,/% alfirstlx", max_size=30), st.integers(1, 60), st.sampled_from(["steps", "layers"]))
