@@ -91,3 +91,17 @@ def first_violation(name: str, document: Any) -> tuple[str, str] | None:
     if not errors:
         return None
     return json_path(errors[0].absolute_path), errors[0].message
+
+
+def check_versioned_document(data: Any, *, name: str, format_key: str, version: int, error: type[Exception],
+                             what: str, redo: str) -> None:
+    """Raise `error` unless `data` is a JSON object of format `version` (under `format_key`) that matches
+    schemas/NAME.schema.json. `what` names the document ("a plan"), `redo` says how to get a current one."""
+    if not isinstance(data, dict) and not hasattr(data, "keys"):
+        raise error(f"{what} is a JSON object, found {type(data).__name__}")
+    found = data.get(format_key)
+    if found != version:
+        raise error(f"{format_key} {found!r} is not supported (this qcompile reads format {version}); {redo}")
+    violation = first_violation(name, data)
+    if violation:
+        raise error(f"{what} does not match schemas/{name}.schema.json at {violation[0]}: {violation[1]}")

@@ -7,7 +7,6 @@ tests and the offline demo compile plans for exactly the model they run.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -15,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from qcompiler.errors import FamilyError, close_matches
+from qcompiler.plan.io import InputRefused, read_json_file
 from qcompiler.schemas import first_violation
+
+MAX_FAMILY_BYTES = 1_000_000  # a family file is a page of JSON
 
 BUILTIN_FAMILY_DIR = Path(__file__).parent / "data"
 FAMILY_PATH_ENV = "QCOMPILE_FAMILY_PATH"
@@ -105,9 +107,12 @@ def _load_family_files(dirs: tuple[Path, ...]) -> tuple[dict[str, tuple[Path, di
             continue
         for path in sorted(folder.glob("*.json")):
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                broken.append(f"{path}: not a readable JSON family file: {exc}")
+                data = read_json_file(path, max_bytes=MAX_FAMILY_BYTES)
+            except InputRefused as exc:
+                broken.append(f"{exc.located(str(path))} (not a readable JSON family file)")
+                continue
+            except OSError as exc:
+                broken.append(f"{path}: not a readable JSON family file: {exc.strerror or exc}")
                 continue
             if not isinstance(data, dict) or not isinstance(data.get("name"), str):
                 broken.append(f"{path}: a family file is a JSON object with a string `name` (see schemas/family.schema.json)")

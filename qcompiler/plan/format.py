@@ -15,7 +15,7 @@ from typing import Any
 from qcompiler.errors import PlanError
 from qcompiler.plan.io import InputRefused, read_json_file, sha256, write_text_atomically
 from qcompiler.plan.validate import check_plan_consistency
-from qcompiler.schemas import first_violation
+from qcompiler.schemas import check_versioned_document
 
 PLAN_FORMAT = 1
 FP8 = "1"
@@ -161,17 +161,8 @@ def plan_json(data: Mapping[str, Any]) -> str:
 
 def validate_plan_dict(data: Any, *, verify_hash: bool = True) -> None:
     """Raise PlanError unless `data` is a well-formed plan of a known format whose hash matches."""
-    if not isinstance(data, Mapping):
-        raise PlanError(f"a plan is a JSON object, found {type(data).__name__}")
-    version = data.get("plan_format")
-    if version != PLAN_FORMAT:
-        raise PlanError(
-            f"plan_format {version!r} is not supported (this qcompile reads format {PLAN_FORMAT}); "
-            "recompile the recipe with this qcompile: qcompile RECIPE -o plan.json"
-        )
-    violation = first_violation("plan", data)
-    if violation:
-        raise PlanError(f"plan does not match schemas/plan.schema.json at {violation[0]}: {violation[1]}")
+    check_versioned_document(data, name="plan", format_key="plan_format", version=PLAN_FORMAT, error=PlanError,
+                             what="a plan", redo="recompile the recipe with this qcompile: qcompile RECIPE -o plan.json")
     check_plan_consistency(data)
     if verify_hash:
         expected = content_sha256(data)

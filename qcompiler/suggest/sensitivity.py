@@ -6,7 +6,6 @@ mean and the worst per-call error over every sample and CFG branch. Never import
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,7 +14,11 @@ from typing import Any
 
 from qcompiler.errors import QcompileError
 from qcompiler.plan.format import FamilyDocument
-from qcompiler.schemas import first_violation
+from qcompiler.plan.io import InputRefused, read_json_file
+from qcompiler.schemas import check_versioned_document
+
+# A sensitivity file holds one small record per measured cell; 64 MB is far above 1,000 steps x 100 layers.
+MAX_SENSITIVITY_BYTES = 64 * 1024 * 1024
 
 SENSITIVITY_FORMAT = 1
 
@@ -63,17 +66,9 @@ class Sensitivity(FamilyDocument):
 
 def sensitivity_from_dict(data: Any) -> Sensitivity:
     """Validate `data` against the schema and index its cells. Raises SensitivityError."""
-    if not isinstance(data, Mapping):
-        raise SensitivityError(f"a sensitivity file is a JSON object, found {type(data).__name__}")
-    version = data.get("sensitivity_format")
-    if version != SENSITIVITY_FORMAT:
-        raise SensitivityError(
-            f"sensitivity_format {version!r} is not supported (this qcompile reads format {SENSITIVITY_FORMAT}); "
-            "re-run qcompile calibrate with this qcompile"
-        )
-    violation = first_violation("sensitivity", data)
-    if violation:
-        raise SensitivityError(f"does not match schemas/sensitivity.schema.json at {violation[0]}: {violation[1]}")
+    check_versioned_document(data, name="sensitivity", format_key="sensitivity_format", version=SENSITIVITY_FORMAT,
+                             error=SensitivityError, what="a sensitivity file",
+                             redo="re-run qcompile calibrate with this qcompile")
     layers = {c["name"]: c["num_layers"] for c in data["family"]["components"]}
     kinds = set(data["family"]["attention_kinds"])
     steps = data["num_inference_steps"]
@@ -105,16 +100,16 @@ def load_sensitivity(source: str | os.PathLike[str] | Mapping[str, Any]) -> Sens
         return sensitivity_from_dict(source)
     path = Path(source)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json_file(path, max_bytes=MAX_SENSITIVITY_BYTES)
     except FileNotFoundError:
         raise SensitivityError(
             f"{path}: no such sensitivity file; measure one with: qcompile calibrate --pipeline tiny "
             f"--family FAMILY --steps N -o {path}"
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SensitivityError(f"{path}: cannot read: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise SensitivityError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
+    except InputRefused as exc:
+        raise SensitivityError(exc.located(str(path))) from None
+    except OSError as exc:
+        raise SensitivityError(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
         return sensitivity_from_dict(data)
     except SensitivityError as exc:
