@@ -40,8 +40,8 @@ import torch.nn.functional as F  # noqa: E402
 from runtime.backends import Fp8ReferenceBackend  # noqa: E402
 from runtime.metrics import call_error  # noqa: E402
 from runtime.numerics import Numerics  # noqa: E402
-from runtime.quantize import E4M3_MAX, FP8_DTYPE  # noqa: E402
-from runtime.rotation import get_rotation  # noqa: E402
+from runtime.quant.per_block import E4M3_MAX, FP8_DTYPE  # noqa: E402
+from runtime.quant.rotation import get_rotation  # noqa: E402
 
 HEAD_DIM = 128
 ROTATION_SEED = 425500

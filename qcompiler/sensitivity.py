@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qcompiler.numerics import DEFAULT_DTYPE
 from qcompiler.errors import QcompileError
 from qcompiler.plan import FamilyDocument
 from qcompiler.schema_check import first_violation
@@ -59,6 +60,11 @@ class Sensitivity(FamilyDocument):
     @property
     def measured(self) -> Mapping[str, Any]:
         return self.data["measured"]
+
+    @property
+    def dtype(self) -> str:
+        """The quantized format measured (files written before MX formats measured per-block FP8)."""
+        return self.data["numerics"].get("dtype", DEFAULT_DTYPE)
 
 
 def sensitivity_from_dict(data: Any) -> Sensitivity:

@@ -15,7 +15,7 @@ import torch
 
 from runtime.processor import PlanAttnProcessor, ShadowAttnProcessor
 from runtime.report import CellCounts
-from runtime.rotation import get_rotation
+from runtime.quant.rotation import get_rotation
 from runtime.step_tracker import StepTracker
 
 Processor = PlanAttnProcessor | ShadowAttnProcessor

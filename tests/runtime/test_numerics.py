@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from runtime.backends import Fp8ReferenceBackend
+from runtime.backends import ReferenceBackend
 from runtime.numerics import Numerics
-from runtime.quantize import quantize_per_block
-from runtime.rotation import randomized_hadamard, sylvester_hadamard
+from runtime.quant.per_block import quantize_per_block
+from runtime.quant.rotation import randomized_hadamard, sylvester_hadamard
 
 
 def realistic_qkv(batch: int, tokens_q: int, tokens_kv: int, heads: int, head_dim: int, seed: int = 0,
@@ -59,7 +59,7 @@ def direct_fp8_attention(q, k, v, rotation, q_block=128, kv_block=256):
 def test_fp8_reference_matches_direct_computation(tokens_q, tokens_kv, rotate):
     q, k, v = realistic_qkv(2, tokens_q, tokens_kv, heads=2, head_dim=64)
     rotation = randomized_hadamard(64, 425500).float() if rotate else None
-    backend = Fp8ReferenceBackend(Numerics(hadamard_rotation=rotate))
+    backend = ReferenceBackend(Numerics(hadamard_rotation=rotate))
     got = backend.attend(q, k, v, rotation)
     want = direct_fp8_attention(q, k, v, rotation)
     assert got.shape == q.shape and got.dtype == q.dtype
@@ -101,8 +101,8 @@ def test_k_mean_subtraction_is_exact_for_softmax_and_reduces_error():
     q, k, v = realistic_qkv(1, 256, 256, heads=1, head_dim=64, seed=2)
     k = k + 8.0  # a large shared bias in K: softmax ignores it, FP8 scales do not
     exact = torch.nn.functional.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
-    plain = Fp8ReferenceBackend(Numerics(hadamard_rotation=False)).attend(q, k, v, None)
-    centred = Fp8ReferenceBackend(Numerics(hadamard_rotation=False, k_mean_subtraction=True)).attend(q, k, v, None)
+    plain = ReferenceBackend(Numerics(hadamard_rotation=False)).attend(q, k, v, None)
+    centred = ReferenceBackend(Numerics(hadamard_rotation=False, k_mean_subtraction=True)).attend(q, k, v, None)
     assert (centred - exact).abs().mean() < (plain - exact).abs().mean()
 
 
