@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qcompiler.numerics import DEFAULT_DTYPE
 from qcompiler.errors import QcompileError
+from qcompiler.numerics import DEFAULT_DTYPE
 from qcompiler.plan import FamilyDocument
 from qcompiler.schema_check import first_violation
 

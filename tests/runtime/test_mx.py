@@ -94,7 +94,7 @@ def test_every_grid_value_and_every_midpoint(name, fmt):
     # One block holds the format's max (so the shared exponent is 0 after scaling by 2^emax) plus every grid
     # value and every midpoint between neighbours: exact values must survive, midpoints go to the even code.
     grid = [v for v, _ in GRIDS[name]]
-    points = grid + [(a + b) / 2 for a, b in zip(grid, grid[1:])]
+    points = grid + [(a + b) / 2 for a, b in zip(grid[:-1], grid[1:], strict=True)]
     points += [-p for p in points]
     values = [grid[-1]] + points
     values += [0.0] * (-len(values) % 32)
