@@ -1,30 +1,16 @@
-"""The one record of FP8 numerics: the quantized formats a plan may name, their block sizes, and the defaults.
+"""The one record of attention numerics: the quantized formats a recipe can ask for (one row per `dtype`), their
+block sizes, the rotation seed and the defaults.
 
-Torch-free, so the compiler (which writes these values into every plan) and the runtime (which checks a plan
-against them and quantizes with them: runtime/numerics.py) read the same table. A new format is a new row of
-DTYPES; the schemas' `dtype` enums must list the same names (tests/compiler/test_numerics.py checks that).
+Torch-free, so the compiler (which writes these values into every plan), the CLI (`--dtype` choices, `show`,
+`report`) and the runtime (runtime/numerics.py: which quantizer and which entry point serve a plan) read the
+same table. Adding a format = a row of DTYPES, the same name in the schemas' `dtype` enums (tests/compiler/
+test_numerics.py checks they agree), a quantizer under runtime/quant/ and, where an NPU entry point serves it,
+its name in that backend's `dtypes` (runtime/backends/npu_*.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class DtypeSpec:
-    """One quantized attention format.
-
-    element: the element type of quantized q/k/v (a name, not a torch dtype: this module never imports torch).
-    query_block_tokens / kv_block_tokens: tokens that share one dequant scale along the sequence axis, or None
-    for one scale per tensor. description: one line for docs and `qcompile schema`.
-    """
-
-    name: str
-    element: str
-    query_block_tokens: int | None
-    kv_block_tokens: int | None
-    description: str
-
 
 # Block sizes of the Ascend per-block FP8 kernel (torch_npu npu_fused_infer_attention_score_v2, quant mode 7):
 # query dequant scales have shape [B, N, ceil(S_q / 128), 1] and key/value scales [B, N, ceil(S_kv / 256), 1],
@@ -32,27 +18,71 @@ class DtypeSpec:
 QUERY_BLOCK_TOKENS = 128
 KV_BLOCK_TOKENS = 256
 
-# Keyed by the name recipes and plans use. Issues adding formats (MX, INT8) add rows here.
-DTYPES: dict[str, DtypeSpec] = {
-    "fp8_e4m3_per_block": DtypeSpec(
-        name="fp8_e4m3_per_block",
-        element="float8_e4m3fn",
-        query_block_tokens=QUERY_BLOCK_TOKENS,
-        kv_block_tokens=KV_BLOCK_TOKENS,
-        description="float8 e4m3, one scale per (batch, head, 128-token query block) and per (batch, head, "
-        "256-token key/value block), as the Ascend kernel's quant mode 7 does",
-    ),
+# OCP Microscaling Formats (MX) v1.0, section 5: a block of 32 consecutive elements shares one E8M0 scale.
+MX_BLOCK_ELEMENTS = 32
+# MindIE-SD 3.1.0 MXFP4QuantFA zero-pads the query and key/value sequences to a multiple of 512 tokens
+# (MXFP4_FA_SEQ_PAD_BASE in mindiesd/quantization/layer.py) before quantizing and calling quant_flash_attn.
+MXFP4_SEQUENCE_MULTIPLE = 512
+
+
+@dataclass(frozen=True)
+class QuantDtype:
+    """One quantized attention format.
+
+    element: the element type of quantized q/k/v (a name, not a torch dtype: this module never imports torch).
+    label: a few words for `qcompile show` and reports. description: one sentence for docs and --help.
+    quant_attention_precision: the `precision=` MindIE-SD's quant_attention takes for it (None: it takes none).
+    """
+
+    name: str
+    element: str
+    label: str
+    description: str
+    quant_attention_precision: str | None
+
+
+DTYPES: dict[str, QuantDtype] = {
+    row.name: row
+    for row in (
+        QuantDtype(
+            "fp8_e4m3_per_block",
+            "float8_e4m3fn",
+            "FP8 e4m3, per-block fp32 scales",
+            "float8 e4m3 with one float32 scale per (batch, head, 128-token query block) and per (batch, head, "
+            "256-token key/value block), as the Ascend FIA kernel's quant mode 7 takes it",
+            "fp8",
+        ),
+        QuantDtype(
+            "mxfp8_e4m3",
+            "float8_e4m3fn",
+            "MXFP8 e4m3, 32-element E8M0 blocks",
+            "OCP MX v1.0 MXFP8: float8 e4m3 elements, one power-of-two (E8M0) scale per 32 elements; Q and K "
+            "blocked along the head dim, V along the tokens (as MindIE-SD's MXFP8 path quantizes them)",
+            "mxfp8",
+        ),
+        QuantDtype(
+            "mxfp4_e2m1",
+            "float4_e2m1",
+            "MXFP4 e2m1, 32-element E8M0 blocks",
+            "OCP MX v1.0 MXFP4: float4 e2m1 elements, one power-of-two (E8M0) scale per 32 elements; Q and K "
+            "blocked along the head dim, V along the sequence, sequences zero-padded to a multiple of 512 "
+            "(as MindIE-SD 3.1.0's MXFP4QuantFA does it)",
+            "mxfp4",
+        ),
+    )
 }
 DEFAULT_DTYPE = "fp8_e4m3_per_block"
+DTYPE_NAMES = tuple(DTYPES)
 
-# The seed vllm-omni passes to msModelSlim's create_rot for its randomized Hadamard rotation. Our default, so a
-# plan compiled without `numerics.rotation_seed` quantizes exactly as vllm-omni does.
+# The seed vllm-omni passes to its rotation (msModelSlim's create_rot in 0.22-0.28, its own
+# get_quant_attention_rotation in 0.30). Our default, so a plan compiled without `numerics.rotation_seed`
+# rotates exactly as vllm-omni does.
 DEFAULT_ROTATION_SEED = 425500
 # Recipes, plans and `qcompile calibrate` accept 32-bit seeds (torch.Generator.manual_seed itself takes 64 bits;
 # 32 keeps the seed exact in every JSON reader, including ones that parse numbers as doubles).
 MAX_ROTATION_SEED = 2**32 - 1
 
-# What `numerics:` means when a recipe leaves a key out. Block sizes are not here: they come from the dtype.
+# What `numerics:` means when a recipe leaves a key out. Block sizes are not here: the kernel fixes them.
 DEFAULT_NUMERICS = {
     "hadamard_rotation": True,
     "rotation_seed": DEFAULT_ROTATION_SEED,
@@ -61,13 +91,23 @@ DEFAULT_NUMERICS = {
 
 
 def plan_numerics(dtype: str, recipe_numerics: dict | None) -> dict:
-    """The `numerics` object a plan records for `dtype` and a recipe's (possibly partial) `numerics:` mapping."""
-    spec = DTYPES[dtype]
+    """The `numerics` object a plan records for `dtype` and a recipe's (possibly partial) `numerics:` mapping.
+
+    `query_block_tokens`/`kv_block_tokens` are the per-block FP8 kernel's constants (the plan schema pins them);
+    MX formats block along 32 elements (MX_BLOCK_ELEMENTS), fixed by the format, so they record them unchanged.
+    """
+    DTYPES[dtype]  # a KeyError here is a schema bug: the schema's enum lists DTYPES' names
     given = recipe_numerics or {}
     return {
         "hadamard_rotation": given.get("hadamard_rotation", DEFAULT_NUMERICS["hadamard_rotation"]),
         "rotation_seed": given.get("rotation_seed", DEFAULT_NUMERICS["rotation_seed"]),
-        "query_block_tokens": spec.query_block_tokens,
-        "kv_block_tokens": spec.kv_block_tokens,
+        "query_block_tokens": QUERY_BLOCK_TOKENS,
+        "kv_block_tokens": KV_BLOCK_TOKENS,
         "k_mean_subtraction": given.get("k_mean_subtraction", DEFAULT_NUMERICS["k_mean_subtraction"]),
     }
+
+
+def dtype_label(name: str) -> str:
+    """`name (label)` for display; an unknown name is shown as is (a plan's schema check refuses it earlier)."""
+    row = DTYPES.get(name)
+    return f"{name} ({row.label})" if row else name

@@ -1,6 +1,6 @@
 """qcompile runtime: run a compiled plan in a diffusers Wan pipeline, per (component, step, layer, kind).
 
-    handle = runtime.load(pipe, "plan.json", backend="fp8-reference")
+    handle = runtime.load(pipe, "plan.json", backend="reference")
     pipe(...)
     print(handle.report().format())
     handle.unload()

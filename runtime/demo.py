@@ -27,8 +27,8 @@ def _latents(pipe, steps: int, guidance_scale: float) -> torch.Tensor:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runtime.demo", description=__doc__.splitlines()[0])
     parser.add_argument("plan", help="plan.json compiled with --variant tiny")
-    parser.add_argument("--backend", default="fp8-reference", choices=BACKEND_NAMES,
-                        help="FP8 backend (default fp8-reference: the PyTorch emulation, runs on CPU)")
+    parser.add_argument("--backend", default="reference", choices=BACKEND_NAMES,
+                        help="FP8 backend (default reference: the PyTorch emulation, runs on CPU)")
     parser.add_argument("--guidance-scale", type=float, default=5.0, help="CFG scale; 1 turns CFG off")
     args = parser.parse_args(argv)
     try:

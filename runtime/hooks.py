@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from runtime.processor import PlanAttnProcessor, ShadowAttnProcessor
+from runtime.quant.rotation import get_rotation
 from runtime.report import CellCounts
-from runtime.rotation import get_rotation
 from runtime.step_tracker import StepTracker
 
 Processor = PlanAttnProcessor | ShadowAttnProcessor

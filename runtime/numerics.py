@@ -1,4 +1,5 @@
-"""The FP8 numerics a plan fixes (rotation, seed, block sizes, K mean subtraction), as a small dataclass."""
+"""The numerics a plan fixes (dtype, rotation, seed, block sizes, K mean subtraction), as a small dataclass, and
+the one place that turns BSND attention inputs into what each dtype's kernel computes with."""
 
 from __future__ import annotations
 
@@ -8,35 +9,53 @@ from typing import Any
 
 import torch
 
-from qcompiler.numerics import DEFAULT_DTYPE, DEFAULT_NUMERICS, DEFAULT_ROTATION_SEED, DTYPES
-from runtime.quantize import dequantize_per_block, quantize_per_block
-
-# Defaults come from qcompiler.numerics, the one record the compiler writes plans from.
-_DEFAULT_SPEC = DTYPES[DEFAULT_DTYPE]
+from qcompiler.numerics import (
+    DEFAULT_DTYPE,
+    DEFAULT_NUMERICS,
+    DEFAULT_ROTATION_SEED,
+    DTYPES,
+    KV_BLOCK_TOKENS,
+    QUERY_BLOCK_TOKENS,
+)
+from runtime.quant.mx import mxfp4_attention_inputs, mxfp8_attention_inputs
+from runtime.quant.per_block import dequantize_per_block, quantize_per_block
 
 
 @dataclass(frozen=True)
 class Numerics:
     hadamard_rotation: bool = DEFAULT_NUMERICS["hadamard_rotation"]
     rotation_seed: int = DEFAULT_ROTATION_SEED
-    query_block_tokens: int = _DEFAULT_SPEC.query_block_tokens
-    kv_block_tokens: int = _DEFAULT_SPEC.kv_block_tokens
+    query_block_tokens: int = QUERY_BLOCK_TOKENS
+    kv_block_tokens: int = KV_BLOCK_TOKENS
     k_mean_subtraction: bool = DEFAULT_NUMERICS["k_mean_subtraction"]
+    dtype: str = DEFAULT_DTYPE
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown quantized attention dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> Numerics:
+    def from_mapping(cls, data: Mapping[str, Any], *, dtype: str) -> Numerics:
+        """From a plan's `numerics` block; `dtype` is the plan's top-level `dtype` (required, so a caller cannot
+        forget it and run an MX plan as per-block FP8)."""
         return cls(
             hadamard_rotation=bool(data["hadamard_rotation"]),
             rotation_seed=int(data["rotation_seed"]),
             query_block_tokens=int(data["query_block_tokens"]),
             kv_block_tokens=int(data["kv_block_tokens"]),
             k_mean_subtraction=bool(data["k_mean_subtraction"]),
+            dtype=dtype,
         )
+
+    @classmethod
+    def from_plan(cls, plan: Any) -> Numerics:
+        """From a loaded qcompiler Plan (its `numerics` block and its `dtype`)."""
+        return cls.from_mapping(plan.numerics, dtype=plan.data["dtype"])
 
 
 @dataclass(frozen=True)
 class QuantizedAttentionInputs:
-    """FP8 q/k/v in BNSD with their float32 dequant scales, as the kernel takes them."""
+    """FP8 q/k/v in BNSD with their float32 per-block dequant scales, as the FIA kernels' mode 7 takes them."""
 
     query: torch.Tensor
     query_scale: torch.Tensor
@@ -46,18 +65,28 @@ class QuantizedAttentionInputs:
     value_scale: torch.Tensor
 
 
-def quantize_attention_inputs(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rotation: torch.Tensor | None, numerics: Numerics
-) -> QuantizedAttentionInputs:
-    """BSND q/k/v (after RoPE and q/k norm) -> rotated, per-block quantized BNSD tensors and scales."""
-    query, key, value = (t.transpose(1, 2) for t in (query, key, value))
+def prepare_qk(
+    query: torch.Tensor, key: torch.Tensor, rotation: torch.Tensor | None, numerics: Numerics
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """K mean subtraction (when the plan asks) and the rotation of Q and K, on BSND, before any quantizer."""
     if numerics.k_mean_subtraction:
         # Exact for softmax: subtracting K's mean over tokens adds a per-query constant to every score.
-        key = key - key.mean(dim=2, keepdim=True)
+        key = key - key.mean(dim=1, keepdim=True)
     if rotation is not None:
         # Same orthogonal R on Q and K: (QR)(KR)^T = QK^T. V is not rotated.
         query = query @ rotation
         key = key @ rotation
+    return query, key
+
+
+def quantize_attention_inputs(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rotation: torch.Tensor | None, numerics: Numerics
+) -> QuantizedAttentionInputs:
+    """BSND q/k/v (after RoPE and q/k norm) -> rotated, per-block FP8 BNSD tensors and scales."""
+    if numerics.dtype != "fp8_e4m3_per_block":
+        raise ValueError(f"per-block FP8 quantization asked for a {numerics.dtype} plan")
+    query, key = prepare_qk(query, key, rotation, numerics)
+    query, key, value = (t.transpose(1, 2) for t in (query, key, value))
     q8, q_scale = quantize_per_block(query, numerics.query_block_tokens)
     k8, k_scale = quantize_per_block(key, numerics.kv_block_tokens)
     v8, v_scale = quantize_per_block(value, numerics.kv_block_tokens)
@@ -67,9 +96,40 @@ def quantize_attention_inputs(
 def dequantize_attention_inputs(
     quantized: QuantizedAttentionInputs, numerics: Numerics
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """float32 BNSD q, k, v from their FP8 forms."""
+    """float32 BNSD q, k, v from their per-block FP8 forms."""
     return (
         dequantize_per_block(quantized.query, quantized.query_scale, numerics.query_block_tokens),
         dequantize_per_block(quantized.key, quantized.key_scale, numerics.kv_block_tokens),
         dequantize_per_block(quantized.value, quantized.value_scale, numerics.kv_block_tokens),
     )
+
+
+def _per_block_inputs(query, key, value, rotation, numerics):
+    return dequantize_attention_inputs(quantize_attention_inputs(query, key, value, rotation, numerics), numerics)
+
+
+def _mx_inputs(quantizer):
+    def inputs(query, key, value, rotation, numerics):
+        query, key = prepare_qk(query, key, rotation, numerics)
+        return tuple(t.transpose(1, 2) for t in quantizer(query, key, value))
+    return inputs
+
+
+# dtype -> (BSND q, k, v, rotation, numerics) -> float32 BNSD q, k, v as that dtype's kernel sees them.
+# One row per qcompiler.numerics.DTYPES row (a test checks the two tables agree).
+KERNEL_INPUTS = {
+    "fp8_e4m3_per_block": _per_block_inputs,
+    "mxfp8_e4m3": _mx_inputs(mxfp8_attention_inputs),
+    "mxfp4_e2m1": _mx_inputs(mxfp4_attention_inputs),
+}
+
+
+def kernel_attention_inputs(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rotation: torch.Tensor | None, numerics: Numerics
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """BSND q/k/v -> the float32 BNSD q, k, v the plan's kernel computes with (quantized, then dequantized).
+
+    For mxfp4_e2m1 the sequences stay padded to a multiple of 512 (the kernel attends to the padded keys:
+    runtime/quant/mx.py); crop the output to the query's token count.
+    """
+    return KERNEL_INPUTS[numerics.dtype](query, key, value, rotation, numerics)

@@ -9,7 +9,7 @@ import click
 
 from qcompiler.cli.run_options import check_frame_sizes, pipeline_options
 from qcompiler.families import get_family
-from qcompiler.numerics import DEFAULT_ROTATION_SEED, MAX_ROTATION_SEED
+from qcompiler.numerics import DEFAULT_DTYPE, DEFAULT_ROTATION_SEED, DTYPE_NAMES, MAX_ROTATION_SEED
 from qcompiler.plan.io import write_text_atomically
 
 
@@ -42,12 +42,15 @@ def _read_prompts(path: str | None) -> tuple[str, ...] | None:
 @click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False),
               help="Text file, one prompt per line (# comments). Default: one built-in prompt.")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds; every prompt runs every seed.")
+@click.option("--dtype", type=click.Choice(DTYPE_NAMES), default=DEFAULT_DTYPE, show_default=True,
+              help="Quantized format to measure (qcompiler/numerics.py lists them).")
 @click.option("--hadamard/--no-hadamard", default=True, show_default=True, help="Measure with the Q/K Hadamard rotation.")
 @click.option("--rotation-seed", type=click.IntRange(0, MAX_ROTATION_SEED), default=DEFAULT_ROTATION_SEED, show_default=True)
 @click.option("--k-mean-subtraction", is_flag=True, help="Measure with K's token mean subtracted (exact for softmax).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Sensitivity file to write.")
 @pipeline_options
-def command(family: str, steps: int, prompts_file: str | None, seeds: str, hadamard: bool, rotation_seed: int,
+def command(family: str, steps: int, prompts_file: str | None, seeds: str, dtype: str, hadamard: bool,
+            rotation_seed: int,
             k_mean_subtraction: bool, output: str, pipeline: str, backend: str, height: int, width: int,
             num_frames: int, guidance_scale: float, no_progress: bool) -> None:
     """Measure per-(step, layer) FP8 error in shadow mode and write a sensitivity file for `qcompile suggest`."""
@@ -63,7 +66,7 @@ def command(family: str, steps: int, prompts_file: str | None, seeds: str, hadam
         family=family, steps=steps, pipeline=pipeline, seeds=seed_list, prompts=prompts or (DEFAULT_PROMPT,),
         backend=backend,
         numerics=Numerics(hadamard_rotation=hadamard, rotation_seed=rotation_seed,
-                          k_mean_subtraction=k_mean_subtraction),
+                          k_mean_subtraction=k_mean_subtraction, dtype=dtype),
         frames=FrameSettings(height=height, width=width, num_frames=num_frames, guidance_scale=guidance_scale),
         progress=not no_progress,
     )

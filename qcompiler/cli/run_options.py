@@ -7,6 +7,11 @@ from collections.abc import Callable
 
 import click
 
+# The quantized backends of runtime/backends/registry.py (minus `native`), spelled here so `--help` needs no torch
+# import; tests/runtime/test_backend_registry.py checks the two lists agree.
+QUANTIZED_BACKEND_NAMES = ("auto", "reference", "npu-quant-attention", "npu-mindiesd-fia", "npu-torch-fia",
+                           "fp8-reference", "fp8-npu")
+
 # Mirrors runtime.tiny's sizes (16x16, 9 frames); kept here so `--help` needs no torch import.
 TINY_HEIGHT = TINY_WIDTH = 16
 TINY_FRAMES = 9
@@ -18,9 +23,9 @@ def pipeline_options(function: Callable) -> Callable:
         click.option("--pipeline", default="tiny", show_default=True,
                      help="`tiny` (the family's offline test pipeline, random weights) or a saved diffusers pipeline "
                           "folder, loaded with no download."),
-        click.option("--backend", type=click.Choice(["auto", "fp8-reference", "fp8-npu"]), default="auto",
-                     show_default=True,
-                     help="FP8 attention: auto = the NPU kernel where present, else the PyTorch emulation."),
+        click.option("--backend", type=click.Choice(QUANTIZED_BACKEND_NAMES), default="auto", show_default=True,
+                     help="Quantized attention: auto = the first NPU entry point that can serve the dtype, else the "
+                          "PyTorch emulation (`reference`); or an entry point by name."),
         click.option("--height", type=click.IntRange(16, 4096), default=TINY_HEIGHT, show_default=True,
                      help="Frame height in pixels (multiple of 16)."),
         click.option("--width", type=click.IntRange(16, 4096), default=TINY_WIDTH, show_default=True,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from qcompiler.cli.common import load_plan_or_recipe
+from qcompiler.numerics import dtype_label
 from qcompiler.plan.format import Plan
 from qcompiler.stats import plan_cost
 
@@ -38,7 +39,7 @@ def command(plan_path: str, component: str | None, kind: str | None) -> None:
         raise click.BadParameter(f"{component!r} is not in this plan; components: {', '.join(plan.component_names)}",
                                  param_hint="--component")
     variant = f" ({plan.variant} variant)" if plan.variant else ""
-    click.echo(f"plan for {plan.family_name}{variant}: {plan.num_inference_steps} steps, {plan.data['dtype']}, "
+    click.echo(f"plan for {plan.family_name}{variant}: {plan.num_inference_steps} steps, {dtype_label(plan.data['dtype'])}, "
                f"fallback={plan.fallback}, rotation={'on' if plan.numerics['hadamard_rotation'] else 'off'}"
                f" (seed {plan.numerics['rotation_seed']}), sha256 {plan.content_hash[:12]}")
     click.echo(f"expert schedule: {', '.join(f'{i}:{c}' for i, c in enumerate(plan.expert_schedule))}")

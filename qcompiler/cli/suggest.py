@@ -14,6 +14,7 @@ import click
 from qcompiler.cli.common import fail
 from qcompiler.cli.diagnostics_format import format_text
 from qcompiler.compile.compiler import compile_source
+from qcompiler.numerics import DTYPE_NAMES
 from qcompiler.plan.io import write_text_atomically
 from qcompiler.schemas import schema_path
 from qcompiler.suggest.cover import Budget, suggest_recipe, verify_suggestion
@@ -27,10 +28,12 @@ from qcompiler.suggest.sensitivity import load_sensitivity
 @click.option("--fp8-flop-share", type=click.FloatRange(0.0, 1.0),
               help="Budget: put this share of attention FLOPs on FP8 (0.8 = 80%), least sensitive cells first.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Recipe file to write.")
+@click.option("--dtype", type=click.Choice(DTYPE_NAMES),
+              help="The recipe's quantized format (default: the one the sensitivity file measured; another is refused).")
 @click.option("--fallback", type=click.Choice(["error", "native"]), default="error", show_default=True,
               help="The recipe's fallback when no FP8 kernel is available at run time.")
 def command(sensitivity: str, min_cos: float | None, max_rel_l1: float | None, fp8_flop_share: float | None,
-            output: str, fallback: str) -> None:
+            output: str, dtype: str | None, fallback: str) -> None:
     """Write a recipe meeting a quality budget with the most FP8, from `qcompile calibrate` output."""
     chosen = [(kind, value) for kind, value in
               (("min_cos", min_cos), ("max_rel_l1", max_rel_l1), ("fp8_flop_share", fp8_flop_share)) if value is not None]
@@ -39,7 +42,7 @@ def command(sensitivity: str, min_cos: float | None, max_rel_l1: float | None, f
     data = load_sensitivity(sensitivity)
     schema = os.path.relpath(schema_path("recipe"), Path(output).resolve().parent)
     suggestion = suggest_recipe(data, Budget(*chosen[0]), source_name=Path(sensitivity).name, fallback=fallback,
-                                schema_ref=Path(schema).as_posix())
+                                schema_ref=Path(schema).as_posix(), dtype=dtype)
     result = compile_source(suggestion.text, name=output, variant=data.variant)
     if result.errors or result.plan is None:  # a bug in the generator, never the user's fault; say so
         click.echo(format_text(result.diagnostics), err=True, nl=False)

@@ -29,7 +29,7 @@ from itertools import groupby
 
 from qcompiler.errors import QcompileError
 from qcompiler.ranges import format_ranges
-from qcompiler.suggest.sensitivity import CellKey, CellSensitivity, Sensitivity
+from qcompiler.suggest.sensitivity import CellKey, CellSensitivity, Sensitivity, SensitivityError
 
 # Where editors find the recipe schema from a recipe in recipes/; the CLI passes the path from the output file.
 RECIPE_SCHEMA_URL = "../schemas/recipe.schema.json"
@@ -394,13 +394,20 @@ def _yaml_list(items: Iterable[str]) -> str:
 
 def suggest_recipe(
     sensitivity: Sensitivity, budget: Budget, *, source_name: str = "sensitivity.json", fallback: str = "error",
-    schema_ref: str = RECIPE_SCHEMA_URL,
+    schema_ref: str = RECIPE_SCHEMA_URL, dtype: str | None = None,
 ) -> Suggestion:
     """The recipe text meeting `budget` with the most FP8 (see the module docstring), plus facts about it.
 
     `schema_ref` goes in the first line for editors (`# yaml-language-server: $schema=...`); the CLI passes
     the path of schemas/recipe.schema.json relative to the written file, as the shipped recipes do.
+    `dtype`: the recipe's dtype; it must be the one the sensitivity file measured (None: that one), since the
+    measured errors are that format's.
     """
+    if dtype is not None and dtype != sensitivity.dtype:
+        raise SensitivityError(
+            f"the sensitivity file measured {sensitivity.dtype}, not {dtype}: its errors say nothing about {dtype}. "
+            f"Measure it with: qcompile calibrate ... --dtype {dtype}"
+        )
     fp8 = choose_fp8_cells(sensitivity, budget)
     component_names = [name for name, _ in sensitivity.components]
     scope_components = [c for c in component_names if any(k[0] == c for k in fp8)]
@@ -450,7 +457,7 @@ def _render(sensitivity: Sensitivity, budget: Budget, source_name: str, fallback
         "version: 1",
         f"family: {_yaml_string(sensitivity.family_name)}",
         f"num_inference_steps: {sensitivity.num_inference_steps}",
-        "dtype: fp8_e4m3_per_block",
+        f"dtype: {sensitivity.dtype}",
         "numerics: {"
         f"hadamard_rotation: {str(numerics['hadamard_rotation']).lower()}, "
         f"rotation_seed: {numerics['rotation_seed']}, "

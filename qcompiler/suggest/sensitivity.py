@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from qcompiler.errors import QcompileError
+from qcompiler.numerics import DEFAULT_DTYPE
 from qcompiler.plan.format import FamilyDocument
 from qcompiler.plan.io import InputRefused, read_json_file
 from qcompiler.schemas import check_versioned_document
@@ -62,6 +63,11 @@ class Sensitivity(FamilyDocument):
     @property
     def measured(self) -> Mapping[str, Any]:
         return self.data["measured"]
+
+    @property
+    def dtype(self) -> str:
+        """The quantized format measured (files written before MX formats measured per-block FP8)."""
+        return self.data["numerics"].get("dtype", DEFAULT_DTYPE)
 
 
 def sensitivity_from_dict(data: Any) -> Sensitivity:

@@ -54,7 +54,7 @@ def _pick_backend(requested: str, numerics: Numerics) -> str:
     if requested != "auto":
         return requested
     backend, _ = resolve_fp8_backend("auto", numerics)
-    return backend.name if backend is not None else "fp8-reference"
+    return backend.name if backend is not None else "reference"
 
 
 def _cells(records: list[CallRecord], samples: int, flops_per_call) -> list[dict[str, Any]]:
@@ -111,6 +111,7 @@ def calibrate(options: CalibrateOptions, pipe: Any = None) -> dict[str, Any]:
         },
         "num_inference_steps": options.steps,
         "numerics": {
+            "dtype": options.numerics.dtype,
             "hadamard_rotation": options.numerics.hadamard_rotation,
             "rotation_seed": options.numerics.rotation_seed,
             "query_block_tokens": options.numerics.query_block_tokens,

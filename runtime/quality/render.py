@@ -13,6 +13,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from qcompiler.numerics import DEFAULT_DTYPE, dtype_label
+
 CELL = 14  # pixels per cell: 40 layers -> 560 px, readable in a markdown viewer without zooming
 LEFT = 70  # room for "step 39" plus the expert name initial
 TOP = 34
@@ -144,7 +146,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += [f"The plan was compiled for {compiled_for}; its tables ran on the `{run_as}` variant "
                   "(same components, layer counts and attention kinds).", ""]
     lines += [
-        f"Pipeline `{measured['pipeline']}`, {plan['num_inference_steps']} steps, seed {measured['seed']}, "
+        f"Pipeline `{measured['pipeline']}`, {plan['num_inference_steps']} steps, "
+        f"{dtype_label(plan.get('dtype', DEFAULT_DTYPE))}, seed {measured['seed']}, "
         f"{measured['width']}x{measured['height']}, {measured['num_frames']} frames, FP8 backend "
         f"`{measured['backend']}` on `{measured['device']}`. Native run {measured['elapsed_s']['native']:.2f} s, "
         f"plan run {measured['elapsed_s']['plan']:.2f} s (CPU emulation: not a speed measurement).",

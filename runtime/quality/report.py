@@ -95,8 +95,8 @@ def pick_backend(requested: str, plan: Plan) -> str:
     """`auto` means the real kernel where it runs, else the emulation: a report is about numerics."""
     if requested != "auto":
         return requested
-    backend, _ = resolve_fp8_backend("auto", Numerics.from_mapping(plan.numerics))
-    return backend.name if backend is not None else "fp8-reference"
+    backend, _ = resolve_fp8_backend("auto", Numerics.from_plan(plan))
+    return backend.name if backend is not None else "reference"
 
 
 def _stats(values: Iterable[float], worst: Callable[[Iterable[float]], float]) -> dict[str, float]:
@@ -222,6 +222,7 @@ def build_report(plan: Plan, options: ReportOptions, pipe: Any = None) -> dict[s
             "variant": compiled.variant,
             "run_as_variant": plan.variant,
             "num_inference_steps": steps,
+            "dtype": plan.data["dtype"],
             "numerics": dict(plan.numerics),
         },
         "measured": {

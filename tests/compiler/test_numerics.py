@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import qcompiler
-from qcompiler.numerics import DEFAULT_DTYPE, DEFAULT_NUMERICS, DTYPES, MAX_ROTATION_SEED, plan_numerics
+from qcompiler.numerics import (
+    DEFAULT_DTYPE,
+    DEFAULT_NUMERICS,
+    DTYPES,
+    KV_BLOCK_TOKENS,
+    MAX_ROTATION_SEED,
+    QUERY_BLOCK_TOKENS,
+    plan_numerics,
+)
 from qcompiler.schemas import load_schema
 from tests.conftest import VALID_RECIPE
 
@@ -23,7 +31,7 @@ def test_seed_bounds_agree_with_the_schemas():
 
 def test_compiled_plans_record_the_table_row_and_defaults():
     plan = qcompiler.compile_recipe_text(VALID_RECIPE)
-    spec = DTYPES[plan.data["dtype"]]
-    assert plan.numerics["query_block_tokens"] == spec.query_block_tokens == 128
-    assert plan.numerics["kv_block_tokens"] == spec.kv_block_tokens == 256
+    assert plan.data["dtype"] in DTYPES
+    assert plan.numerics["query_block_tokens"] == QUERY_BLOCK_TOKENS == 128
+    assert plan.numerics["kv_block_tokens"] == KV_BLOCK_TOKENS == 256
     assert plan_numerics(DEFAULT_DTYPE, None)["rotation_seed"] == 425500

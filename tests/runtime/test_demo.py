@@ -15,7 +15,7 @@ def test_demo_runs_a_shipped_recipe_and_shows_the_executed_table_equal_to_the_pl
     out = capsys.readouterr().out
     assert "executed table == plan: yes" in out
     assert "observed transformer transformer transformer_2 transformer_2" in out
-    assert "fp8-reference: " in out and "cosine similarity 0.99" in out and "PSNR" in out
+    assert "reference: " in out and "cosine similarity 0.99" in out and "PSNR" in out
 
 
 def test_demo_refuses_a_plan_for_the_real_model_with_a_fix(tmp_path, capsys):

@@ -11,14 +11,12 @@ import math
 import torch
 import torch.nn.functional as F
 
+# The kernel's block sizes (128 query tokens, 256 key/value tokens per scale) live in the one numerics record.
+from qcompiler.numerics import KV_BLOCK_TOKENS, QUERY_BLOCK_TOKENS  # noqa: F401  (re-exported for quantizers)
+
 # Largest finite torch.float8_e4m3fn value; the kernel contract's scale rule is scale = amax(block) / 448
 # (npu_dynamic_block_quant with dst FLOAT8_E4M3FN).
 E4M3_MAX = 448.0
-# npu_fused_infer_attention_score_v2 with query_quant_mode=7 takes a query dequant scale of shape
-# [B, N, ceil(S_q / 128), 1]: one scale per 128-token query block.
-QUERY_BLOCK_TOKENS = 128
-# ... and key/value dequant scales of shape [B, N, ceil(S_kv / 256), 1]: one per 256-token key/value block.
-KV_BLOCK_TOKENS = 256
 FP8_DTYPE = torch.float8_e4m3fn
 
 
