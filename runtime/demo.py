@@ -14,7 +14,7 @@ import torch
 from qcompiler.errors import QcompileError
 from qcompiler.plan import load_plan
 from runtime.backends import BACKEND_NAMES
-from runtime.handle import load
+from runtime.load import load
 from runtime.metrics import cosine_similarity, psnr
 from runtime.tiny import build_tiny_pipeline, run_tiny
 

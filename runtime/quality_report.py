@@ -31,7 +31,7 @@ from qcompiler.resolve import predict_expert_schedule
 from qcompiler.schemas import load_schema
 from runtime.backends import resolve_fp8_backend
 from runtime.call_record import CallRecord
-from runtime.handle import load
+from runtime.load import load
 from runtime.metrics import PSNR_CAP_DB, psnr, ssim
 from runtime.numerics import Numerics
 from runtime.report_render import draw_error_heatmap, draw_plan_heatmap, render_markdown
