@@ -7,7 +7,8 @@ tests/runtime/test_diffusers_private.py fails with its message.
 
 What we rely on:
 - `AttentionBackendName` member maps (`_member_map_`, `_value2member_map_`, `_member_names_`): adding a member.
-- `_AttentionBackendRegistry._backends / _constraints / _supported_arg_names / _supports_context_parallel`.
+- `_AttentionBackendRegistry._backends / _constraints / _supported_arg_names / _supports_context_parallel /
+  _active_backend / _checks_enabled` and `attention_dispatch._CAN_USE_FLEX_ATTN` (what dispatch does per call).
 - `_templated_context_parallel_attention(q, k, v, ..., forward_op=, backward_op=, _parallel_config=)` and the
   forward-op signature `(ctx, q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, return_lse,
   _save_ctx, _parallel_config)`.
@@ -28,7 +29,8 @@ AttentionBackendName = attention_dispatch.AttentionBackendName
 dispatch_attention_fn = attention_dispatch.dispatch_attention_fn
 
 # What the rest of the runtime reads; a diffusers upgrade that drops one makes check_private_api() name it.
-_REGISTRY_FIELDS = ("_backends", "_constraints", "_supported_arg_names", "_supports_context_parallel")
+_REGISTRY_FIELDS = ("_backends", "_constraints", "_supported_arg_names", "_supports_context_parallel",
+                    "_active_backend", "_checks_enabled")
 _ENUM_FIELDS = ("_member_map_", "_value2member_map_", "_member_names_")
 _TEMPLATED_KEYWORDS = ("forward_op", "backward_op", "_parallel_config")
 _NATIVE_FORWARD_OP_PARAMS = ("ctx", "query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale",
@@ -45,6 +47,8 @@ def check_private_api() -> list[str]:
     else:
         problems += [f"_AttentionBackendRegistry.{f} is gone" for f in _REGISTRY_FIELDS if not hasattr(registry, f)]
     problems += [f"AttentionBackendName.{f} is gone" for f in _ENUM_FIELDS if not hasattr(AttentionBackendName, f)]
+    if not hasattr(attention_dispatch, "_CAN_USE_FLEX_ATTN"):
+        problems.append("diffusers.models.attention_dispatch._CAN_USE_FLEX_ATTN is gone")
     templated = getattr(attention_dispatch, "_templated_context_parallel_attention", None)
     if templated is None:
         problems.append("diffusers.models.attention_dispatch._templated_context_parallel_attention is gone")
@@ -86,6 +90,28 @@ def register_attention_backend(value: str, function: Callable[..., Any], *, supp
     if supports_context_parallel:
         registry._supports_context_parallel.add(value)
     return member
+
+
+def backend_call(backend: Any, query: Any, key: Any, value: Any, attn_mask: Any, dropout_p: float, is_causal: bool,
+                 scale: Any, enable_gqa: bool, parallel_config: Any) -> Any:
+    """What `dispatch_attention_fn(..., backend=backend, parallel_config=...)` does, without rebuilding its
+    argument checks per call: the registered function of `backend` (None: the active one) with the arguments it
+    takes. With DIFFUSERS_ATTN_CHECKS on, the real dispatch runs (its checks included)."""
+    registry = attention_dispatch._AttentionBackendRegistry
+    if registry._checks_enabled:
+        return dispatch_attention_fn(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
+                                     is_causal=is_causal, scale=scale, enable_gqa=enable_gqa, backend=backend,
+                                     parallel_config=parallel_config)
+    if backend is None:
+        backend = registry._active_backend
+    elif not isinstance(backend, AttentionBackendName):
+        backend = AttentionBackendName(backend)
+    names = registry._supported_arg_names[backend]
+    kwargs = {"query": query, "key": key, "value": value, "attn_mask": attn_mask, "dropout_p": dropout_p,
+              "is_causal": is_causal, "scale": scale, "_parallel_config": parallel_config}
+    if attention_dispatch._CAN_USE_FLEX_ATTN:  # dispatch passes enable_gqa only on torch >= 2.5
+        kwargs["enable_gqa"] = enable_gqa
+    return registry._backends[backend](**{k: v for k, v in kwargs.items() if k in names})
 
 
 def templated_context_parallel_attention(query: Any, key: Any, value: Any, *, forward_op: Callable[..., Any],

@@ -28,7 +28,7 @@ import torch
 
 from runtime.backends.base import AttentionBackend
 from runtime.call_record import CallRecord
-from runtime.diffusers_private import dispatch_attention_fn, register_attention_backend, templated_context_parallel_attention
+from runtime.diffusers_private import backend_call, register_attention_backend, templated_context_parallel_attention
 from runtime.metrics import CallError, call_error
 from runtime.step_tracker import CallContext
 
@@ -80,6 +80,11 @@ class Site:
                is_causal: bool, scale: float | None, enable_gqa: bool, parallel_config: Any) -> torch.Tensor:
         state = self.state
         counting = not torch.compiler.is_compiling()  # a counter bumped in a graph would recompile it each call
+        if not self.fp8 and state.mode == PLAN:  # the common native cell: straight to the stock backend
+            if counting:
+                self.native_calls += 1
+            return backend_call(self.stock_backend, query, key, value, attn_mask, dropout_p, is_causal, scale,
+                                enable_gqa, parallel_config)
         eligible = state.backend is not None and _fp8_eligible(query, attn_mask, dropout_p, is_causal, scale, enable_gqa)
         if state.mode == SHADOW:
             native = self._native(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
@@ -98,16 +103,12 @@ class Site:
                 state.observer(self._record(out, native, used="fp8"))
             return out
         if counting:
-            if self.fp8:
-                self.fallback_calls += 1
-            else:
-                self.native_calls += 1
+            self.fallback_calls += 1  # planned FP8, but no backend serves it or this call is not FP8-eligible
         return self._native(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, parallel_config)
 
     def _native(self, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, parallel_config):
-        return dispatch_attention_fn(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
-                                     is_causal=is_causal, scale=scale, enable_gqa=enable_gqa,
-                                     backend=self.stock_backend, parallel_config=parallel_config)
+        return backend_call(self.stock_backend, query, key, value, attn_mask, dropout_p, is_causal, scale,
+                            enable_gqa, parallel_config)
 
     def _fp8(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, parallel_config: Any) -> torch.Tensor:
         if parallel_config is None:  # one process, or cross-attention under CP (queries sharded, K/V whole)
