@@ -58,8 +58,9 @@ def _rank(rank: int, world: int, init_file: str, out_file: str, plans: dict, rep
     torch.set_num_threads(1)
     torch.accelerator.device_count = lambda: 1  # CPU: diffusers computes rank % device_count (0 on CPU)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    import runtime
     from diffusers import ContextParallelConfig
+
+    import runtime
     from runtime.tiny import build_tiny_pipeline, run_tiny
 
     pipe = build_tiny_pipeline(FAMILY)

@@ -27,7 +27,6 @@ from runtime.load import load
 from runtime.metrics import cosine_similarity, psnr
 from runtime.tiny import build_tiny_pipeline, run_tiny
 
-
 # Under Ulysses the sequence splits across ranks: 32x32 pixels, 9 frames = 12 tokens (the default 16x16 has 3).
 PARALLEL_SIZE = {"height": 32, "width": 32}
 

@@ -22,7 +22,15 @@ from runtime.checks import check_structure, transformer_components
 from runtime.dispatch import PLAN, ComponentState
 from runtime.errors import BackendUnavailableError, PlanMismatchError
 from runtime.execution_report import (
-    FALLBACK, FALLBACK_BACKEND, FP8, NATIVE, SKIPPED, SKIPPED_KEY, CellCounts, ExecutionReport, executed_char,
+    FALLBACK,
+    FALLBACK_BACKEND,
+    FP8,
+    NATIVE,
+    SKIPPED,
+    SKIPPED_KEY,
+    CellCounts,
+    ExecutionReport,
+    executed_char,
 )
 from runtime.hooks import parallel_layout
 from runtime.install import ComponentSpec, Installation, install, mark_installed, unmark_installed
