@@ -36,8 +36,8 @@ from runtime.shadow import shadow
 
 @dataclass(frozen=True)
 class CalibrateOptions:
-    """What to measure. `backend`: "auto" (fp8-npu where present, else fp8-reference), "fp8-reference",
-    "fp8-npu". `numerics`: the FP8 numerics measured (a suggested recipe carries the same)."""
+    """What to measure. `backend`: "auto" (an NPU or GPU kernel where present, else the CPU reference),
+    or any name in runtime.backends.registry. `numerics`: the FP8 numerics measured (a suggested recipe carries the same)."""
 
     family: str
     steps: int

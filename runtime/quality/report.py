@@ -32,7 +32,7 @@ from qcompiler.schemas import first_violation
 from qcompiler.stats import plan_cost
 from runtime.backends import resolve_fp8_backend
 from runtime.call_record import CallRecord
-from runtime.handle import load
+from runtime.load import load
 from runtime.numerics import Numerics
 from runtime.quality.metrics import PSNR_CAP_DB, psnr, ssim
 from runtime.quality.pipelines import (
@@ -64,8 +64,8 @@ WORST_LAYERS = 5
 
 @dataclass(frozen=True)
 class ReportOptions:
-    """How to run a report. `backend`: "auto" (fp8-npu where present, else the fp8-reference emulation),
-    "fp8-reference" or "fp8-npu". `throughput_ratio`: FP8 attention time / BF16 attention time on the target."""
+    """How to run a report. `backend`: "auto" (an NPU entry point where present, else the CPU reference),
+    or any name in runtime.backends.registry. `throughput_ratio`: FP8 attention time / BF16 attention time on the target."""
 
     pipeline: str = "tiny"
     seed: int = 0

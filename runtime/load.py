@@ -1,5 +1,9 @@
-"""`runtime.load(pipe, plan)`: check the plan against the pipeline, install processors and hooks, and return
-a PlanHandle that reports what ran and restores the pipeline on `unload()`."""
+"""`runtime.load(pipe, plan)`: check the plan against the pipeline, install it (runtime/install.py) and return a
+PlanHandle that reports what ran and restores the pipeline on `unload()`.
+
+Order with diffusers' context parallelism does not matter: the stock processors stay in place, so
+`enable_parallelism` before or after load sets their `_parallel_config` as it would without qcompile.
+"""
 
 from __future__ import annotations
 
@@ -15,19 +19,27 @@ from qcompiler.plan.format import Plan, load_plan, table_to_rows
 from runtime.backends import AttentionBackend, NativeBackend, resolve_fp8_backend
 from runtime.call_record import CallRecord
 from runtime.checks import check_structure, transformer_components
+from runtime.dispatch import PLAN, ComponentState
 from runtime.errors import BackendUnavailableError, PlanMismatchError
-from runtime.hooks import ComponentHook
+from runtime.execution_report import (
+    FALLBACK,
+    FALLBACK_BACKEND,
+    FP8,
+    NATIVE,
+    SKIPPED,
+    SKIPPED_KEY,
+    CellCounts,
+    ExecutionReport,
+    executed_char,
+)
+from runtime.hooks import parallel_layout
+from runtime.install import ComponentSpec, Installation, install, mark_installed, unmark_installed
 from runtime.numerics import Numerics
-from runtime.processor import CallContext, PlanAttnProcessor, Site
-from runtime.report import FALLBACK, FALLBACK_BACKEND, FP8, NATIVE, CellCounts, ExecutionReport, executed_char
-from runtime.step_tracker import StepTracker
+from runtime.step_tracker import CallContext, StepTracker
 
 logger = logging.getLogger("runtime")
 
 EMBEDDED_PLAN_KEY = "_qcompile_plan"  # private key in transformer/config.json written by `qcompile patch`
-INSTALLED_ATTR = "_qcompile_runtime"  # set on a pipeline while a plan or shadow recorder is installed
-
-PlanSource = "str | os.PathLike[str] | Mapping[str, Any] | Plan | None"
 
 
 def _embedded_plan(pipe: Any) -> Plan:
@@ -44,19 +56,6 @@ def _embedded_plan(pipe: Any) -> Plan:
     return load_plan(data)
 
 
-def attention_modules(model: torch.nn.Module, pattern: str, num_layers: int) -> list[Any]:
-    return [model.get_submodule(pattern.format(layer=layer)) for layer in range(num_layers)]
-
-
-def mark_installed(pipe: Any, owner: object) -> None:
-    current = getattr(pipe, INSTALLED_ATTR, None)
-    if current is not None:
-        raise PlanMismatchError(
-            f"this pipeline already has a qcompile {type(current).__name__} installed; unload it first"
-        )
-    setattr(pipe, INSTALLED_ATTR, owner)
-
-
 def recompile_hint(plan: Plan) -> str:
     recipe = (plan.data.get("recipe") or {}).get("name") or "RECIPE"
     variant = f" --variant {plan.variant}" if plan.variant else ""
@@ -70,14 +69,13 @@ class PlanHandle:
                  fallback_reasons: dict[str, str]):
         self.pipe = pipe
         self.plan = plan
-        self.backend = backend  # as requested: auto, native, fp8-reference, fp8-npu, or a backend object
+        self.backend = backend  # as requested: a registry name (runtime.backends.registry) or a backend object
         self.fallback_reasons = fallback_reasons
         self._served = served
         self._context = CallContext()
         self._tracker = StepTracker(pipe, plan.num_inference_steps, self._context, recompile_hint(plan))
-        self._hooks: list[ComponentHook] = []
-        self._restore: list[tuple[Any, Any]] = []  # (attention module, stock processor)
-        self._processors: list[PlanAttnProcessor] = []
+        self._installation = Installation()
+        self._models: dict[str, torch.nn.Module] = {}
         self._counts: dict[tuple[str, str], CellCounts] = {}
         self._active = False
 
@@ -93,52 +91,33 @@ class PlanHandle:
     def _install(self, models: dict[str, torch.nn.Module]) -> None:
         plan, steps = self.plan, self.plan.num_inference_steps
         numerics = Numerics.from_plan(plan)
-        kinds = plan.data["family"]["attention_kinds"]
+        modules = {kind: spec["module"] for kind, spec in plan.data["family"]["attention_kinds"].items()}
         force_native = self.backend == "native" or isinstance(self.backend, NativeBackend)
-        try:
-            for component in plan.components:
-                name, layers = component["name"], component["num_layers"]
-                backend = self._served[name]
-                processors: dict[str, list[PlanAttnProcessor]] = {}
-                rows: dict[str, Any] = {}
-                counts: dict[str, CellCounts] = {}
-                for kind in sorted(kinds):
-                    procs = []
-                    for layer, module in enumerate(attention_modules(models[name], kinds[kind]["module"], layers)):
-                        proc = PlanAttnProcessor(module.processor, Site(name, kind, layer), backend, self._context)
-                        self._restore.append((module, module.processor))
-                        module.set_processor(proc)
-                        procs.append(proc)
-                    processors[kind] = procs
-                    table = plan.table(name, kind)
-                    # backend="native" runs every cell natively, whatever the plan says (a deliberate override).
-                    rows[kind] = tuple(tuple(False for _ in row) for row in table) if force_native else table
-                    counts[kind] = self._counts[(name, kind)] = CellCounts(steps, layers)
-                    self._processors.extend(procs)
-                rotation = (component["head_dim"], numerics.rotation_seed) if (
-                    backend is not None and numerics.hadamard_rotation) else None
-                hook = ComponentHook(name, models[name], processors, rows, self._tracker, counts, rotation)
-                hook.install()
-                self._hooks.append(hook)
-        except BaseException:
-            self._uninstall()
-            raise
+        specs = []
+        for component in plan.components:
+            name, layers = component["name"], component["num_layers"]
+            backend = self._served[name]
+            rows, counts = {}, {}
+            for kind in sorted(modules):
+                table = plan.table(name, kind)
+                # backend="native" runs every cell natively, whatever the plan says (a deliberate override).
+                rows[kind] = tuple(tuple(False for _ in row) for row in table) if force_native else table
+                counts[kind] = self._counts[(name, kind)] = CellCounts(steps, layers)
+            needs_fp8 = backend is not None and any(any(row) for kind_rows in rows.values() for row in kind_rows)
+            rotation = (component["head_dim"], numerics.rotation_seed) if (
+                backend is not None and numerics.hadamard_rotation) else None
+            specs.append(ComponentSpec(name, models[name], layers, ComponentState(name, PLAN, backend, self._context),
+                                       rows, counts, rotation, needs_fp8))
+        self._models = models
+        self._installation = install(specs, modules, self._tracker)
         self._active = True
 
-    def _uninstall(self) -> None:
-        for hook in self._hooks:
-            hook.remove()
-        for module, stock in reversed(self._restore):
-            module.set_processor(stock)
-        self._hooks, self._restore = [], []
-        if getattr(self.pipe, INSTALLED_ATTR, None) is self:
-            delattr(self.pipe, INSTALLED_ATTR)
-
     def unload(self) -> None:
-        """Restore the stock processors and remove the hooks; the pipeline then runs exactly as never patched.
-        The report stays readable. Calling it twice is harmless."""
+        """Restore the stock processors' backends and remove the hooks; the pipeline then runs exactly as never
+        patched (with whatever parallel config it has). The report stays readable. Calling it twice is harmless."""
         if self._active:
-            self._uninstall()
+            self._installation.remove()
+            unmark_installed(self.pipe, self)
             self._active = False
 
     def __enter__(self) -> PlanHandle:
@@ -149,9 +128,10 @@ class PlanHandle:
 
     def set_observer(self, observer: Callable[[CallRecord], None] | None) -> None:
         """Call `observer(record)` after every FP8 attention call with the error of its output against native
-        attention on the same inputs (costs one extra native attention per FP8 call; eager mode only)."""
-        for proc in self._processors:
-            proc.observer = observer
+        attention on the same inputs (costs one extra native attention per FP8 call; eager mode only). Under
+        context parallelism the error is of the full-sequence call (a collective: every rank computes it)."""
+        for state in self._installation.states():
+            state.observer = observer
 
     def reset_report(self) -> None:
         for counts in self._counts.values():
@@ -160,12 +140,13 @@ class PlanHandle:
         self._tracker.pipeline_calls = 0
 
     def report(self) -> ExecutionReport:
-        """What ran since load (or the last reset_report), cell for cell comparable with the plan."""
+        """What ran on this rank since load (or the last reset_report), cell for cell comparable with the plan.
+        Under context parallelism, `runtime.gather_reports(handle.report())` combines the ranks' reports."""
         plan_rows: dict[str, dict[str, list[str]]] = {}
         executed: dict[str, dict[str, list[str]]] = {}
         cells: dict[str, dict[str, list[list[dict[str, int]]]]] = {}
         totals: dict[str, int] = {}
-        fallback_calls = 0
+        fallback_calls = skipped = 0
         for (component, kind), counts in self._counts.items():
             fp8_name = self._served[component].name if self._served[component] is not None else FALLBACK_BACKEND
             plan_rows.setdefault(component, {})[kind] = table_to_rows(self.plan.table(component, kind))
@@ -174,19 +155,26 @@ class PlanHandle:
             for row in counts.counts:
                 row_cells = []
                 for cell in row:
-                    named = {n: c for n, c in (("native", cell[NATIVE]), (fp8_name, cell[FP8]),
-                                                (FALLBACK_BACKEND, cell[FALLBACK])) if c}
+                    named: dict[str, int] = {}
+                    for lane_name, lane in (("native", NATIVE), (fp8_name, FP8), (FALLBACK_BACKEND, FALLBACK),
+                                            (SKIPPED_KEY, SKIPPED)):
+                        if cell[lane]:
+                            named[lane_name] = named.get(lane_name, 0) + cell[lane]
                     for backend_name, calls in named.items():
-                        totals[backend_name] = totals.get(backend_name, 0) + calls
+                        if backend_name != SKIPPED_KEY:
+                            totals[backend_name] = totals.get(backend_name, 0) + calls
                     fallback_calls += cell[FALLBACK]
+                    skipped += cell[SKIPPED]
                     row_cells.append(named)
                 kind_cells.append(row_cells)
             cells.setdefault(component, {})[kind] = kind_cells
-        compiled = sum(h.compiled_forwards for h in self._hooks)
+        compiled = sum(h.compiled_forwards for h in self._installation.hooks)
         notes = []
         if compiled:
             notes.append(f"{compiled} forwards ran compiled blocks: their cells count the decisions the hook set, "
                          "one per forward, not attention calls")
+        rank, world = _rank_and_world()
+        layouts = {parallel_layout(m) for m in self._models.values()} - {None}
         return ExecutionReport(
             plan_rows=plan_rows,
             executed=executed,
@@ -200,7 +188,18 @@ class PlanHandle:
             fp8_backend=self.fp8_backend,
             counted="decisions" if compiled else "calls",
             notes=notes,
+            skipped=skipped,
+            rank=rank,
+            world_size=world,
+            parallel=",".join(sorted(layouts)) or None,
         )
+
+
+def _rank_and_world() -> tuple[int, int]:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _serving_backends(
@@ -214,10 +213,6 @@ def _serving_backends(
     for component in plan.components:
         name = component["name"]
         why = reason if fp8_backend is None else fp8_backend.unsupported_reason(component["head_dim"])
-        if not why:
-            if any(getattr(m.processor, "_parallel_config", None) is not None
-                   for m in models[name].modules() if hasattr(m, "set_processor")):
-                why = "context parallelism is configured and the FP8 path does not split sequences"
         wants_fp8 = any(any(row) for kind in plan.attention_kinds for row in plan.table(name, kind))
         served[name] = None if why else fp8_backend
         if not why or not wants_fp8 or backend == "native" or isinstance(backend, NativeBackend):
@@ -225,7 +220,7 @@ def _serving_backends(
         if plan.fallback == "error":
             raise BackendUnavailableError(
                 f"the plan asks for FP8 attention in {name} but nothing here can serve it: {why}. Its fallback "
-                "policy is 'error'. Run where the FP8 kernel is available, pass backend='fp8-reference' to emulate "
+                "policy is 'error'. Run where the FP8 kernel is available, pass backend='reference' to emulate "
                 "FP8 in PyTorch, or set `fallback: native` in the recipe and recompile."
             )
         fallbacks[name] = why
@@ -242,11 +237,15 @@ def _serving_backends(
 def load(pipe: Any, plan: str | os.PathLike[str] | Mapping[str, Any] | Plan | None = None, *,
          backend: str | AttentionBackend = "auto") -> PlanHandle:
     """Install `plan` (a path, a parsed dict, a Plan, or None for the plan embedded by `qcompile patch`) in a
-    diffusers Wan pipeline. `backend`: "auto" (fp8-npu where available), "fp8-npu", "fp8-reference" (PyTorch
-    emulation, any device), "native" (every cell native), or an AttentionBackend object.
+    diffusers Wan pipeline. `backend`: "auto" (the first kernel that can serve the plan's dtype here, see
+    runtime.backends.registry), a backend name from that registry ("reference" is the exact PyTorch emulation of
+    every dtype, any device; "native" runs every cell native), or an AttentionBackend object.
 
-    Raises PlanError (bad/edited plan), PlanMismatchError (plan does not fit the pipeline),
-    BackendUnavailableError (FP8 needed, none available, fallback policy `error`).
+    Works before or after `model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=N))`; FP8 cells
+    then run after the Ulysses all-to-all. Raises PlanError (bad/edited plan), PlanMismatchError (plan does not
+    fit the pipeline), ParallelLayoutError (ring or Ulysses-anything with FP8 cells; also raised by the first
+    forward when that layout is enabled after load), BackendUnavailableError (FP8 needed, none available,
+    fallback policy `error`).
     """
     loaded = _embedded_plan(pipe) if plan is None else load_plan(plan)
     models = check_structure(pipe, loaded)
@@ -256,7 +255,6 @@ def load(pipe: Any, plan: str | os.PathLike[str] | Mapping[str, Any] | Plan | No
     try:
         handle._install(models)
     except BaseException:
-        if getattr(pipe, INSTALLED_ATTR, None) is handle:
-            delattr(pipe, INSTALLED_ATTR)
+        unmark_installed(pipe, handle)
         raise
     return handle
