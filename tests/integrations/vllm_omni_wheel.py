@@ -11,7 +11,6 @@ What this does not cover (the slow test does): vllm-omni's real __init__ validat
 
 from __future__ import annotations
 
-import __future__
 import ast
 import dataclasses
 import os
@@ -75,8 +74,9 @@ def _class_body(source: str, class_name: str) -> ast.ClassDef:
 
 
 def _exec(nodes: list[ast.stmt], namespace: dict[str, Any], filename: str) -> None:
-    module = ast.Module(body=nodes, type_ignores=[])
-    code = compile(module, filename, "exec", flags=__future__.annotations.compiler_flag, dont_inherit=True)
+    # postponed annotations, as in the wheel's modules: field types name classes this namespace does not have
+    future = ast.parse("from __future__ import annotations").body
+    code = compile(ast.Module(body=future + nodes, type_ignores=[]), filename, "exec", dont_inherit=True)
     exec(code, namespace)
 
 
