@@ -1,0 +1,105 @@
+"""The plugin inside vllm-omni's real attention layer on CPU: one rank, then two Ulysses ranks (gloo).
+
+Opt-in (marker vllm_omni_stack) and skipped unless vllm and vllm-omni are importable. Install the stack with
+`pip install --no-deps -r tests/integrations/vllm_omni_stack.txt` into an environment that already has this
+project's torch (2.13.0+cpu) and diffusers; resolving vllm's dependencies instead pulls a CUDA torch.
+vllm-omni finds the plugin by its entry point: the test writes a dist-info declaring the same entry point as
+pyproject.toml, so no install of qcompile is needed. See vllm_omni_cpu.py for the two CPU stand-ins.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+
+from qcompiler.export_vllm import NotExpressibleError, export_vllm_omni
+from qcompiler.families import get_family
+from qcompiler.plan import write_plan
+from tests.export.conftest import build_plan
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [
+    pytest.mark.vllm_omni_stack,
+    pytest.mark.skipif(importlib.util.find_spec("vllm") is None or importlib.util.find_spec("vllm_omni") is None,
+                       reason="vllm and vllm-omni are not installed (pip install --no-deps -r "
+                              "tests/integrations/vllm_omni_stack.txt)"),
+]
+STEPS = 4
+
+
+def entry_point_dist_info(site: Path) -> None:
+    """A dist-info carrying pyproject.toml's vllm_omni.general_plugins entry point (read from it)."""
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    group = project["entry-points"]["vllm_omni.general_plugins"]
+    info = site / f"qcompile-{project['version']}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: qcompile\nVersion: {project['version']}\n")
+    (info / "entry_points.txt").write_text(
+        "[vllm_omni.general_plugins]\n" + "".join(f"{k} = {v}\n" for k, v in group.items()))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_ranks(world: int, ulysses: int, tmp_path: Path, env: dict[str, str]) -> list[dict]:
+    env = {**env, "PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
+    outs = [tmp_path / f"w{world}-rank{r}.json" for r in range(world)]
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.integrations.vllm_omni_cpu", str(r), str(world),
+                               str(ulysses), str(outs[r])], cwd=REPO_ROOT, env={**env, "RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(world)]
+    logs = [p.communicate(timeout=900)[0] for p in procs]
+    for p, log in zip(procs, logs, strict=True):
+        assert p.returncode == 0, log[-6000:]
+    return [json.loads(o.read_text()) for o in outs]
+
+
+@pytest.fixture(scope="module")
+def plan():
+    family = get_family("wan2.2-t2v-a14b", "tiny")
+    rng = random.Random(15)
+    tables = {(c.name, kind): ["".join(rng.choice("01") for _ in range(c.num_layers)) for _ in range(STEPS)]
+              for c in family.components for kind in family.attention_kinds}
+    built = build_plan(tables, ["transformer", "transformer", "transformer_2", "transformer_2"],
+                       family="wan2.2-t2v-a14b", variant="tiny")
+    with pytest.raises(NotExpressibleError):
+        export_vllm_omni(built)
+    return built
+
+
+def test_real_attention_layer_follows_the_plan_on_one_and_two_ulysses_ranks(plan, tmp_path: Path):
+    write_plan(plan, tmp_path / "plan.json")
+    entry_point_dist_info(tmp_path / "site")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(tmp_path / "site")]),
+           "QCOMPILE_VLLM_OMNI_PLAN": str(tmp_path / "plan.json"),
+           "QCOMPILE_VLLM_OMNI_REPORT_DIR": str(tmp_path / "executed")}
+    single = run_ranks(1, 1, tmp_path, env)
+    pair = run_ranks(2, 2, tmp_path, env)
+    want = {}
+    for step, component in enumerate(plan.expert_schedule):
+        for kind, attn in (("self", "attn1"), ("cross", "attn2")):
+            for layer, fp8 in enumerate(plan.table(component, kind)[step]):
+                want[(step, f"blocks.{layer}.{attn}")] = "fp8" if fp8 else "float"
+    for rank_result in single + pair:
+        got = {(step, prefix): dtype for step, prefix, dtype in rank_result["calls"]}
+        assert len(rank_result["calls"]) == len(want) and got == want
+        assert rank_result["matches_plan"]
+        assert rank_result["tagged"] == {"transformer": 80, "transformer_2": 80}
+    assert "UlyssesParallelAttention" in pair[0]["strategies"] and "UlyssesParallelAttention" not in single[0]["strategies"]
+    for key, full in single[0]["outputs"].items():
+        shards = [torch.tensor(r["outputs"][key]).reshape(1, -1, 2, 64) for r in pair]
+        torch.testing.assert_close(torch.cat(shards, dim=1).flatten(), torch.tensor(full), rtol=1e-5, atol=1e-5)
+    for rank in (0, 1):
+        assert json.loads((tmp_path / "executed" / f"rank{rank}.json").read_text())["matches_plan"]
