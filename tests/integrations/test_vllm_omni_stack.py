@@ -16,7 +16,6 @@ import random
 import socket
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -39,6 +38,8 @@ STEPS = 4
 
 def entry_point_dist_info(site: Path) -> None:
     """A dist-info carrying pyproject.toml's vllm_omni.general_plugins entry point (read from it)."""
+    import tomllib  # Python 3.11+, as vllm 0.30 needs
+
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
     group = project["entry-points"]["vllm_omni.general_plugins"]
     info = site / f"qcompile-{project['version']}.dist-info"

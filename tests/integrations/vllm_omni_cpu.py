@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -158,16 +159,14 @@ def inputs(step: int, layer: int, config: Any) -> tuple[torch.Tensor, ...]:
 
 def main(rank: int, world: int, ulysses: int, out_path: str) -> None:
     install_cpu_platform()
-    from types import SimpleNamespace
-
     from vllm_omni.diffusion.config import set_current_diffusion_config
     from vllm_omni.diffusion.data import DiffusionParallelConfig, OmniDiffusionConfig
     from vllm_omni.diffusion.distributed import parallel_state
     from vllm_omni.diffusion.forward_context import set_forward_context
     from vllm_omni.plugins import load_omni_general_plugins
 
-    from runtime.integrations import vllm_omni as plugin
     from qcompiler.plan import load_plan
+    from runtime.integrations import vllm_omni as plugin
 
     load_omni_general_plugins()  # vllm-omni's own loader: finds qcompile_plan by its entry point
     state = plugin.active_state()
