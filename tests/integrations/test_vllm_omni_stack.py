@@ -55,11 +55,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_ranks(world: int, ulysses: int, tmp_path: Path, env: dict[str, str]) -> list[dict]:
+def run_ranks(world: int, ulysses: int, tmp_path: Path, env: dict[str, str], model: str = "layers") -> list[dict]:
     env = {**env, "PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
-    outs = [tmp_path / f"w{world}-rank{r}.json" for r in range(world)]
+    outs = [tmp_path / f"{model}-w{world}-rank{r}.json" for r in range(world)]
     procs = [subprocess.Popen([sys.executable, "-m", "tests.integrations.vllm_omni_cpu", str(r), str(world),
-                               str(ulysses), str(outs[r])], cwd=REPO_ROOT, env={**env, "RANK": str(r)},
+                               str(ulysses), str(outs[r]), model], cwd=REPO_ROOT, env={**env, "RANK": str(r)},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(world)]
     logs = [p.communicate(timeout=900)[0] for p in procs]
     for p, log in zip(procs, logs, strict=True):
@@ -80,24 +80,43 @@ def plan():
     return built
 
 
-def test_real_attention_layer_follows_the_plan_on_one_and_two_ulysses_ranks(plan, tmp_path: Path):
+@pytest.fixture
+def stack_env(plan, tmp_path: Path) -> dict[str, str]:
     write_plan(plan, tmp_path / "plan.json")
     entry_point_dist_info(tmp_path / "site")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(tmp_path / "site")]),
-           "QCOMPILE_VLLM_OMNI_PLAN": str(tmp_path / "plan.json"),
-           "QCOMPILE_VLLM_OMNI_REPORT_DIR": str(tmp_path / "executed")}
-    single = run_ranks(1, 1, tmp_path, env)
-    pair = run_ranks(2, 2, tmp_path, env)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(tmp_path / "site")]),
+            "QCOMPILE_VLLM_OMNI_PLAN": str(tmp_path / "plan.json"),
+            "QCOMPILE_VLLM_OMNI_REPORT_DIR": str(tmp_path / "executed")}
+
+
+def planned_dtypes(plan) -> dict[tuple[int, str], str]:
     want = {}
     for step, component in enumerate(plan.expert_schedule):
         for kind, attn in (("self", "attn1"), ("cross", "attn2")):
             for layer, fp8 in enumerate(plan.table(component, kind)[step]):
                 want[(step, f"blocks.{layer}.{attn}")] = "fp8" if fp8 else "float"
+    return want
+
+
+def assert_followed(plan, rank_result: dict) -> None:
+    want = planned_dtypes(plan)
+    got = {(step, prefix): dtype for step, prefix, dtype in rank_result["calls"]}
+    assert len(rank_result["calls"]) == len(want) and got == want
+    assert rank_result["matches_plan"]
+    assert rank_result["tagged"] == {"transformer": 80, "transformer_2": 80}
+
+
+def test_real_wan_transformer_follows_the_plan(plan, stack_env, tmp_path: Path):
+    (result,) = run_ranks(1, 1, tmp_path, stack_env, model="wan")
+    assert_followed(plan, result)
+    assert all(value == value for value in result["outputs"]["latents"])  # the real model ran to the end, no NaN
+
+
+def test_real_attention_layer_follows_the_plan_on_one_and_two_ulysses_ranks(plan, stack_env, tmp_path: Path):
+    single = run_ranks(1, 1, tmp_path, stack_env)
+    pair = run_ranks(2, 2, tmp_path, stack_env)
     for rank_result in single + pair:
-        got = {(step, prefix): dtype for step, prefix, dtype in rank_result["calls"]}
-        assert len(rank_result["calls"]) == len(want) and got == want
-        assert rank_result["matches_plan"]
-        assert rank_result["tagged"] == {"transformer": 80, "transformer_2": 80}
+        assert_followed(plan, rank_result)
     assert "UlyssesParallelAttention" in pair[0]["strategies"] and "UlyssesParallelAttention" not in single[0]["strategies"]
     for key, full in single[0]["outputs"].items():
         shards = [torch.tensor(r["outputs"][key]).reshape(1, -1, 2, 64) for r in pair]

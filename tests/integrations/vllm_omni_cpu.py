@@ -1,7 +1,9 @@
 """Run vllm-omni's real attention layer on CPU with the plugin, on one rank or several Ulysses ranks (gloo).
 
-Run as `python -m tests.integrations.vllm_omni_cpu RANK WORLD ULYSSES OUT_JSON` with QCOMPILE_VLLM_OMNI_PLAN
-set; used by test_vllm_omni_stack.py. Needs vllm and vllm-omni installed (vllm_omni_stack.txt, --no-deps).
+Run as `python -m tests.integrations.vllm_omni_cpu RANK WORLD ULYSSES OUT_JSON MODEL` with
+QCOMPILE_VLLM_OMNI_PLAN set; used by test_vllm_omni_stack.py. MODEL is `layers` (vllm-omni's real Attention in a
+tree named like the Wan model, fed Q/K/V directly: the Ulysses check) or `wan` (vllm-omni's real
+WanTransformer3DModel, random weights, one rank: tagging and the gate on the real model tree). Needs vllm and vllm-omni installed (vllm_omni_stack.txt, --no-deps).
 
 vllm-omni has no CPU platform, so two test-only stand-ins make its code runnable here, and nothing else:
 - a platform (`CpuTestPlatform`: device "cpu", gloo, one device), installed before vllm-omni resolves one;
@@ -141,6 +143,52 @@ def build_world(plan: Any, od_config: Any) -> Any:
     return Wan22Pipeline
 
 
+def import_wan_transformer() -> type:
+    """vllm-omni's WanTransformer3DModel, without running wan2_2/__init__ (it imports the video pipelines, which
+    need av and torchvision builds this test does not install)."""
+    import importlib
+    import types
+
+    import vllm_omni.diffusion.models as models
+
+    package = types.ModuleType("vllm_omni.diffusion.models.wan2_2")
+    package.__path__ = [os.path.join(models.__path__[0], "wan2_2")]
+    sys.modules.setdefault(package.__name__, package)
+    return importlib.import_module("vllm_omni.diffusion.models.wan2_2.wan2_2_transformer").WanTransformer3DModel
+
+
+def build_wan_world(plan: Any) -> Any:
+    """A pipeline holding vllm-omni's real Wan experts, assigned as Wan22Pipeline assigns them."""
+    wan = import_wan_transformer()
+
+    class Wan22Pipeline(torch.nn.Module):
+        _dit_modules = ["transformer", "transformer_2"]
+
+        def __init__(self) -> None:
+            super().__init__()
+            for c in plan.components:
+                model = wan(num_layers=c["num_layers"], num_attention_heads=c["num_heads"],
+                            attention_head_dim=c["head_dim"], text_dim=32, ffn_dim=64, freq_dim=32, in_channels=4,
+                            out_channels=4)
+                for parameter in model.parameters():  # vllm-omni allocates with torch.empty until load_weights
+                    torch.nn.init.normal_(parameter, std=0.02)
+                setattr(self, c["name"], model)
+
+        def forward(self, batch: Any) -> dict[str, list[float]]:
+            from vllm_omni.diffusion.forward_context import set_forward_context_denoise_step_idx
+
+            g = torch.Generator().manual_seed(0)
+            latents, text = torch.randn((1, 4, 2, 4, 4), generator=g), torch.randn((1, 6, 32), generator=g)
+            for step in range(batch.sampling_params_list[0].num_inference_steps):
+                set_forward_context_denoise_step_idx(step)
+                model = getattr(self, plan.expert_schedule[step])
+                latents = model(hidden_states=latents, timestep=torch.tensor([999 - 200 * step]),
+                                encoder_hidden_states=text).sample
+            return {"latents": latents.flatten().tolist()}
+
+    return Wan22Pipeline
+
+
 def shard(x: torch.Tensor) -> torch.Tensor:
     if not torch.distributed.is_initialized():
         return x
@@ -157,8 +205,9 @@ def inputs(step: int, layer: int, config: Any) -> tuple[torch.Tensor, ...]:
     return shard(q), shard(k), shard(v), text
 
 
-def main(rank: int, world: int, ulysses: int, out_path: str) -> None:
+def main(rank: int, world: int, ulysses: int, out_path: str, model: str) -> None:
     install_cpu_platform()
+    from vllm.config import DeviceConfig, VllmConfig, set_current_vllm_config
     from vllm_omni.diffusion.config import set_current_diffusion_config
     from vllm_omni.diffusion.data import DiffusionParallelConfig, OmniDiffusionConfig
     from vllm_omni.diffusion.distributed import parallel_state
@@ -177,12 +226,14 @@ def main(rank: int, world: int, ulysses: int, out_path: str) -> None:
     parallel_state.initialize_model_parallel(sequence_parallel_size=ulysses, ulysses_degree=ulysses, backend="gloo")
     od_config = OmniDiffusionConfig(diffusion_kv_cache_dtype="fp8",
                                     parallel_config=DiffusionParallelConfig(ulysses_degree=ulysses))
-    with set_current_diffusion_config(od_config), set_forward_context(omni_diffusion_config=od_config):
-        pipe = build_world(plan, od_config)()
+    vllm_config = VllmConfig(device_config=DeviceConfig(device="cpu"))  # vllm's CustomOps read it at init
+    with (set_current_vllm_config(vllm_config), set_current_diffusion_config(od_config),
+          set_forward_context(omni_diffusion_config=od_config)):
+        pipe = (build_wan_world(plan) if model == "wan" else build_world(plan, od_config))()
         strategies = sorted({type(m.parallel_strategy).__name__ for m in pipe.modules() if hasattr(m, "parallel_strategy")})
     batch = SimpleNamespace(sampling_params_list=[SimpleNamespace(num_inference_steps=plan.num_inference_steps)],
                             request_id=f"stack-{world}", is_dummy_run=lambda: False)
-    with set_forward_context(omni_diffusion_config=od_config), torch.no_grad():
+    with set_current_vllm_config(vllm_config), set_forward_context(omni_diffusion_config=od_config), torch.no_grad():
         outputs = pipe.forward(batch)
     report = state.log.last_report
     with open(out_path, "w", encoding="utf-8") as out:
@@ -192,4 +243,4 @@ def main(rank: int, world: int, ulysses: int, out_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])
