@@ -216,7 +216,7 @@ def test_register_with_a_tested_vllm_omni_activates_from_the_environment(tmp_pat
 
 
 def test_missing_vllm_omni_message():
-    message = omni.check_version(None)
+    message = omni.version_problem(None)
     assert "not installed" in message and "unset QCOMPILE_VLLM_OMNI_PLAN" in message
 
 

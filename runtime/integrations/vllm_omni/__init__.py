@@ -48,11 +48,12 @@ def register() -> None:
     if state is not None and state.log.plan_path == plan_path:
         return  # vllm-omni loads general plugins once per process; tolerate a second call all the same
     version = omni.installed_version()
-    problem = omni.check_version(version)
-    if problem and not problem.startswith("warning: "):
+    problem = omni.version_problem(version)
+    if problem and (version is None or not omni.untested_allowed()):
         raise PluginRefusal(problem)
     if problem:
-        logger.warning("qcompile plan: %s", problem.removeprefix("warning: "))
+        logger.warning("qcompile plan: %s=1, running anyway: %s. Check the executed tables it writes",
+                       omni.ALLOW_UNTESTED_ENV, problem)
     state = activate(plan_path, vllm_omni_version=version)
     logger.info("qcompile plan %s (%s, %d steps) active in process %d; executed tables go to %s",
                 state.plan.content_hash[:12], state.plan.family_name, state.plan.num_inference_steps, os.getpid(),

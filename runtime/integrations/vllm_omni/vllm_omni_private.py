@@ -60,22 +60,22 @@ def installed_version() -> str | None:
         return None
 
 
-def check_version(version: str | None) -> str | None:
-    """None when `version` is tested; otherwise the refusal message, or a warning text when the user allowed
-    untested versions (returned with a leading "warning: ")."""
+def version_problem(version: str | None) -> str | None:
+    """Why the plugin must not run on this vllm-omni (None when `version` is a tested one)."""
     tested = ", ".join(TESTED_VERSIONS)
     if version is None:
         return (f"{DISTRIBUTION} is not installed in this Python environment, yet QCOMPILE_VLLM_OMNI_PLAN names a "
                 f"plan: install a tested {DISTRIBUTION} ({tested}), or unset QCOMPILE_VLLM_OMNI_PLAN")
     if version in TESTED_VERSIONS:
         return None
-    if os.environ.get(ALLOW_UNTESTED_ENV) == "1":
-        return (f"warning: {DISTRIBUTION} {version} is not a tested version ({tested}); {ALLOW_UNTESTED_ENV}=1 "
-                "lets the plugin run anyway: check the executed tables it writes")
     return (f"{DISTRIBUTION} {version} is not a version the qcompile plugin was tested with ({tested}): the "
             f"private names it replaces change between releases. Install {DISTRIBUTION}=={TESTED_VERSIONS[-1]}, "
             f"or check this version with QCOMPILE_VLLM_OMNI_TEST_VERSION={version} pytest "
             f"tests/integrations/test_vllm_omni_plugin.py and then set {ALLOW_UNTESTED_ENV}=1")
+
+
+def untested_allowed() -> bool:
+    return os.environ.get(ALLOW_UNTESTED_ENV) == "1"
 
 
 def denoise_step() -> int | None:
