@@ -123,3 +123,19 @@ def test_real_attention_layer_follows_the_plan_on_one_and_two_ulysses_ranks(plan
         torch.testing.assert_close(torch.cat(shards, dim=1).flatten(), torch.tensor(full), rtol=1e-5, atol=1e-5)
     for rank in (0, 1):
         assert json.loads((tmp_path / "executed" / f"rank{rank}.json").read_text())["matches_plan"]
+
+
+def test_vllm_omni_npu_path_calls_quant_attention_exactly_on_fp8_cells(plan, stack_env, tmp_path: Path):
+    """vllm-omni's own FlashAttentionImpl.forward_npu, on a stand-in NPU: its call contract, not the kernel."""
+    (result,) = run_ranks(1, 1, tmp_path, stack_env, model="npu")
+    want = []  # (step, kind, entry) in call order: per step, per layer, self then cross
+    for step, component in enumerate(plan.expert_schedule):
+        for layer in range(plan.components[0]["num_layers"]):
+            for kind in ("self", "cross"):
+                fp8 = plan.table(component, kind)[step][layer]
+                want.append((step, kind, "quant_attention" if fp8 else "attention_forward"))
+    assert [(c["step"], c["entry"]) for c in result["npu_calls"]] == [(step, entry) for step, _, entry in want]
+    assert ("cross", "quant_attention") in {(kind, entry) for _, kind, entry in want}  # FP8 cross-attention too
+    quantized = [c for c in result["npu_calls"] if c["entry"] == "quant_attention"]
+    assert all(c["precision"] == "fp8" and c["layout"] == "BSND" and c["q_rot"] == [64, 64]
+               and c["rot_orthogonal"] and c["same_rot"] for c in quantized)

@@ -3,7 +3,10 @@
 Run as `python -m tests.integrations.vllm_omni_cpu RANK WORLD ULYSSES OUT_JSON MODEL` with
 QCOMPILE_VLLM_OMNI_PLAN set; used by test_vllm_omni_stack.py. MODEL is `layers` (vllm-omni's real Attention in a
 tree named like the Wan model, fed Q/K/V directly: the Ulysses check) or `wan` (vllm-omni's real
-WanTransformer3DModel, random weights, one rank: tagging and the gate on the real model tree). Needs vllm and vllm-omni installed (vllm_omni_stack.txt, --no-deps).
+WanTransformer3DModel, random weights, one rank: tagging and the gate on the real model tree) or `npu`
+(the `layers` tree with the platform switched to a stand-in NPU after import, so vllm-omni's own
+FlashAttentionImpl.forward_npu runs; `mindiesd` is a stand-in that records each call's contract: which entry
+point, precision, layout, rotation. It computes plain SDPA and says nothing about the NPU kernels). Needs vllm and vllm-omni installed (vllm_omni_stack.txt, --no-deps).
 
 vllm-omni has no CPU platform, so two test-only stand-ins make its code runnable here, and nothing else:
 - a platform (`CpuTestPlatform`: device "cpu", gloo, one device), installed before vllm-omni resolves one;
@@ -50,6 +53,54 @@ def install_cpu_platform() -> None:
             return None
 
     platforms._current_omni_platform = CpuTestPlatform()  # resolved lazily; set before layer.py imports it
+
+
+NPU_CALLS: list[dict[str, Any]] = []  # what vllm-omni's NPU path passed to the mindiesd stand-in
+
+
+def install_npu_stand_ins() -> None:
+    """Switch the platform object vllm-omni already imported to report an NPU, and provide `mindiesd`."""
+    import types
+
+    import vllm_omni.platforms as platforms
+    from vllm_omni.diffusion.forward_context import get_forward_context
+
+    base = type(platforms._current_omni_platform)
+
+    class StandInNpuPlatform(base):  # swapped after import: an NPU platform at import pulls vllm_ascend
+        device_name = "npu"
+
+        def is_npu(self) -> bool:
+            return True
+
+        @classmethod
+        def get_diffusion_attn_backend_cls(cls, selected_backend: Any, head_size: int,
+                                           allow_trtllm_default: bool = False) -> str:
+            return "vllm_omni.diffusion.attention.backends.flash_attn.FlashAttentionBackend"
+
+    platforms._current_omni_platform.__class__ = StandInNpuPlatform
+
+    def sdpa_bsnd(query, key, value, scale):
+        out = torch.nn.functional.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (query, key, value)),
+                                                               scale=scale)
+        return out.transpose(1, 2)
+
+    def quant_attention(query, key, value, *, precision, layout, scale, q_rot=None, k_rot=None):
+        NPU_CALLS.append({"step": get_forward_context().denoise_step_idx, "entry": "quant_attention",
+                          "precision": precision, "layout": layout,
+                          "q_rot": None if q_rot is None else list(q_rot.shape),
+                          "rot_orthogonal": q_rot is not None and bool(torch.allclose(
+                              q_rot.float() @ q_rot.float().T, torch.eye(q_rot.shape[0]), atol=1e-5)),
+                          "same_rot": q_rot is k_rot})
+        return sdpa_bsnd(query, key, value, scale)
+
+    def attention_forward(query, key, value, *args, **kwargs):
+        NPU_CALLS.append({"step": get_forward_context().denoise_step_idx, "entry": "attention_forward"})
+        return sdpa_bsnd(query, key, value, kwargs.get("scale"))
+
+    stand_in = types.ModuleType("mindiesd")
+    stand_in.quant_attention, stand_in.attention_forward = quant_attention, attention_forward
+    sys.modules["mindiesd"] = stand_in
 
 
 def _backend_classes() -> tuple[type, type]:
@@ -226,6 +277,8 @@ def main(rank: int, world: int, ulysses: int, out_path: str, model: str) -> None
     parallel_state.initialize_model_parallel(sequence_parallel_size=ulysses, ulysses_degree=ulysses, backend="gloo")
     od_config = OmniDiffusionConfig(diffusion_kv_cache_dtype="fp8",
                                     parallel_config=DiffusionParallelConfig(ulysses_degree=ulysses))
+    if model == "npu":
+        install_npu_stand_ins()
     vllm_config = VllmConfig(device_config=DeviceConfig(device="cpu"))  # vllm's CustomOps read it at init
     with (set_current_vllm_config(vllm_config), set_current_diffusion_config(od_config),
           set_forward_context(omni_diffusion_config=od_config)):
@@ -237,7 +290,7 @@ def main(rank: int, world: int, ulysses: int, out_path: str, model: str) -> None
         outputs = pipe.forward(batch)
     report = state.log.last_report
     with open(out_path, "w", encoding="utf-8") as out:
-        json.dump({"calls": CALLS, "outputs": outputs, "strategies": strategies, "matches_plan": report.matches_plan(),
+        json.dump({"calls": CALLS, "npu_calls": NPU_CALLS, "outputs": outputs, "strategies": strategies, "matches_plan": report.matches_plan(),
                    "executed": report.executed, "tagged": {c: len(v) for c, v in state.tagged.items()}}, out)
     parallel_state.destroy_distributed_env()
 
