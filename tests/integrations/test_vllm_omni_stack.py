@@ -4,7 +4,8 @@ Opt-in (marker vllm_omni_stack) and skipped unless vllm and vllm-omni are import
 `pip install --no-deps -r tests/integrations/vllm_omni_stack.txt` into an environment that already has this
 project's torch (2.13.0+cpu) and diffusers; resolving vllm's dependencies instead pulls a CUDA torch.
 vllm-omni finds the plugin by its entry point: the test writes a dist-info declaring the same entry point as
-pyproject.toml, so no install of qcompile is needed. See vllm_omni_cpu.py for the two CPU stand-ins.
+pyproject.toml, so no install of qcompile is needed. See vllm_omni_cpu.py for the stand-ins (a CPU platform,
+a recording SDPA impl, and for the NPU check a platform switched to NPU after import and a `mindiesd` stand-in).
 """
 
 from __future__ import annotations
