@@ -148,7 +148,7 @@ class Plan(FamilyDocument):
         return any(any(row) for table in self.tables.values() for row in table)
 
     def to_dict(self) -> dict[str, Any]:
-        return _thaw(self.data)
+        return thaw(self.data)
 
     def to_json(self) -> str:
         return plan_json(self.to_dict())
@@ -211,7 +211,7 @@ class _FrozenDict(dict):
     __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _refuse  # type: ignore[assignment]
 
     def __hash__(self) -> int:  # type: ignore[override]
-        return hash(canonical_json(_thaw(self)))
+        return hash(canonical_json(thaw(self)))
 
 
 def _freeze(value: Any) -> Any:
@@ -223,10 +223,10 @@ def _freeze(value: Any) -> Any:
     return value
 
 
-def _thaw(value: Any) -> Any:
+def thaw(value: Any) -> Any:
     kind = type(value)
     if kind is dict or kind is _FrozenDict:
-        return {k: _thaw(v) for k, v in value.items()}
+        return {k: thaw(v) for k, v in value.items()}
     if kind is tuple or kind is list:
-        return [_thaw(v) for v in value]
+        return [thaw(v) for v in value]
     return value
