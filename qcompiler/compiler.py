@@ -200,6 +200,8 @@ def _plan_data(doc: SourceDocument, data: dict, family: Family, num_steps: int, 
             "query_block_tokens": QUERY_BLOCK_TOKENS,
             "kv_block_tokens": KV_BLOCK_TOKENS,
             "k_mean_subtraction": numerics.get("k_mean_subtraction", False),
+            # Written only when the recipe sets it: a plan without it means "e4m3" (the NPU kernel's choice).
+            **({"pv_precision": numerics["pv_precision"]} if "pv_precision" in numerics else {}),
         },
         "fallback": data["fallback"],
         "expert_schedule": predict_expert_schedule(family, num_steps),

@@ -12,6 +12,13 @@ from runtime.quantize import KV_BLOCK_TOKENS, QUERY_BLOCK_TOKENS, dequantize_per
 
 # The seed vllm-omni passed to msModelSlim's create_rot; our default when no plan says otherwise.
 DEFAULT_ROTATION_SEED = 425500
+# Precision of the softmax probabilities P in the P @ V product: "e4m3" (P * 448 cast to e4m3, as the NPU kernel
+# does; the default, also when a plan omits the key) or "fp16" (GPU kernel only).
+PV_PRECISIONS = ("e4m3", "fp16")
+DEFAULT_PV_PRECISION = "e4m3"
+# With "e4m3", P (in [0, 1]) is scaled onto e4m3's full range [0, 448] before rounding, so small probabilities
+# keep 3 mantissa bits instead of falling into e4m3's subnormals; the 1/448 is folded into V's dequant scale.
+P_E4M3_SCALE = 448.0
 
 
 @dataclass(frozen=True)
@@ -21,6 +28,7 @@ class Numerics:
     query_block_tokens: int = QUERY_BLOCK_TOKENS
     kv_block_tokens: int = KV_BLOCK_TOKENS
     k_mean_subtraction: bool = False
+    pv_precision: str = DEFAULT_PV_PRECISION
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> Numerics:
@@ -30,6 +38,7 @@ class Numerics:
             query_block_tokens=int(data["query_block_tokens"]),
             kv_block_tokens=int(data["kv_block_tokens"]),
             k_mean_subtraction=bool(data["k_mean_subtraction"]),
+            pv_precision=str(data.get("pv_precision", DEFAULT_PV_PRECISION)),
         )
 
 

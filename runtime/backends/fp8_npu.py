@@ -76,6 +76,8 @@ class Fp8NpuBackend(Fp8Backend):
                 f"the kernel's blocks are {QUERY_BLOCK_TOKENS} query / {KV_BLOCK_TOKENS} key-value tokens, the plan "
                 f"asks {self.numerics.query_block_tokens} / {self.numerics.kv_block_tokens}"
             )
+        if reason is None and self.numerics.pv_precision != "e4m3":
+            reason = f"the NPU kernel computes P @ V with e4m3 P; the plan asks pv_precision={self.numerics.pv_precision}"
         return reason
 
     def attend(
