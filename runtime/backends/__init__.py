@@ -1,4 +1,4 @@
-"""Attention backends behind one interface: `native`, `fp8-reference`, `fp8-npu`, and `auto` selection."""
+"""Attention backends behind one interface: `native`, `fp8-reference`, `fp8-npu`, `fp8-triton`, and `auto`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from runtime.backends.auto import BACKEND_NAMES, get_backend, resolve_fp8_backen
 from runtime.backends.base import FP8_HEAD_DIMS, AttentionBackend
 from runtime.backends.fp8_npu import Fp8NpuBackend, npu_unavailable_reason
 from runtime.backends.fp8_reference import Fp8ReferenceBackend
+from runtime.backends.fp8_triton import Fp8TritonBackend
 from runtime.backends.native import NativeBackend
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "AttentionBackend",
     "Fp8NpuBackend",
     "Fp8ReferenceBackend",
+    "Fp8TritonBackend",
     "NativeBackend",
     "get_backend",
     "npu_unavailable_reason",
