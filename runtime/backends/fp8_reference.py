@@ -14,7 +14,13 @@ import math
 import torch
 
 from runtime.backends.base import Fp8Backend
-from runtime.numerics import P_E4M3_SCALE, PV_PRECISIONS, Numerics, dequantize_attention_inputs, quantize_attention_inputs
+from runtime.numerics import (
+    P_E4M3_SCALE,
+    PV_PRECISIONS,
+    Numerics,
+    dequantize_attention_inputs,
+    quantize_attention_inputs,
+)
 
 
 class Fp8ReferenceBackend(Fp8Backend):

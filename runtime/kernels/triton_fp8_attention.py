@@ -213,7 +213,7 @@ def emulate_tiles(
     sq = quantized.query_scale.repeat_interleave(QUERY_BLOCK_TOKENS, dim=2)[:, :, :seq_q]  # [B, H, Sq, 1]
     q = q8.float()
     m = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32, device=q.device)
-    l = torch.zeros_like(m)
+    row_sum = torch.zeros_like(m)
     acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     for start in range(0, seq_kv, BLOCK_N):
         stop = min(start + BLOCK_N, seq_kv)
@@ -224,7 +224,7 @@ def emulate_tiles(
         m_new = torch.maximum(m, s.amax(dim=-1))
         alpha = torch.exp2(m - m_new)
         p = torch.exp2(s - m_new[..., None])
-        l = l * alpha + p.sum(dim=-1)
+        row_sum = row_sum * alpha + p.sum(dim=-1)
         v = v8[:, :, start:stop].float()
         if pv_precision == "e4m3":
             p8 = (p * P_E4M3_SCALE).to(torch.float8_e4m3fn).float()
@@ -233,4 +233,4 @@ def emulate_tiles(
             pv = (p.half().float() @ v) * sv
         acc = acc * alpha[..., None] + pv
         m = m_new
-    return (acc / l[..., None]).transpose(1, 2)
+    return (acc / row_sum[..., None]).transpose(1, 2)

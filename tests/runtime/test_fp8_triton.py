@@ -237,3 +237,13 @@ def test_tiny_pipeline_runs_the_plan_on_fp8_triton(t2v_pipe, compile_tiny):
     assert report.matches_plan() and report.mismatches() == [] and report.fallback_calls == 0
     fp8_cells = sum(row.count("1") for row in plan.data["tables"]["transformer"]["self"])
     assert report.call_counts["fp8-triton"] == fp8_cells > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the benchmark's behaviour without a GPU")
+def test_gpu_benchmark_says_nothing_was_measured_and_exits_0(monkeypatch, capsys):
+    from benchmarks import gpu_attention
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert gpu_attention.main([]) == 0
+    printed = capsys.readouterr().out
+    assert "nothing measured: no CUDA device is visible" in printed and "x |" not in printed
