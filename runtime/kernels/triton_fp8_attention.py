@@ -134,6 +134,9 @@ def _fp8_attention_fwd(
 
 
 KERNEL_IS_INTERPRETED = isinstance(_fp8_attention_fwd, InterpretedFunction)
+# Triton's own library functions (tl.max, tl.sum, ...) were decorated when triton was first imported: if that
+# happened before TRITON_INTERPRET was set, our interpreted kernel cannot call them.
+_INTERPRETER_SET_TOO_LATE = KERNEL_IS_INTERPRETED and not isinstance(tl.sum, InterpretedFunction)
 
 
 def check_inputs(quantized: QuantizedAttentionInputs, pv_precision: str, out_dtype: torch.dtype) -> None:
@@ -176,6 +179,11 @@ def fp8_attention(
     `interpreter_workarounds` None: on exactly when the kernel runs in Triton's interpreter.
     """
     check_inputs(quantized, pv_precision, out_dtype)
+    if _INTERPRETER_SET_TOO_LATE:
+        raise RuntimeError(
+            "TRITON_INTERPRET was set after triton had been imported (diffusers imports it): set it in the "
+            "environment before starting Python, or before importing diffusers or triton"
+        )
     workarounds = KERNEL_IS_INTERPRETED if interpreter_workarounds is None else interpreter_workarounds
     q, k, v = quantized.query, quantized.key, quantized.value
     qs, ks, vs = quantized.query_scale, quantized.key_scale, quantized.value_scale

@@ -5,18 +5,11 @@ Tests that install a plan must unload it (use `with runtime.load(...)`), so the 
 
 from __future__ import annotations
 
-import os
 import textwrap
 from collections.abc import Callable
 
 import pytest
 import torch
-
-# Triton fixes interpreter-or-compiled when its modules are imported, and diffusers imports triton on its own
-# when it is installed: so without CUDA, select Triton's CPU interpreter here, before anything imports diffusers
-# (the fp8-triton tests run their kernel in it; nothing else launches Triton kernels on CPU).
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from qcompiler import compile_recipe_text
 from qcompiler.plan import Plan

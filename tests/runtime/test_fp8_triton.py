@@ -1,8 +1,8 @@
 """fp8-triton: the Triton kernel against a tile-by-tile PyTorch emulation (tight bound) and against the CPU
 reference (documented bound), the custom op, availability, the fallback policy and a tiny pipeline.
 
-Without CUDA the kernel runs in Triton's CPU interpreter (TRITON_INTERPRET=1, set by tests/runtime/conftest.py
-before diffusers imports triton; the interpreter's bug workarounds are then on). With CUDA the interpreter tests skip and the
+Without CUDA the kernel runs in Triton's CPU interpreter (TRITON_INTERPRET=1, set by tests/conftest.py before
+diffusers imports triton; the interpreter's bug workarounds are then on). With CUDA the interpreter tests skip and the
 `cuda`-marked tests run the same comparisons on the GPU, plus a check that the workarounds change no bit there.
 """
 

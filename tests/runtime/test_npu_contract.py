@@ -11,6 +11,7 @@ import torch
 
 import runtime
 from runtime.backends import Fp8NpuBackend, Fp8ReferenceBackend, npu_unavailable_reason
+from runtime.backends.fp8_reference import attention_with_pv_precision
 from runtime.numerics import Numerics
 from runtime.quantize import dequantize_per_block
 from runtime.rotation import randomized_hadamard
@@ -49,7 +50,8 @@ class StandInOp:
         q = dequantize_per_block(query, dequant_scale_query, 128)
         k = dequantize_per_block(key, dequant_scale_key, 256)
         v = dequantize_per_block(value, dequant_scale_value, 256)
-        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=softmax_scale).to(out_dtype)
+        # The NPU kernel computes P @ V with e4m3 P (pv_precision "e4m3"), as fp8-reference emulates it.
+        out = attention_with_pv_precision(q, k, v, softmax_scale, "e4m3").to(out_dtype)
         return out, torch.zeros(batch, heads, s_q, 1)
 
 
