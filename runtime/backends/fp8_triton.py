@@ -11,6 +11,7 @@ tests only) the backend runs on CPU tensors when asked for by name; `auto` only 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import math
@@ -50,12 +51,44 @@ def gpu_unavailable_reason() -> str | None:
     # The device is checked before triton is imported: importing it takes a while and `auto` asks on every load.
     if not torch.cuda.is_available():
         return "no CUDA device is visible (fp8-triton needs an NVIDIA sm90+ GPU)"
-    capability = torch.cuda.get_device_capability(0)
+    capability = torch.cuda.get_device_capability()
     if capability < MIN_COMPUTE_CAPABILITY:
-        name = torch.cuda.get_device_name(0)
+        name = torch.cuda.get_device_name()
         return (f"{name} is sm{capability[0]}{capability[1]}; fp8-triton needs sm90+ (H100/H200 or newer): "
                 "run native there or use fp8-reference to emulate")
-    return _triton_import_reason()
+    return _triton_import_reason() or kernel_self_test_reason(f"cuda:{torch.cuda.current_device()}")
+
+
+# A self-test shape: one partial query tile and two key/value tiles (one partial), the smallest head dim.
+_SELF_TEST_SHAPE = (1, 100, 1, 64)  # BSND
+_SELF_TEST_KV_TOKENS = 200
+# Far above the kernel's measured distance from its tile emulation (<= 7e-6) and far below a wrong result's.
+_SELF_TEST_BOUND = 1e-3
+
+
+@functools.cache
+def kernel_self_test_reason(device: str) -> str | None:
+    """Compile and run the kernel once on `device` (both PV precisions) against its PyTorch tile emulation: None
+    when it agrees, else why not. Run at load, so a kernel that cannot compile or run on this GPU makes the
+    plan's fallback policy apply there instead of failing mid-pipeline. Cached per device."""
+    try:
+        kernel = importlib.import_module("runtime.kernels.triton_fp8_attention")
+        g = torch.Generator().manual_seed(0)
+        batch, tokens, heads, head_dim = _SELF_TEST_SHAPE
+        q = torch.randn(_SELF_TEST_SHAPE, generator=g).to(device)
+        k, v = (torch.randn(batch, _SELF_TEST_KV_TOKENS, heads, head_dim, generator=g).to(device) for _ in "kv")
+        quantized = quantize_attention_inputs(q, k, v, None, Numerics())
+        for pv_precision in kernel.PV_PRECISIONS:
+            got = kernel.fp8_attention(quantized, softmax_scale=head_dim**-0.5, pv_precision=pv_precision,
+                                       out_dtype=torch.float32)
+            want = kernel.emulate_tiles(quantized, softmax_scale=head_dim**-0.5, pv_precision=pv_precision)
+            error = ((got - want).norm() / want.norm()).item()
+            if not error < _SELF_TEST_BOUND:  # also catches NaN
+                return (f"the fp8-triton kernel's self-test on {device} is off by {error:.2e} (relative L2, bound "
+                        f"{_SELF_TEST_BOUND:g}) with pv_precision={pv_precision}")
+    except Exception as exc:  # a kernel that cannot compile or launch here is a reason to fall back, not a crash
+        return f"the fp8-triton kernel failed to run on {device}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    return None
 
 
 def triton_unavailable_reason() -> str | None:

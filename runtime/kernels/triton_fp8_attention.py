@@ -27,6 +27,7 @@ On a GPU both workarounds change no bit of the result (checked by a `cuda`-marke
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -193,6 +194,15 @@ def fp8_attention(
     kernel_dtype = torch.float32 if workarounds else out_dtype
     out = torch.empty((batch, seq_q, heads, head_dim), dtype=kernel_dtype, device=q.device)
     grid = (triton.cdiv(seq_q, BLOCK_M), batch * heads)
+    # Triton launches on the current CUDA device: make it the tensors' (a pipeline may live on cuda:1).
+    on_device = torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext()
+    with on_device:
+        _launch(grid, q, k, v, qs, ks, vs, out, heads, seq_q, seq_kv, head_dim, softmax_scale, pv_precision,
+                workarounds)
+    return out.to(out_dtype)
+
+
+def _launch(grid, q, k, v, qs, ks, vs, out, heads, seq_q, seq_kv, head_dim, softmax_scale, pv_precision, workarounds):
     _fp8_attention_fwd[grid](
         q, k, v, qs, ks, vs, out,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
@@ -204,7 +214,6 @@ def fp8_attention(
         Q_BLOCK_TOKENS=QUERY_BLOCK_TOKENS, KV_BLOCK_TOKENS=KV_BLOCK_TOKENS,
         PV_E4M3=pv_precision == "e4m3", ROUND_P_IN_FP32=workarounds, P_SCALE=P_E4M3_SCALE,
     )
-    return out.to(out_dtype)
 
 
 def emulate_tiles(

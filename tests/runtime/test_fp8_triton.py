@@ -247,3 +247,13 @@ def test_gpu_benchmark_says_nothing_was_measured_and_exits_0(monkeypatch, capsys
     assert gpu_attention.main([]) == 0
     printed = capsys.readouterr().out
     assert "nothing measured: no CUDA device is visible" in printed and "x |" not in printed
+
+
+@interpreted
+def test_kernel_self_test_passes_on_a_working_kernel():
+    # What `auto` and `fp8-triton` run once per GPU at load (here on CPU in the interpreter).
+    from runtime.backends.fp8_triton import kernel_self_test_reason
+
+    assert kernel_self_test_reason("cpu") is None
+    # A device the kernel cannot run on gives a reason (the fallback policy then applies), not an exception.
+    assert kernel_self_test_reason("meta").startswith("the fp8-triton kernel failed to run on meta")
