@@ -82,6 +82,15 @@ DEFAULT_ROTATION_SEED = 425500
 # 32 keeps the seed exact in every JSON reader, including ones that parse numbers as doubles).
 MAX_ROTATION_SEED = 2**32 - 1
 
+# Precision of the softmax probabilities P in the P @ V product of the per-block FP8 kernels: "e4m3" (P * 448 cast
+# to e4m3, as the Ascend kernel does; the default, also when a plan omits the key) or "fp16" (fp8-triton only).
+PV_PRECISIONS = ("e4m3", "fp16")
+DEFAULT_PV_PRECISION = "e4m3"
+PV_PRECISION_DTYPES = ("fp8_e4m3_per_block",)  # the MX kernels' handling of P is their own (not an option)
+# With "e4m3", P (in [0, 1]) is scaled onto e4m3's full range [0, 448] before rounding, so small probabilities
+# keep 3 mantissa bits instead of falling into e4m3's subnormals; the 1/448 is folded into V's dequant scale.
+P_E4M3_SCALE = 448.0
+
 # What `numerics:` means when a recipe leaves a key out. Block sizes are not here: the kernel fixes them.
 DEFAULT_NUMERICS = {
     "hadamard_rotation": True,
@@ -98,13 +107,16 @@ def plan_numerics(dtype: str, recipe_numerics: dict | None) -> dict:
     """
     DTYPES[dtype]  # a KeyError here is a schema bug: the schema's enum lists DTYPES' names
     given = recipe_numerics or {}
-    return {
+    numerics = {
         "hadamard_rotation": given.get("hadamard_rotation", DEFAULT_NUMERICS["hadamard_rotation"]),
         "rotation_seed": given.get("rotation_seed", DEFAULT_NUMERICS["rotation_seed"]),
         "query_block_tokens": QUERY_BLOCK_TOKENS,
         "kv_block_tokens": KV_BLOCK_TOKENS,
         "k_mean_subtraction": given.get("k_mean_subtraction", DEFAULT_NUMERICS["k_mean_subtraction"]),
     }
+    if "pv_precision" in given:  # written only when set, so plans that never name it keep their hash
+        numerics["pv_precision"] = given["pv_precision"]
+    return numerics
 
 
 def dtype_label(name: str) -> str:

@@ -12,9 +12,12 @@ import torch
 from qcompiler.numerics import (
     DEFAULT_DTYPE,
     DEFAULT_NUMERICS,
+    DEFAULT_PV_PRECISION,
     DEFAULT_ROTATION_SEED,
     DTYPES,
     KV_BLOCK_TOKENS,
+    P_E4M3_SCALE,  # noqa: F401  (re-exported for the reference and Triton backends)
+    PV_PRECISIONS,  # noqa: F401
     QUERY_BLOCK_TOKENS,
 )
 from runtime.quant.mx import mxfp4_attention_inputs, mxfp8_attention_inputs
@@ -29,10 +32,13 @@ class Numerics:
     kv_block_tokens: int = KV_BLOCK_TOKENS
     k_mean_subtraction: bool = DEFAULT_NUMERICS["k_mean_subtraction"]
     dtype: str = DEFAULT_DTYPE
+    pv_precision: str = DEFAULT_PV_PRECISION
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown quantized attention dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.pv_precision not in PV_PRECISIONS:
+            raise ValueError(f"pv_precision {self.pv_precision!r} is not one of {', '.join(PV_PRECISIONS)}")
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, dtype: str) -> Numerics:
@@ -45,6 +51,7 @@ class Numerics:
             kv_block_tokens=int(data["kv_block_tokens"]),
             k_mean_subtraction=bool(data["k_mean_subtraction"]),
             dtype=dtype,
+            pv_precision=str(data.get("pv_precision", DEFAULT_PV_PRECISION)),
         )
 
     @classmethod

@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from pathlib import Path
 
 import pytest
+
+
+def _select_triton_interpreter_without_cuda() -> None:
+    """Without CUDA, run Triton kernels in Triton's CPU interpreter (the fp8-triton tests do).
+
+    Triton fixes interpreted-or-compiled for its own library functions when it is first imported, and diffusers
+    imports triton on its own: so this must happen here, before any test module imports diffusers.
+    """
+    if importlib.util.find_spec("triton") is None:
+        return  # no triton: nothing to select (torch, if any, is then not imported here either)
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+_select_triton_interpreter_without_cuda()
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECIPES_DIR = REPO_ROOT / "recipes"

@@ -9,7 +9,7 @@ import click
 
 # The quantized backends of runtime/backends/registry.py (minus `native`), spelled here so `--help` needs no torch
 # import; tests/runtime/test_backend_registry.py checks the two lists agree.
-QUANTIZED_BACKEND_NAMES = ("auto", "reference", "npu-quant-attention", "npu-mindiesd-fia", "npu-torch-fia",
+QUANTIZED_BACKEND_NAMES = ("auto", "reference", "npu-quant-attention", "npu-mindiesd-fia", "npu-torch-fia", "fp8-triton",
                            "fp8-reference", "fp8-npu")
 
 # Mirrors runtime.tiny's sizes (16x16, 9 frames); kept here so `--help` needs no torch import.
@@ -24,8 +24,8 @@ def pipeline_options(function: Callable) -> Callable:
                      help="`tiny` (the family's offline test pipeline, random weights) or a saved diffusers pipeline "
                           "folder, loaded with no download."),
         click.option("--backend", type=click.Choice(QUANTIZED_BACKEND_NAMES), default="auto", show_default=True,
-                     help="Quantized attention: auto = the first NPU entry point that can serve the dtype, else the "
-                          "PyTorch emulation (`reference`); or an entry point by name."),
+                     help="Quantized attention: auto = the first NPU or GPU kernel that can serve the dtype; or a "
+                          "backend by name (`reference`: the PyTorch emulation, any device)."),
         click.option("--height", type=click.IntRange(16, 4096), default=TINY_HEIGHT, show_default=True,
                      help="Frame height in pixels (multiple of 16)."),
         click.option("--width", type=click.IntRange(16, 4096), default=TINY_WIDTH, show_default=True,

@@ -10,7 +10,7 @@ from qcompiler import __version__
 from qcompiler.compile.resolve import RuleSelection, predict_expert_schedule, resolve_tables
 from qcompiler.errors import Diagnostic, FamilyError, RecipeError
 from qcompiler.families import Family, get_family
-from qcompiler.numerics import plan_numerics
+from qcompiler.numerics import PV_PRECISION_DTYPES, plan_numerics
 from qcompiler.plan.format import PLAN_FORMAT, Plan, content_sha256
 from qcompiler.plan.io import sha256
 from qcompiler.recipe.schema import schema_diagnostics
@@ -77,6 +77,7 @@ def _compile_document(doc: SourceDocument, recipe_sha: str, steps: int | None, v
     scope_kinds = tuple(data["attention_kinds"])
     _check_names(doc, ("components",), scope_components, family.component_names, "component", family, findings)
     _check_names(doc, ("attention_kinds",), scope_kinds, family.attention_kinds, "attention kind", family, findings)
+    _check_pv_precision(doc, findings)
     rules = _read_rules(doc, family, num_steps, scope_components, scope_kinds, findings)
     if any(d.severity == "error" for d in findings):
         return CompileResult(None, findings)
@@ -147,6 +148,18 @@ def _read_rules(doc: SourceDocument, family: Family, num_steps: int, scope_compo
         if steps is not None and layers is not None:
             rules.append(RuleSelection(name, rule["precision"], components, kinds, steps, layers))
     return rules
+
+
+def _check_pv_precision(doc: SourceDocument, findings: list[Diagnostic]) -> None:
+    """`numerics.pv_precision` describes the per-block FP8 kernels' P @ V; the MX kernels' P handling is theirs."""
+    numerics = doc.data.get("numerics") or {}
+    if "pv_precision" in numerics and doc.data["dtype"] not in PV_PRECISION_DTYPES:
+        mark = doc.mark_for(("numerics", "pv_precision"))
+        findings.append(Diagnostic(
+            doc.path, mark.line, mark.column, "error", "QC152",
+            f"`numerics.pv_precision` applies to dtype {' or '.join(PV_PRECISION_DTYPES)}, not `{doc.data['dtype']}`",
+            "remove `pv_precision`, or use `dtype: fp8_e4m3_per_block`",
+        ))
 
 
 def _check_scope(doc: SourceDocument, index: int, key: str, chosen: tuple[str, ...], scope: tuple[str, ...], what: str,

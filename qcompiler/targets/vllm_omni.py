@@ -206,6 +206,8 @@ def _numerics_notes(plan: Plan) -> tuple[str, ...]:
         )
     if numerics["k_mean_subtraction"]:
         notes.append("note: vllm-omni does no K-mean subtraction; this plan asks for it")
+    if numerics.get("pv_precision", "e4m3") != "e4m3":
+        notes.append(f"note: vllm-omni's NPU kernel quantizes P to e4m3; this plan asks pv_precision={numerics['pv_precision']}")
     if plan.fallback == "error":
         notes.append(
             "note: fallback=error cannot be expressed: vllm-omni warns and runs native where FP8 is unavailable"

@@ -1,10 +1,11 @@
 """Attention backends behind one interface (base.py), by name in one registry (registry.py): `native`,
 `reference` (alias `fp8-reference`), the NPU entry points `npu-quant-attention`, `npu-mindiesd-fia`,
-`npu-torch-fia` (alias `fp8-npu`), and `auto`."""
+`npu-torch-fia` (alias `fp8-npu`), the GPU kernel `fp8-triton`, and `auto`."""
 
 from __future__ import annotations
 
 from runtime.backends.base import FP8_HEAD_DIMS, QUANTIZED_HEAD_DIMS, AttentionBackend, QuantizedBackend
+from runtime.backends.fp8_triton import Fp8TritonBackend
 from runtime.backends.native import NativeBackend
 from runtime.backends.npu_device import ascend_fp8_reason
 from runtime.backends.npu_mindiesd_fia import NpuMindiesdFiaBackend
@@ -21,6 +22,8 @@ __all__ = [
     "AttentionBackend",
     "Fp8NpuBackend",
     "Fp8ReferenceBackend",
+    "Fp8TritonBackend",
+    "Fp8TritonBackend",
     "NativeBackend",
     "NpuMindiesdFiaBackend",
     "NpuQuantAttentionBackend",

@@ -44,15 +44,20 @@ class QuantizedBackend(AttentionBackend):
 
     is_fp8 = True
     dtypes: tuple[str, ...] = ()
+    # P @ V precisions it computes (numerics.pv_precision); the Ascend kernels round P to e4m3 and nothing else.
+    pv_precisions: tuple[str, ...] = ("e4m3",)
 
     def __init__(self, numerics: Numerics | None = None):
         self.numerics = numerics or Numerics()
 
     def dtype_reason(self) -> str | None:
         """None when this backend runs the plan's dtype, else why not."""
-        if self.numerics.dtype in self.dtypes:
-            return None
-        return f"backend {self.name!r} cannot run {self.numerics.dtype} (it runs {', '.join(self.dtypes)})"
+        if self.numerics.dtype not in self.dtypes:
+            return f"backend {self.name!r} cannot run {self.numerics.dtype} (it runs {', '.join(self.dtypes)})"
+        if self.numerics.pv_precision not in self.pv_precisions:
+            return (f"backend {self.name!r} computes P @ V with {' or '.join(self.pv_precisions)} P; the plan asks "
+                    f"pv_precision={self.numerics.pv_precision}")
+        return None
 
     def unsupported_reason(self, head_dim: int) -> str | None:
         reason = self.dtype_reason()

@@ -3,6 +3,10 @@ exactly as the NPU path quantizes (runtime/numerics.py: per-block FP8 or OCP MX)
 float32, cast back.
 
 It reproduces the kernels' quantization, not their bits (accumulation order inside a kernel differs).
+For fp8_e4m3_per_block, P @ V follows the plan's `pv_precision`: with "e4m3" (the NPU kernel's choice) the
+probabilities are scaled by 448 and rounded to e4m3 as the kernels do, but against the row's global max where a
+flash kernel uses its running max, so the rounding grid differs slightly (docs/gpu.md has the measured bound).
+The MX formats' P stays float32 (MindIE-SD documents no P quantization for them).
 Backend name `reference`; `fp8-reference` (its name before MX formats) is accepted as an alias.
 """
 
@@ -13,7 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from qcompiler.numerics import DTYPE_NAMES
+from qcompiler.numerics import DTYPE_NAMES, P_E4M3_SCALE, PV_PRECISION_DTYPES, PV_PRECISIONS
 from runtime.backends.base import QuantizedBackend
 from runtime.numerics import kernel_attention_inputs
 
@@ -21,15 +25,44 @@ from runtime.numerics import kernel_attention_inputs
 class ReferenceBackend(QuantizedBackend):
     name = "reference"
     dtypes = DTYPE_NAMES
+    pv_precisions = PV_PRECISIONS
 
     def attend(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rotation: torch.Tensor | None
     ) -> torch.Tensor:
         self.check_inputs(query, key, value)
         q, k, v = kernel_attention_inputs(query, key, value, rotation, self.numerics)
-        out = F.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(query.shape[-1]))
+        softmax_scale = 1.0 / math.sqrt(query.shape[-1])
+        if self.numerics.dtype in PV_PRECISION_DTYPES:
+            out = attention_with_pv_precision(q, k, v, softmax_scale, self.numerics.pv_precision)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, scale=softmax_scale)
         # Crop rows a format padded (mxfp4 pads sequences to 512); BNSD -> BSND.
         return out[:, :, : query.shape[1]].transpose(1, 2).to(query.dtype)
 
 
 Fp8ReferenceBackend = ReferenceBackend  # the class name before MX formats
+
+
+# Query rows per chunk: bounds the fp32 score matrix to chunk x S_kv per (batch, head).
+_QUERY_CHUNK = 1024
+
+
+def attention_with_pv_precision(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float, pv_precision: str
+) -> torch.Tensor:
+    """fp32 BNSD attention whose probabilities P are rounded to `pv_precision` ("e4m3" or "fp16") before P @ V;
+    the softmax denominator sums the unrounded P in fp32, as the kernels do."""
+    if pv_precision not in PV_PRECISIONS:
+        raise ValueError(f"pv_precision {pv_precision!r} is not one of {', '.join(PV_PRECISIONS)}")
+    chunks = []
+    for start in range(0, q.shape[2], _QUERY_CHUNK):
+        scores = (q[:, :, start : start + _QUERY_CHUNK] @ k.transpose(-1, -2)) * softmax_scale
+        p = torch.exp(scores - scores.amax(dim=-1, keepdim=True))
+        denominator = p.sum(dim=-1, keepdim=True)
+        if pv_precision == "e4m3":
+            rounded = (p * P_E4M3_SCALE).to(torch.float8_e4m3fn).float() / P_E4M3_SCALE
+        else:
+            rounded = p.half().float()
+        chunks.append((rounded @ v) / denominator)
+    return torch.cat(chunks, dim=2)

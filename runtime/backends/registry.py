@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from runtime.backends.base import AttentionBackend, QuantizedBackend
+from runtime.backends.fp8_triton import Fp8TritonBackend, gpu_unavailable_reason
 from runtime.backends.native import NativeBackend
 from runtime.backends.npu_mindiesd_fia import NpuMindiesdFiaBackend
 from runtime.backends.npu_quant_attention import NpuQuantAttentionBackend
@@ -29,6 +30,9 @@ class BackendEntry:
     auto: bool  # tried by backend="auto", in table order
     summary: str
     aliases: tuple[str, ...] = ()
+    # Asked first by `auto` (None: the backend's own checks suffice); fp8-triton runs by name under Triton's CPU
+    # interpreter for tests, but `auto` must take it only on a real sm90+ GPU.
+    auto_reason: Callable[[], str | None] | None = None
 
 
 BACKENDS: dict[str, BackendEntry] = {
@@ -46,6 +50,9 @@ BACKENDS: dict[str, BackendEntry] = {
         BackendEntry("npu-torch-fia", NpuTorchFiaBackend, True,
                      "torch_npu npu_fused_infer_attention_score_v2, per-block FP8 quant mode 7 (older CANN)",
                      aliases=("fp8-npu",)),
+        BackendEntry("fp8-triton", Fp8TritonBackend, True,
+                     "our Triton kernel on NVIDIA sm90+ (Hopper), per-block FP8 as the Ascend kernel",
+                     auto_reason=gpu_unavailable_reason),
     )
 }
 ALIASES: dict[str, str] = {alias: entry.name for entry in BACKENDS.values() for alias in entry.aliases}
@@ -95,8 +102,9 @@ def resolve_fp8_backend(
     for entry in BACKENDS.values():
         if not entry.auto:
             continue
+        reason = entry.auto_reason() if entry.auto_reason else None
         backend = entry.make(numerics)
-        reason = _capability_reason(backend)
+        reason = reason or _capability_reason(backend)
         if reason is None:
             logger.info("backend='auto' chose %s for %s%s", entry.name, numerics.dtype,
                         f" (skipped: {'; '.join(skipped)})" if skipped else "")

@@ -35,3 +35,19 @@ def test_compiled_plans_record_the_table_row_and_defaults():
     assert plan.numerics["query_block_tokens"] == QUERY_BLOCK_TOKENS == 128
     assert plan.numerics["kv_block_tokens"] == KV_BLOCK_TOKENS == 256
     assert plan_numerics(DEFAULT_DTYPE, None)["rotation_seed"] == 425500
+
+
+def test_pv_precision_is_refused_with_a_dtype_it_does_not_describe():
+    text = VALID_RECIPE.replace("dtype: fp8_e4m3_per_block", "dtype: mxfp8_e4m3").replace(
+        "  rotation_seed: 425500\n", "  rotation_seed: 425500\n  pv_precision: fp16\n")
+    from qcompiler.compile.compiler import compile_source
+
+    result = compile_source(text, name="r.yaml")
+    [error] = result.errors
+    assert error.code == "QC152" and "pv_precision" in error.message and (error.line, error.column) == (8, 17)
+    assert result.plan is None
+
+
+def test_pv_precision_is_recorded_only_when_the_recipe_sets_it():
+    assert "pv_precision" not in plan_numerics(DEFAULT_DTYPE, None)
+    assert plan_numerics(DEFAULT_DTYPE, {"pv_precision": "fp16"})["pv_precision"] == "fp16"

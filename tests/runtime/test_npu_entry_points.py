@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import runtime
 from qcompiler.cli.run_options import QUANTIZED_BACKEND_NAMES
 from qcompiler.numerics import DTYPES
+from runtime.backends.reference import attention_with_pv_precision
 from runtime.backends import (
     BACKEND_NAMES,
     NpuMindiesdFiaBackend,
@@ -159,7 +160,8 @@ class StandInFia:
         q = dequantize_per_block(query, dequant_scale_query, 128)
         k = dequantize_per_block(key, dequant_scale_key, 256)
         v = dequantize_per_block(value, dequant_scale_value, 256)
-        out = F.scaled_dot_product_attention(q, k, v, scale=softmax_scale).to(out_dtype)
+        # The kernel rounds P to e4m3 for P @ V (the reference's default pv_precision); emulate that here.
+        out = attention_with_pv_precision(q, k, v, softmax_scale, "e4m3").to(out_dtype)
         out = F.pad(out, (0, 0, 0, self.pad_rows))
         return out, torch.zeros(batch, heads, s_q, 1)
 

@@ -27,10 +27,11 @@ def realistic_qkv(batch: int, tokens_q: int, tokens_kv: int, heads: int, head_di
     return q, k, v
 
 
-def direct_fp8_attention(q, k, v, rotation, q_block=128, kv_block=256):
+def direct_fp8_attention(q, k, v, rotation, q_block=128, kv_block=256, pv_precision="e4m3"):
     """The documented numerics, computed the slow obvious way: per (batch, head), rotate q and k, then for each
     token block take amax over the block and the whole head dim, scale = amax/448, round x/scale to e4m3,
-    multiply back; softmax(q k^T / sqrt(D)) v in float64; cast to the input dtype."""
+    multiply back; softmax(q k^T / sqrt(D)) v in float64 with the probabilities P rounded before P @ V (e4m3:
+    P * 448 to e4m3, then / 448; fp16: P to fp16) and the softmax sum over the unrounded P; cast to q's dtype."""
     batch, _, heads, head_dim = q.shape
     out = torch.empty(q.shape, dtype=torch.float64)
 
@@ -52,21 +53,31 @@ def direct_fp8_attention(q, k, v, rotation, q_block=128, kv_block=256):
                 qh, kh = qh @ rotation, kh @ rotation
             qd, kd, vd = fake_quant(qh, q_block), fake_quant(kh, kv_block), fake_quant(vh, kv_block)
             scores = (qd @ kd.T) / math.sqrt(head_dim)
-            out[b, :, h] = torch.softmax(scores, dim=-1) @ vd
+            p = torch.exp(scores - scores.max(dim=-1, keepdim=True).values)
+            if pv_precision == "e4m3":
+                rounded = (p * 448.0).float().to(torch.float8_e4m3fn).double() / 448.0
+            else:
+                rounded = p.half().double()
+            out[b, :, h] = (rounded @ vd) / p.sum(dim=-1, keepdim=True)
     return out.to(q.dtype)
 
 
 @pytest.mark.parametrize("tokens_q, tokens_kv", [(300, 300), (128, 512), (77, 16)])
 @pytest.mark.parametrize("rotate", [True, False])
-def test_fp8_reference_matches_direct_computation(tokens_q, tokens_kv, rotate):
+@pytest.mark.parametrize("pv_precision", ["e4m3", "fp16"])
+def test_fp8_reference_matches_direct_computation(tokens_q, tokens_kv, rotate, pv_precision):
     q, k, v = realistic_qkv(2, tokens_q, tokens_kv, heads=2, head_dim=64)
     rotation = randomized_hadamard(64, 425500).float() if rotate else None
-    backend = ReferenceBackend(Numerics(hadamard_rotation=rotate))
+    backend = ReferenceBackend(Numerics(hadamard_rotation=rotate, pv_precision=pv_precision))
     got = backend.attend(q, k, v, rotation)
-    want = direct_fp8_attention(q, k, v, rotation)
+    want = direct_fp8_attention(q, k, v, rotation, pv_precision=pv_precision)
     assert got.shape == q.shape and got.dtype == q.dtype
-    # Both quantize identically; only float32 vs float64 attention arithmetic differs.
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    # Both quantize q/k/v identically; float32 vs float64 scores differ by ~1e-7, which flips the rounding of the
+    # few probabilities lying next to a midpoint of the e4m3 (or fp16) grid: one grid step of one P moves an
+    # output by at most step * |v| / sum(P). So: nearly all elements within 1e-4, the rest within 1e-2.
+    close = torch.isclose(got, want, rtol=1e-4, atol=1e-4)
+    assert close.float().mean() > 0.995, f"only {close.float().mean():.4f} of the outputs match"
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-2)
     exact = torch.nn.functional.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
     assert not torch.allclose(got, exact, atol=1e-5)  # it really quantized
 

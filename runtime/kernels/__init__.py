@@ -1,0 +1,1 @@
+"""Hand-written attention kernels (Triton); imported lazily by the backends that launch them."""
