@@ -11,6 +11,7 @@ from qcompiler.compiler import compile_path
 from qcompiler.diagnostics_format import format_text
 from qcompiler.errors import QcompileError
 from qcompiler.plan import Plan, load_plan
+from qcompiler.ranges import format_ranges
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -38,16 +39,4 @@ def load_plan_or_recipe(path: str, *, steps: int | None = None, variant: str | N
 
 def describe_indices(indices: list[int]) -> str:
     """[0, 1, 2, 5, 7, 8] -> "0-2,5,7-8" (inclusive ranges, the selector grammar's notation)."""
-    parts = []
-    start = prev = None
-    for index in sorted(indices):
-        if start is None:
-            start = prev = index
-        elif index == prev + 1:
-            prev = index
-        else:
-            parts.append(f"{start}-{prev}" if prev != start else f"{start}")
-            start = prev = index
-    if start is not None:
-        parts.append(f"{start}-{prev}" if prev != start else f"{start}")
-    return ",".join(parts)
+    return format_ranges(indices)
