@@ -39,6 +39,8 @@ from qcompiler.targets.cells import (
     routing_lines,
     target_dtype,
 )
+from qcompiler.targets.rectangles import best_rectangle as _best_rectangle
+from qcompiler.targets.rectangles import greedy_rectangle as _greedy_rectangle
 
 __all__ = ["NotExpressibleError", "VllmOmniSettings", "export_vllm_omni", "format_selector", "group_cells",
            "vllm_omni_expert_schedule"]
@@ -55,8 +57,6 @@ DTYPE_NAMES = {"fp8_e4m3_per_block": "fp8", "mxfp8_e4m3": "mxfp8", "mxfp4_e2m1":
 # vllm-omni's numerics are fixed: a randomized Hadamard rotation with seed 425500, no K-mean subtraction.
 VLLM_OMNI_ROTATION_SEED = 425500
 
-# Past this many candidate layer sets the exact search stops and a greedy search takes over (see _best_rectangle).
-_MAX_EXACT_CANDIDATES = 4096
 
 
 @dataclass(frozen=True)
@@ -273,61 +273,6 @@ def _numerics_notes(plan: Plan) -> tuple[str, ...]:
             "note: fallback=error cannot be expressed: vllm-omni warns and runs native where FP8 is unavailable"
         )
     return tuple(notes)
-
-
-def _best_rectangle(rows: Mapping[int, frozenset[int]]) -> tuple[frozenset[int], frozenset[int]]:
-    """The steps x layers rectangle with the most cells inside the plan's safe cells (`rows`: step -> layers).
-
-    Exact when possible: the best rectangle's layer set is the intersection of its steps' layer sets, so
-    the candidates are the closure of the distinct rows under intersection, each scored with every step whose
-    row contains it. When that closure passes _MAX_EXACT_CANDIDATES (many distinct irregular rows), a greedy
-    search takes over: start from all steps and repeatedly drop the step whose removal leaves the largest
-    rectangle, keeping the best seen (and never less than the widest single step). Either way every cell of the
-    result is a safe cell, which is the safety property; only optimality is lost in the greedy case. Ties go
-    to more steps, then lower layers. (Scored per step; with two reachable experts a step counts twice in the
-    cell total, which does not change which rectangle is safe.)
-    """
-    if not rows:
-        return frozenset(), frozenset()
-    distinct = set(rows.values())
-    candidates = set(distinct)
-    frontier = set(distinct)
-    while frontier:
-        grown = {a & b for a in frontier for b in distinct} - candidates
-        candidates |= grown
-        frontier = grown
-        if len(candidates) > _MAX_EXACT_CANDIDATES:
-            return _greedy_rectangle(rows)
-    scored = []
-    for layers in candidates:
-        steps = frozenset(step for step, row in rows.items() if layers <= row)
-        scored.append((len(steps) * len(layers), len(steps), _rank(layers), steps, layers))
-    best = max(scored, key=lambda item: item[:3])
-    return best[3], best[4]
-
-
-def _greedy_rectangle(rows: Mapping[int, frozenset[int]]) -> tuple[frozenset[int], frozenset[int]]:
-    steps = set(rows)
-    # A single step's row is always a rectangle; starting from the widest one means greedy never returns less.
-    widest = max(sorted(rows), key=lambda step: len(rows[step]))
-    best = (len(rows[widest]), frozenset({widest}), rows[widest])
-    while steps:
-        layers = frozenset.intersection(*(rows[s] for s in steps))
-        if len(steps) * len(layers) > best[0]:
-            best = (len(steps) * len(layers), frozenset(steps), layers)
-
-        def remaining_area(dropped: int) -> tuple[int, int]:
-            rest = steps - {dropped}
-            kept = frozenset.intersection(*(rows[s] for s in rest)) if rest else frozenset()
-            return len(rest) * len(kept), -dropped
-
-        steps.remove(max(steps, key=remaining_area))
-    return best[1], best[2]
-
-
-def _rank(layers: frozenset[int]) -> tuple[int, ...]:
-    # Deterministic tie-break between equal-area layer sets: prefer the one with the lower layers.
-    return tuple(-layer for layer in sorted(layers))
 
 
 def _not_expressible_message(plan: Plan, forced: tuple[Cell, ...], never: tuple[Cell, ...],
