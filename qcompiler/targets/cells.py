@@ -82,6 +82,21 @@ def reachable_experts(plan: Plan, routing: str, extra: Sequence[Sequence[str]] =
                  for s in range(plan.num_inference_steps))
 
 
+def diffusers_expert_schedule(plan: Plan) -> list[str]:
+    """The expert a diffusers Wan pipeline runs per step with the plan's family data (flow_shift, boundary_ratio,
+    num_train_timesteps): what xDiT and a MindIE-SD-patched diffusers pipeline do. Equal to the plan's
+    expert_schedule for every compiled plan; recomputed here so a plan whose schedule was written by hand
+    cannot make a pinned export claim cells the pipeline never routes that way."""
+    from types import SimpleNamespace
+
+    from qcompiler.resolve import predict_expert_schedule
+
+    family = plan.data["family"]
+    view = SimpleNamespace(component_names=plan.component_names, boundary_ratio=family["boundary_ratio"],
+                           num_train_timesteps=family["num_train_timesteps"], flow_shift=family["flow_shift"])
+    return predict_expert_schedule(view, plan.num_inference_steps)
+
+
 def fp8_layers(plan: Plan, component: str, kind: str, step: int) -> frozenset[int]:
     return frozenset(layer for layer, fp8 in enumerate(plan.table(component, kind)[step]) if fp8)
 

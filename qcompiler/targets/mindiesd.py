@@ -32,6 +32,7 @@ from qcompiler.targets.cells import (
     Cell,
     NotExpressibleError,
     count,
+    diffusers_expert_schedule,
     family_label,
     fp8_layers,
     group_cells,
@@ -173,7 +174,7 @@ def export_mindiesd(plan: Plan, *, conservative: bool = False, routing: str = PI
     plan is not (steps) x (one module set for both experts); `conservative=True` returns the largest safe setting.
     """
     strategy = target_dtype(plan, TARGET, DTYPE_STRATEGIES, DTYPE_REFUSALS)
-    reach = reachable_experts(plan, routing)
+    reach = reachable_experts(plan, routing, extra=[diffusers_expert_schedule(plan)])
     kinds = plan.attention_kinds
     width = max(c["num_layers"] for c in plan.components)
 

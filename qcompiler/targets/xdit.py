@@ -26,6 +26,7 @@ from qcompiler.targets.cells import (
     Cell,
     NotExpressibleError,
     count,
+    diffusers_expert_schedule,
     family_label,
     fp8_layers,
     group_cells,
@@ -126,7 +127,7 @@ def export_xdit(plan: Plan, *, conservative: bool = False, routing: str = PINNED
     if native_backend not in NATIVE_BACKENDS:
         raise ValueError(f"{native_backend!r} is not a full-precision xDiT attention backend; choose one of "
                          f"{', '.join(sorted(NATIVE_BACKENDS))}")
-    reach = reachable_experts(plan, routing)
+    reach = reachable_experts(plan, routing, extra=[diffusers_expert_schedule(plan)])
     steps = plan.num_inference_steps
     kinds = [k for k in (SELF, CROSS) if k in plan.attention_kinds]
     never = tuple(sorted((c, k, s, layer) for s, cs in enumerate(reach) for c in cs
