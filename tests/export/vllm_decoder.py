@@ -64,8 +64,10 @@ def possible_routings(plan: Plan, engine_args: Mapping) -> list[tuple[str, ...]]
     return routings.every_split(plan)
 
 
-def decode(plan: Plan, engine_args: Mapping, routing: tuple[str, ...]) -> set[Cell]:
-    """The cells vllm-omni quantizes with these settings when the steps are served as `routing` says."""
+def decode(plan: Plan, engine_args: Mapping, routing: tuple[str, ...] | None = None) -> set[Cell]:
+    """The cells vllm-omni quantizes with these settings when the steps are served as `routing` says (default:
+    the plan's own expert_schedule)."""
+    routing = plan.expert_schedule if routing is None else routing
     if engine_args.get("diffusion_kv_cache_dtype") in NOT_QUANTIZED:
         return set()
     skip_steps = selector(engine_args.get("diffusion_kv_cache_skip_steps", ""))
