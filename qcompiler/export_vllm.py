@@ -146,7 +146,8 @@ class VllmOmniSettings:
                 f"num_inference_steps={self.num_inference_steps}"
             )
         elif self.routing == ANY and self.boundary_ratio is None and self.fp8:
-            lines.append("routing: any (exact whatever flow_shift, boundary_ratio or sample_solver a request uses)")
+            lines.append("routing: any (exact whatever flow_shift, boundary_ratio or sample_solver a request uses; "
+                         "cell counts include every expert that may serve a step)")
         if self.conservative:
             lines.append(
                 f"--conservative: gives up {self.given_up_cells} of the plan's {self.planned_fp8_cells} quantized "
