@@ -20,7 +20,7 @@ Pure data: never imports torch.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from qcompiler.plan import Plan
@@ -40,7 +40,6 @@ from qcompiler.targets.cells import (
     target_dtype,
 )
 from qcompiler.targets.rectangles import best_rectangle as _best_rectangle
-from qcompiler.targets.rectangles import greedy_rectangle as _greedy_rectangle
 
 __all__ = ["NotExpressibleError", "VllmOmniSettings", "export_vllm_omni", "format_selector", "group_cells",
            "vllm_omni_expert_schedule"]

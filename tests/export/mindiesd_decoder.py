@@ -25,8 +25,6 @@ import types
 
 from qcompiler.plan import Plan
 
-from . import routings
-
 Cell = tuple[str, str, int, int]
 ATTENTION_CLASS = ("WanAttention", "diffusers.models.transformers.transformer_wan.WanAttention")
 STRATEGY_OF_DTYPE = {"fp8_e4m3_per_block": "FP8", "mxfp4_e2m1": "MXFP4"}
@@ -63,7 +61,7 @@ class OnlineQuantConfig:
         assert fa_quant_type is None or self.fa_layers, "fa_layers must be configured when fa_quant_type is set"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def matches(name: str, pattern: str) -> bool:
     """fnmatch with brace expansion when wcmatch is there (MindIE-SD's rule), plain fnmatch otherwise."""
     if name == pattern:

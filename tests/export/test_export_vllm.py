@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from qcompiler import compile_recipe_text
-from qcompiler.export_vllm import NotExpressibleError, _greedy_rectangle, export_vllm_omni, format_selector
+from qcompiler.export_vllm import NotExpressibleError, export_vllm_omni, format_selector
+from qcompiler.targets.rectangles import greedy_rectangle as _greedy_rectangle
 
 from . import vllm_decoder as vllm
 from .conftest import RECIPE, build_plan
