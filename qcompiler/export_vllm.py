@@ -94,7 +94,7 @@ class VllmOmniSettings:
         """The stage-config `engine_args` entries. Selectors in the list form vllm-omni 0.30 accepts there
         (`parse_kv_cache_skip_selector` takes a list of ints); empty selectors are left out (default: none)."""
         if not self.fp8:
-            return {}
+            return dict(self._routing_args())
         args: dict[str, object] = {"diffusion_kv_cache_dtype": self.dtype}
         if self.skip_steps:
             args["diffusion_kv_cache_skip_steps"] = list(self.skip_steps)
@@ -104,14 +104,12 @@ class VllmOmniSettings:
         return args
 
     def to_flags(self) -> str:
-        """One line of vllm-omni CLI flags ("" when the plan runs every vllm-omni call native). The CLI's
+        """One line of vllm-omni CLI flags (only the routing, or "", when every call runs native). The CLI's
         selector flags are strings (argparse type=str), so selectors are written as "0-2,5"."""
-        if not self.fp8:
-            return ""
-        words = [f"--diffusion-kv-cache-dtype {self.dtype}"]
-        if self.skip_steps:
+        words = [f"--diffusion-kv-cache-dtype {self.dtype}"] if self.fp8 else []
+        if self.fp8 and self.skip_steps:
             words.append(f'--diffusion-kv-cache-skip-steps "{format_selector(self.skip_steps)}"')
-        if self.skip_layers:
+        if self.fp8 and self.skip_layers:
             words.append(f'--diffusion-kv-cache-skip-layers "{format_selector(self.skip_layers)}"')
         words.extend(f"--{key.replace('_', '-')} {value}" for key, value in self._routing_args().items())
         return " ".join(words)
@@ -248,8 +246,9 @@ def _settings(plan: Plan, dtype: str, steps: frozenset[int], layers: frozenset[i
         family=family_label(plan),
         plan_sha256=plan.content_hash,
         routing=routing,
-        boundary_ratio=family["boundary_ratio"] if pinned and fp8 else None,
-        flow_shift=family["flow_shift"] if pinned and fp8 else None,
+        # Pinned even when nothing is quantized: the plan's cells are those of its routing.
+        boundary_ratio=family["boundary_ratio"] if pinned else None,
+        flow_shift=family["flow_shift"] if pinned else None,
         fp8_cells=fp8_cells,
         planned_fp8_cells=planned,
         conservative=conservative,

@@ -163,11 +163,16 @@ def test_cross_attention_fp8_cannot_be_expressed():
 
 def test_all_native_plan_exports_no_fp8_at_all():
     plan = compile_recipe_text(recipe("", **{"default: fp8": "default: native"}))
-    exported = export_vllm_omni(plan)
+    exported = export_vllm_omni(plan, routing="any")
     assert not exported.fp8 and exported.engine_args() == {} and exported.to_flags() == ""
     assert "engine_args: {}" in exported.to_yaml()
     assert vllm.yaml_args(exported.to_yaml()) == {}
     assert "leave diffusion_kv_cache_dtype unset" in exported.to_yaml()
+    # Pinned, the routing is still written: the plan's cells are those of the routing it was computed with.
+    pinned = export_vllm_omni(plan)
+    assert pinned.engine_args() == {"boundary_ratio": 0.9, "flow_shift": 5.0}
+    assert pinned.to_flags() == "--boundary-ratio 0.9 --flow-shift 5.0"
+    assert vllm.decode(plan, vllm.yaml_args(pinned.to_yaml())) == set()
 
 
 def test_all_fp8_plan_exports_the_dtype_alone():
