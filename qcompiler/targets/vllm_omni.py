@@ -1,123 +1,157 @@
-"""Export a plan as vllm-omni diffusion settings (`diffusion_kv_cache_dtype`, `_skip_steps`, `_skip_layers`).
+"""Export a plan as vllm-omni 0.30 diffusion settings (`diffusion_kv_cache_dtype`, `_skip_steps`, `_skip_layers`).
 
-vllm-omni's model (../shared/reference/ascend-fp8-attention.md, docs/export-and-patch.md): a self-attention call
-runs FP8 iff the dtype is "fp8" AND its step is not in skip_steps AND its layer is not in skip_layers. The step
-is the 0-based denoising index, continuous across Wan2.2's expert switch; the layer list is shared by both
-experts; cross-attention is never quantized. So the FP8 sets it can express are exactly the rectangles
-(all steps - S) x (all layers - L).
+vllm-omni's model (../shared/reference/npu-entry-points.md, docs/export-and-patch.md): a self-attention call
+runs quantized iff the dtype is set AND its step is not in skip_steps AND its layer is not in skip_layers. The
+step is the 0-based denoising index, continuous across Wan2.2's expert switch; the layer list is shared by both
+experts; cross-attention is never quantized. So the sets it can express are exactly the rectangles
+(all steps - S) x (all layers - L), applied to whichever expert serves each step.
 
-Which cells matter: step s is served by one expert, `plan.expert_schedule[s]`. vllm-omni applies S and L to
-whichever expert runs, so only the cells an expert actually serves are compared; the rows of a table for steps
-its component does not serve are ignored. The export is therefore exact as long as the pipeline routes steps
-the way the plan's expert_schedule predicts (same scheduler, boundary ratio and step count).
+Routing: vllm-omni picks the expert per step from its own scheduler, `flow_shift` and `boundary_ratio`
+(defaults 5.0 and 0.875; the plan's family may differ). With `routing="pinned"` the export writes the plan's
+`flow_shift` and `boundary_ratio` into the settings (a stage-config `boundary_ratio` wins over a request's;
+a request's `flow_shift` or `sample_solver` does not, so the output says it assumes neither is sent), and a
+step counts as reachable on the plan's expert and on the expert vllm-omni 0.30's UniPC scheduler would pick
+(they differ only where a timestep sits on the boundary). With `routing="any"` every row of every expert is
+reachable. "Exact" means exact on every reachable cell.
 
 Pure data: never imports torch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from qcompiler.errors import QcompileError
-from qcompiler.numerics import DEFAULT_ROTATION_SEED
+from qcompiler.numerics import DEFAULT_ROTATION_SEED, DTYPES
 from qcompiler.plan.format import Plan
 from qcompiler.ranges import format_ranges
+from qcompiler.targets.cells import (
+    ANY,
+    PINNED,
+    Cell,
+    NotExpressibleError,
+    count,
+    family_label,
+    fp8_layers,
+    group_cells,
+    num_layers,
+    reachable_experts,
+    routing_lines,
+    target_dtype,
+)
+from qcompiler.targets.rectangles import best_rectangle as _best_rectangle
+
+__all__ = ["NotExpressibleError", "VllmOmniSettings", "export_vllm_omni", "format_selector", "group_cells",
+           "numerics_notes", "vllm_omni_expert_schedule"]
+
+TARGET = "vllm-omni"
 
 # vllm-omni quantizes only Wan's self-attention (attn1); it opts cross-attention (text K/V of 512 tokens) out
-# as no faster and worse in quality. Cells of any other kind can only ever run native there.
+# (`disable_kv_quant=True`). Cells of any other kind can only ever run native there.
 QUANTIZED_KIND = "self"
 
-# vllm-omni's numerics are fixed: msModelSlim's randomized Hadamard with seed 425500, no K-mean subtraction.
+# Plan dtype -> the value of vllm-omni 0.30's `diffusion_kv_cache_dtype` ("fp8, mxfp8, mxfp4, or float (NPU)"):
+# the same spelling as MindIE-SD's quant_attention `precision=`, which is what vllm-omni passes it on.
+DTYPE_NAMES = {name: row.quant_attention_precision for name, row in DTYPES.items() if row.quant_attention_precision}
+
+# vllm-omni's numerics are fixed: a randomized Hadamard rotation with seed 425500 (our default seed), no K-mean
+# subtraction.
 VLLM_OMNI_ROTATION_SEED = DEFAULT_ROTATION_SEED
 
-# Past this many candidate layer sets the exact search stops and a greedy search takes over (see _best_rectangle).
-_MAX_EXACT_CANDIDATES = 4096
-# An error lists at most this many lines of cells, so a badly mismatched 40 x 40 plan stays readable.
-_MAX_CELL_LINES = 24
-
-Cell = tuple[str, str, int, int]  # (component, kind, step, layer)
-
-
-class NotExpressibleError(QcompileError):
-    """The plan's FP8 cells are not one vllm-omni (steps - S) x (layers - L) rectangle.
-
-    `forced_fp8` lists the cells the plan keeps native that every vllm-omni setting keeping all the plan's
-    FP8 cells would also run in FP8; `never_fp8` lists planned FP8 cells vllm-omni cannot quantize at all.
-    """
-
-    def __init__(self, message: str, forced_fp8: tuple[Cell, ...], never_fp8: tuple[Cell, ...]):
-        super().__init__(message)
-        self.forced_fp8 = forced_fp8
-        self.never_fp8 = never_fp8
-
-    @property
-    def cells(self) -> tuple[Cell, ...]:
-        return self.forced_fp8 + self.never_fp8
 
 
 @dataclass(frozen=True)
 class VllmOmniSettings:
     """What to give vllm-omni for one plan. `fp8` False means: leave diffusion_kv_cache_dtype unset."""
 
-    fp8: bool
+    fp8: bool  # any quantized attention at all (of `dtype`, not only FP8)
+    dtype: str  # the diffusion_kv_cache_dtype value: fp8, mxfp8 or mxfp4
     skip_steps: tuple[int, ...]
     skip_layers: tuple[int, ...]
     num_inference_steps: int
     family: str
     plan_sha256: str
-    fp8_cells: int  # served cells these settings run in FP8
-    planned_fp8_cells: int  # served cells the plan runs in FP8 (any kind)
+    routing: str
+    boundary_ratio: float | None  # pinned in the settings (None: not written)
+    flow_shift: float | None
+    fp8_cells: int  # reachable cells these settings quantize
+    planned_fp8_cells: int  # reachable cells the plan quantizes (any kind)
     conservative: bool
     notes: tuple[str, ...]  # what vllm-omni will do differently from the plan besides placement
 
     @property
     def given_up_cells(self) -> int:
-        """Planned FP8 cells these settings run native (0 unless the export was conservative)."""
+        """Planned quantized cells these settings run native (0 unless the export was conservative)."""
         return self.planned_fp8_cells - self.fp8_cells
 
-    def engine_args(self) -> dict[str, str]:
-        """The stage-config `engine_args` entries; empty selectors are left out (vllm-omni's default: none)."""
+    def _routing_args(self) -> dict[str, float]:
+        args: dict[str, float] = {}
+        if self.boundary_ratio is not None:
+            args["boundary_ratio"] = self.boundary_ratio
+        if self.flow_shift is not None:
+            args["flow_shift"] = self.flow_shift
+        return args
+
+    def engine_args(self) -> dict[str, object]:
+        """The stage-config `engine_args` entries. Selectors in the list form vllm-omni 0.30 accepts there
+        (`parse_kv_cache_skip_selector` takes a list of ints); empty selectors are left out (default: none)."""
         if not self.fp8:
-            return {}
-        args = {"diffusion_kv_cache_dtype": "fp8"}
+            return dict(self._routing_args())
+        args: dict[str, object] = {"diffusion_kv_cache_dtype": self.dtype}
         if self.skip_steps:
-            args["diffusion_kv_cache_skip_steps"] = format_selector(self.skip_steps)
+            args["diffusion_kv_cache_skip_steps"] = list(self.skip_steps)
         if self.skip_layers:
-            args["diffusion_kv_cache_skip_layers"] = format_selector(self.skip_layers)
+            args["diffusion_kv_cache_skip_layers"] = list(self.skip_layers)
+        args.update(self._routing_args())
         return args
 
     def to_flags(self) -> str:
-        """One line of vllm-omni CLI flags ("" when the plan runs every vllm-omni call native)."""
-        return " ".join(
-            f'--{key.replace("_", "-")} "{value}"' if "skip" in key else f"--{key.replace('_', '-')} {value}"
-            for key, value in self.engine_args().items()
-        )
+        """One line of vllm-omni CLI flags (only the routing, or "", when every call runs native). The CLI's
+        selector flags are strings (argparse type=str), so selectors are written as "0-2,5"."""
+        words = [f"--diffusion-kv-cache-dtype {self.dtype}"] if self.fp8 else []
+        if self.fp8 and self.skip_steps:
+            words.append(f'--diffusion-kv-cache-skip-steps "{format_selector(self.skip_steps)}"')
+        if self.fp8 and self.skip_layers:
+            words.append(f'--diffusion-kv-cache-skip-layers "{format_selector(self.skip_layers)}"')
+        words.extend(f"--{key.replace('_', '-')} {value}" for key, value in self._routing_args().items())
+        return " ".join(words)
 
     def to_yaml(self) -> str:
-        """A stage-config snippet. Selectors are double-quoted: an unquoted `3` would load as an int."""
+        """A stage-config snippet (engine_args of the diffusion stage), summary as comments."""
         lines = [f"# {line}" for line in self.summary_lines()]
         args = self.engine_args()
         if not args:
             lines.append("engine_args: {}")
         else:
             lines.append("engine_args:")
-            lines.extend(f'  {key}: "{value}"' for key, value in args.items())
+            for key, value in args.items():
+                text = "[" + ", ".join(map(str, value)) + "]" if isinstance(value, list) else value
+                lines.append(f"  {key}: {text}")
         return "\n".join(lines) + "\n"
 
     def summary_lines(self) -> list[str]:
         lines = [
             f"qcompile export --to vllm-omni: plan {self.plan_sha256[:12]} ({self.family}), "
-            f"valid for num_inference_steps={self.num_inference_steps} only",
+            f"valid for num_inference_steps={self.num_inference_steps} only (vllm-omni 0.30 names)",
         ]
         if not self.fp8:
-            lines.append("no FP8 on any call vllm-omni runs: leave diffusion_kv_cache_dtype unset")
+            lines.append("no quantized attention on any call vllm-omni runs: leave diffusion_kv_cache_dtype unset")
         else:
-            lines.append(f"FP8 on {self.fp8_cells} (step, layer) cells of self-attention")
+            lines.append(f"{self.dtype.upper()} on {self.fp8_cells} (step, layer) cells of self-attention")
+        if self.routing == PINNED and self.boundary_ratio is not None:
+            lines.append(
+                f"routing pinned: boundary_ratio={self.boundary_ratio} and flow_shift={self.flow_shift} are part of "
+                "these settings; assumes requests send no flow_shift and no sample_solver (unipc) and use "
+                f"num_inference_steps={self.num_inference_steps}"
+            )
+        elif self.routing == ANY and self.boundary_ratio is None and self.fp8:
+            lines.append("routing: any (exact whatever flow_shift, boundary_ratio or sample_solver a request uses; "
+                         "cell counts include every expert that may serve a step)")
         if self.conservative:
             lines.append(
-                f"--conservative: gives up {self.given_up_cells} of the plan's {self.planned_fp8_cells} FP8 cells "
-                "(they run native); no cell the plan keeps native runs FP8"
+                f"--conservative: gives up {self.given_up_cells} of the plan's {self.planned_fp8_cells} quantized "
+                "cells (they run native); no cell the plan keeps native runs quantized"
             )
         lines.extend(self.notes)
         return lines
@@ -128,74 +162,104 @@ def format_selector(indices: Iterable[int]) -> str:
     return format_ranges(indices)
 
 
-def export_vllm_omni(plan: Plan, *, conservative: bool = False) -> VllmOmniSettings:
-    """vllm-omni settings that run exactly the plan's served FP8 cells.
+def _float32(value: float) -> float:
+    return struct.unpack("f", struct.pack("f", value))[0]
 
-    Raises NotExpressibleError when no setting does. With `conservative=True`, returns instead the largest
-    expressible setting that never runs FP8 on a cell the plan keeps native (see _best_rectangle).
+
+def vllm_omni_expert_schedule(plan: Plan) -> list[str]:
+    """The expert vllm-omni 0.30 runs at each step with the plan's flow_shift and boundary_ratio (UniPC solver).
+
+    Mirrors `FlowUniPCMultistepScheduler` (diffusion/models/schedulers/scheduling_flow_unipc_multistep.py):
+    training sigmas 1 - linspace(1, 1/T, T)[::-1] in float32 give sigma_max = float32(1 - 1/T) and sigma_min = 0;
+    set_timesteps takes linspace(sigma_max, sigma_min, N + 1)[:-1] (float64), shifts s' = shift*s/(1+(shift-1)*s),
+    and truncates s' * T to int64. The pipeline (pipeline_wan2_2*.py) runs `transformer_2` iff t < boundary_ratio
+    * T, a comparison torch makes in float32 (an int64 tensor against a Python float).
     """
-    served = _served_fp8_layers(plan)
-    self_rows = {step: layers for (kind, step), layers in served.items() if kind == QUANTIZED_KIND and layers}
-    never = tuple(
-        (plan.expert_schedule[step], kind, step, layer)
-        for (kind, step), layers in sorted(served.items())
-        if kind != QUANTIZED_KIND
-        for layer in sorted(layers)
-    )
-    planned = sum(len(layers) for layers in served.values())
-    # The smallest rectangle holding every planned FP8 self cell: FP8 steps x union of FP8 layers.
-    union = frozenset().union(*self_rows.values())
+    names = plan.component_names
+    family = plan.data["family"]
+    steps = plan.num_inference_steps
+    if family["boundary_ratio"] is None or len(names) < 2:
+        return [names[0]] * steps
+    train = family["num_train_timesteps"]
+    shift = family["flow_shift"]
+    sigma_max = _float32(1.0 - 1.0 / train)
+    step_size = (0.0 - sigma_max) / steps
+    boundary = _float32(family["boundary_ratio"] * train)
+    schedule = []
+    for index in range(steps):
+        sigma = index * step_size + sigma_max
+        sigma = shift * sigma / (1 + (shift - 1) * sigma)
+        timestep = int(sigma * train)
+        schedule.append(names[1] if _float32(float(timestep)) < boundary else names[0])
+    return schedule
+
+
+def export_vllm_omni(plan: Plan, *, conservative: bool = False, routing: str = PINNED) -> VllmOmniSettings:
+    """vllm-omni settings that quantize exactly the plan's quantized cells on every reachable (step, expert).
+
+    Raises UnsupportedDtypeError for a dtype vllm-omni has no name for, NotExpressibleError when no setting is
+    exact. With `conservative=True`, returns instead the largest expressible setting that never quantizes a
+    cell the plan keeps native (see _best_rectangle).
+    """
+    dtype = target_dtype(plan, TARGET, DTYPE_NAMES)
+    reach = reachable_experts(plan, routing, extra=[vllm_omni_expert_schedule(plan)])
+    # (step, component) -> quantized self-attention layers, for every reachable pair.
+    rows = {(step, c): fp8_layers(plan, c, QUANTIZED_KIND, step) for step, cs in enumerate(reach) for c in cs}
+    never = tuple(sorted(
+        (c, kind, step, layer)
+        for step, cs in enumerate(reach) for c in cs
+        for kind in plan.attention_kinds if kind != QUANTIZED_KIND
+        for layer in fp8_layers(plan, c, kind, step)
+    ))
+    planned = sum(len(layers) for layers in rows.values()) + len(never)
+    fp8_steps = sorted({step for (step, _), layers in rows.items() if layers})
+    # The smallest rectangle holding every planned self cell: quantized steps x union of their layers.
+    union = frozenset().union(*rows.values())
     forced = tuple(
-        (plan.expert_schedule[step], QUANTIZED_KIND, step, layer)
-        for step, layers in sorted(self_rows.items())
-        for layer in sorted(union - layers)
-        if layer < _num_layers(plan, plan.expert_schedule[step])
+        (c, QUANTIZED_KIND, step, layer)
+        for step in fp8_steps for c in sorted(reach[step])
+        for layer in sorted(union - rows[(step, c)]) if layer < num_layers(plan, c)
     )
+    pinned = routing == PINNED and len(plan.component_names) > 1 and plan.data["family"]["boundary_ratio"] is not None
     if not forced and not never:
-        return _settings(plan, frozenset(self_rows), union, planned, conservative)
-    steps, layers = _best_rectangle(self_rows)
-    settings = _settings(plan, steps, layers, planned, conservative)
+        return _settings(plan, dtype, frozenset(fp8_steps), union, reach, planned, conservative, routing, pinned)
+    # Conservative: a step may run its layers L only if L is quantized on every expert that can serve it.
+    safe_rows = {step: frozenset.intersection(*(rows[(step, c)] for c in reach[step])) for step in fp8_steps}
+    steps, layers = _best_rectangle({s: r for s, r in safe_rows.items() if r})
+    settings = _settings(plan, dtype, steps, layers, reach, planned, conservative, routing, pinned)
     if not conservative:
         raise NotExpressibleError(_not_expressible_message(plan, forced, never, settings), forced, never)
     return settings
 
 
-def _served_fp8_layers(plan: Plan) -> dict[tuple[str, int], frozenset[int]]:
-    """(kind, step) -> FP8 layers of the expert that serves the step, per plan.expert_schedule."""
-    served: dict[tuple[str, int], frozenset[int]] = {}
-    for step, component in enumerate(plan.expert_schedule):
-        for kind in plan.attention_kinds:
-            row = plan.table(component, kind)[step]
-            served[(kind, step)] = frozenset(layer for layer, fp8 in enumerate(row) if fp8)
-    return served
-
-
-def _num_layers(plan: Plan, component: str) -> int:
-    return next(c["num_layers"] for c in plan.components if c["name"] == component)
-
-
-def _settings(plan: Plan, steps: frozenset[int], layers: frozenset[int], planned: int,
-              conservative: bool) -> VllmOmniSettings:
+def _settings(plan: Plan, dtype: str, steps: frozenset[int], layers: frozenset[int], reach, planned: int,
+              conservative: bool, routing: str, pinned: bool) -> VllmOmniSettings:
     all_layers = range(max(c["num_layers"] for c in plan.components))
     fp8 = bool(steps) and bool(layers)
     fp8_cells = sum(
-        len([layer for layer in layers if layer < _num_layers(plan, plan.expert_schedule[step])]) for step in steps
+        len([layer for layer in layers if layer < num_layers(plan, c)]) for step in steps for c in reach[step]
     ) if fp8 else 0
+    family = plan.data["family"]
     return VllmOmniSettings(
         fp8=fp8,
+        dtype=dtype,
         skip_steps=tuple(s for s in range(plan.num_inference_steps) if s not in steps) if fp8 else (),
         skip_layers=tuple(layer for layer in all_layers if layer not in layers) if fp8 else (),
         num_inference_steps=plan.num_inference_steps,
-        family=plan.family_name if plan.variant is None else f"{plan.family_name} {plan.variant} variant",
+        family=family_label(plan),
         plan_sha256=plan.content_hash,
+        routing=routing,
+        # Pinned even when nothing is quantized: the plan's cells are those of its routing.
+        boundary_ratio=family["boundary_ratio"] if pinned else None,
+        flow_shift=family["flow_shift"] if pinned else None,
         fp8_cells=fp8_cells,
         planned_fp8_cells=planned,
         conservative=conservative,
-        notes=_numerics_notes(plan) if fp8 else (),
+        notes=numerics_notes(plan) if fp8 else (),
     )
 
 
-def _numerics_notes(plan: Plan) -> tuple[str, ...]:
+def numerics_notes(plan: Plan) -> tuple[str, ...]:
     """What vllm-omni cannot honour besides placement: it has one fixed numerics recipe and no fallback policy."""
     notes = []
     numerics = plan.numerics
@@ -215,103 +279,27 @@ def _numerics_notes(plan: Plan) -> tuple[str, ...]:
     return tuple(notes)
 
 
-def _best_rectangle(rows: Mapping[int, frozenset[int]]) -> tuple[frozenset[int], frozenset[int]]:
-    """The steps x layers rectangle with the most cells inside the plan's FP8 self cells (`rows`: step -> layers).
-
-    Exact when possible: the best rectangle's layer set is the intersection of its steps' FP8 layer sets, so
-    the candidates are the closure of the distinct rows under intersection, each scored with every step whose
-    row contains it. When that closure passes _MAX_EXACT_CANDIDATES (many distinct irregular rows), a greedy
-    search takes over: start from all FP8 steps and repeatedly drop the step whose removal leaves the largest
-    rectangle, keeping the best seen (and never less than the widest single step). Either way every cell of the result is an FP8 cell of the plan, which is
-    the safety property; only optimality is lost in the greedy case. Ties go to more steps, then lower layers.
-    """
-    if not rows:
-        return frozenset(), frozenset()
-    distinct = set(rows.values())
-    candidates = set(distinct)
-    frontier = set(distinct)
-    while frontier:
-        grown = {a & b for a in frontier for b in distinct} - candidates
-        candidates |= grown
-        frontier = grown
-        if len(candidates) > _MAX_EXACT_CANDIDATES:
-            return _greedy_rectangle(rows)
-    scored = []
-    for layers in candidates:
-        steps = frozenset(step for step, row in rows.items() if layers <= row)
-        scored.append((len(steps) * len(layers), len(steps), _rank(layers), steps, layers))
-    best = max(scored, key=lambda item: item[:3])
-    return best[3], best[4]
-
-
-def _greedy_rectangle(rows: Mapping[int, frozenset[int]]) -> tuple[frozenset[int], frozenset[int]]:
-    steps = set(rows)
-    # A single step's row is always a rectangle; starting from the widest one means greedy never returns less.
-    widest = max(sorted(rows), key=lambda step: len(rows[step]))
-    best = (len(rows[widest]), frozenset({widest}), rows[widest])
-    while steps:
-        layers = frozenset.intersection(*(rows[s] for s in steps))
-        if len(steps) * len(layers) > best[0]:
-            best = (len(steps) * len(layers), frozenset(steps), layers)
-
-        def remaining_area(dropped: int) -> tuple[int, int]:
-            rest = steps - {dropped}
-            kept = frozenset.intersection(*(rows[s] for s in rest)) if rest else frozenset()
-            return len(rest) * len(kept), -dropped
-
-        steps.remove(max(steps, key=remaining_area))
-    return best[1], best[2]
-
-
-def _rank(layers: frozenset[int]) -> tuple[int, ...]:
-    # Deterministic tie-break between equal-area layer sets: prefer the one with the lower layers.
-    return tuple(-layer for layer in sorted(layers))
-
-
 def _not_expressible_message(plan: Plan, forced: tuple[Cell, ...], never: tuple[Cell, ...],
                              conservative: VllmOmniSettings) -> str:
     lines = [
         f"plan {plan.content_hash[:12]} ({plan.family_name}, {plan.num_inference_steps} steps) cannot be expressed "
-        "as vllm-omni settings: vllm-omni runs FP8 on exactly (steps not skipped) x (layers not skipped) of "
+        "as vllm-omni settings: vllm-omni quantizes exactly (steps not skipped) x (layers not skipped) of "
         "self-attention, one layer list for both experts, and never quantizes cross-attention.",
+        *routing_lines(plan, conservative.routing),
     ]
     if forced:
         lines.append(
-            f"Keeping every FP8 cell of the plan would also run FP8 on {_count(len(forced))} it keeps native:"
+            f"Keeping every quantized cell of the plan would also quantize {count(len(forced))} it keeps native:"
         )
         lines.extend(group_cells(forced))
     if never:
-        lines.append(f"{_count(len(never))} the plan runs in FP8 are of a kind vllm-omni never quantizes "
+        lines.append(f"{count(len(never))} the plan quantizes are of a kind vllm-omni never quantizes "
                      "(they would run native):")
         lines.extend(group_cells(never))
     lines.append(
         f"Fix: pass --conservative to export the largest setting that keeps every native cell native "
-        f"({conservative.fp8_cells} of the plan's {conservative.planned_fp8_cells} FP8 cells stay FP8), or change the recipe so its FP8 cells form one "
-        "steps x layers rectangle of self-attention (native rules that span all layers for some steps, or all "
-        "steps for some layers)."
+        f"({conservative.fp8_cells} of the plan's {conservative.planned_fp8_cells} quantized cells stay quantized), "
+        "or change the recipe so its quantized cells form one steps x layers rectangle of self-attention (native "
+        "rules that span all layers for some steps, or all steps for some layers)."
     )
     return "\n".join(lines)
-
-
-def _count(cells: int) -> str:
-    return f"{cells} cell" if cells == 1 else f"{cells} cells"
-
-
-def group_cells(cells: Iterable[Cell]) -> list[str]:
-    """Readable lines, one per (component, kind, layer set): "  transformer/self steps 0-1,3: layers 0-2"."""
-    by_row: dict[tuple[str, str, int], list[int]] = {}
-    for component, kind, step, layer in cells:
-        by_row.setdefault((component, kind, step), []).append(layer)
-    groups: dict[tuple[str, str, str], list[int]] = {}
-    for (component, kind, step), layers in by_row.items():
-        groups.setdefault((component, kind, format_selector(layers)), []).append(step)
-    ordered = sorted(groups.items(), key=lambda item: (item[0][0], item[0][1], min(item[1])))
-    lines = [
-        f"  {component}/{kind} step{'s' if len(steps) > 1 else ''} {format_selector(steps)}: "
-        f"layer{'s' if ('-' in layers or ',' in layers) else ''} {layers}"
-        for (component, kind, layers), steps in ordered
-    ]
-    if len(lines) > _MAX_CELL_LINES:
-        hidden = len(lines) - _MAX_CELL_LINES
-        lines = lines[:_MAX_CELL_LINES] + [f"  ... and {hidden} more lines like these"]
-    return lines

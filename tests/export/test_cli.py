@@ -46,7 +46,7 @@ def test_export_flags_decode_to_the_plan(run, rectangle_recipe, tmp_path):
     plan = compile_recipe_file(rectangle_recipe)
     result = run("export", "--to", "vllm-omni", rectangle_recipe, "--format", "flags")
     assert result.exit_code == 0, result.output
-    assert result.stdout == '--diffusion-kv-cache-dtype fp8 --diffusion-kv-cache-skip-steps "0,3"\n'
+    assert result.stdout == '--diffusion-kv-cache-dtype fp8 --diffusion-kv-cache-skip-steps "0,3" --boundary-ratio 0.9 --flow-shift 5.0\n'
     assert vllm.decode(plan, vllm.flags(result.stdout)) == vllm.planned(plan)
     assert "valid for num_inference_steps=4 only" in result.stderr
 
@@ -60,8 +60,10 @@ def test_export_yaml_and_both(run, rectangle_recipe):
     assert vllm.decode(plan, vllm.yaml_args(as_yaml.stdout)) == vllm.planned(plan)
     both = run("export", "--to", "vllm-omni", rectangle_recipe)
     assert both.exit_code == 0
-    flags_part, yaml_part = both.stdout.split("\n# vllm-omni stage config")
-    assert vllm.flags(flags_part.splitlines()[1]) == vllm.yaml_args(yaml_part.split("\n", 1)[1])
+    flags_part, yaml_part = both.stdout.split("\n# vllm-omni 0.30 stage config")
+    from_flags, from_yaml = vllm.flags(flags_part.splitlines()[1]), vllm.yaml_args(yaml_part.split("\n", 1)[1])
+    assert vllm.decode(plan, from_flags) == vllm.decode(plan, from_yaml) == vllm.planned(plan)
+    assert from_flags.keys() == from_yaml.keys()
 
 
 def test_export_of_an_inexpressible_plan_names_the_cells(run, notch_plan):
@@ -77,7 +79,7 @@ def test_export_conservative_reports_what_it_gives_up(run, notch_plan):
     plan = load_plan(notch_plan)
     result = run("export", "--to", "vllm-omni", notch_plan, "--conservative", "--format", "flags")
     assert result.exit_code == 0
-    assert "gives up 6 of the plan's 154 FP8 cells" in result.stderr
+    assert "gives up 6 of the plan's 154 quantized cells" in result.stderr
     decoded = vllm.decode(plan, vllm.flags(result.stdout))
     assert decoded <= vllm.planned(plan) and len(decoded) == 148
 
@@ -113,3 +115,45 @@ def test_patch_wants_a_plan_or_remove(run, config_only_pipeline_dir, tiny_plan_p
     extra = [tiny_plan_path if a == "PLAN" else a for a in args]
     result = run("patch", config_only_pipeline_dir, *extra)
     assert result.exit_code == 2 and "give PLAN to patch, or --remove" in result.stderr
+
+
+# -- the MindIE-SD and xDiT targets -----------------------------------------------------------------
+
+
+def test_export_mindiesd_python_and_json_decode_to_the_plan(run):
+    from pathlib import Path
+
+    from . import mindiesd_decoder as mindiesd
+    from . import routings
+
+    path = Path(__file__).parents[2] / "recipes" / "wan22_i2v.plan.json"
+    plan = load_plan(path)
+    python = run("export", "--to", "mindiesd", path, "--format", "python")
+    as_json = run("export", "--to", "mindiesd", path, "--format", "json")
+    assert python.exit_code == 0 and as_json.exit_code == 0, python.output + as_json.output
+    for configs in (mindiesd.run_snippet(python.stdout, plan.component_names),
+                    mindiesd.configs_from_json(as_json.stdout, plan.component_names)):
+        assert mindiesd.decode(plan, configs, plan.expert_schedule) == routings.planned_cells(plan, plan.expert_schedule)
+    assert "seed 1234" in python.stdout and json.loads(as_json.stdout)["mindiesd_version"] == "3.1.0"
+
+
+def test_export_xdit_refuses_the_shipped_plan_and_conservative_says_so(run):
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "recipes" / "wan22_i2v.plan.json"
+    refused = run("export", "--to", "xdit", path)
+    assert refused.exit_code == 1 and "  transformer/self step 1: layers 0,39" in refused.stderr
+    conservative = run("export", "--to", "xdit", path, "--conservative")
+    assert conservative.exit_code == 0 and conservative.stdout == "\n"
+    assert "run xDiT without --use_hybrid_attn_schedule" in conservative.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--to", "mindiesd", "--format", "flags"), "--format flags is not a format of --to mindiesd"),
+    (("--to", "vllm-omni", "--use-cfg-parallel"), "are options of --to xdit"),
+    (("--to", "xdit", "--quantized-backend", "FLASH_3"), "not a quantized xDiT attention backend"),
+])
+def test_export_option_mistakes_are_clear_errors(run, notch_plan, args, message):
+    result = run("export", notch_plan, *args)
+    assert result.exit_code in (1, 2) and message in result.stderr
+    assert isinstance(result.exception, SystemExit)

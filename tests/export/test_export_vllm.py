@@ -6,11 +6,12 @@ import itertools
 import random
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from qcompiler import compile_recipe_text
-from qcompiler.targets.vllm_omni import NotExpressibleError, _greedy_rectangle, export_vllm_omni, format_selector
+from qcompiler.targets.rectangles import greedy_rectangle as _greedy_rectangle
+from qcompiler.targets.vllm_omni import NotExpressibleError, export_vllm_omni, format_selector
 
 from . import vllm_decoder as vllm
 from .conftest import RECIPE, build_plan
@@ -72,12 +73,16 @@ def test_rectangle_recipe_exports_exactly():
     exported = export_vllm_omni(plan)
     assert exported.engine_args() == {
         "diffusion_kv_cache_dtype": "fp8",
-        "diffusion_kv_cache_skip_steps": "0,3",
-        "diffusion_kv_cache_skip_layers": "0-2,39",
+        "diffusion_kv_cache_skip_steps": [0, 3],
+        "diffusion_kv_cache_skip_layers": [0, 1, 2, 39],
+        "boundary_ratio": 0.9,
+        "flow_shift": 5.0,
     }
     assert exported.to_flags() == (
         '--diffusion-kv-cache-dtype fp8 --diffusion-kv-cache-skip-steps "0,3" --diffusion-kv-cache-skip-layers "0-2,39"'
+        " --boundary-ratio 0.9 --flow-shift 5.0"
     )
+    assert "  diffusion_kv_cache_skip_layers: [0, 1, 2, 39]\n" in exported.to_yaml()
     assert_exact(plan, exported)
 
 
@@ -94,18 +99,19 @@ def test_notch_recipe_is_refused_with_the_cells_named():
     message = str(error)
     assert "  transformer/self step 0: layers 0-2" in message
     assert "  transformer_2/self step 3: layers 0-2" in message
-    assert "--conservative" in message and "148 of the plan's 154 FP8 cells" in message
+    assert "--conservative" in message and "148 of the plan's 154 quantized cells" in message
 
 
 def test_conservative_notch_recipe_skips_the_layers_and_gives_up_six_cells():
     plan = compile_recipe_text(RECIPE)
     exported = export_vllm_omni(plan, conservative=True)
     # 4 steps x 37 layers = 148 beats 2 steps x 40 layers = 80.
-    assert exported.engine_args() == {"diffusion_kv_cache_dtype": "fp8", "diffusion_kv_cache_skip_layers": "0-2"}
+    assert exported.engine_args() == {"diffusion_kv_cache_dtype": "fp8", "diffusion_kv_cache_skip_layers": [0, 1, 2],
+                                      "boundary_ratio": 0.9, "flow_shift": 5.0}
     assert (exported.fp8_cells, exported.planned_fp8_cells, exported.given_up_cells) == (148, 154, 6)
     decoded = vllm.decode(plan, vllm.yaml_args(exported.to_yaml()))
     assert decoded <= vllm.planned(plan) and len(decoded) == 148
-    assert "gives up 6 of the plan's 154 FP8 cells" in exported.to_yaml()
+    assert "gives up 6 of the plan's 154 quantized cells" in exported.to_yaml()
 
 
 def test_the_shipped_recipe_exports_exactly():
@@ -116,8 +122,9 @@ def test_the_shipped_recipe_exports_exactly():
 
     plan = compile_recipe_file(Path(__file__).parents[2] / "recipes" / "wan22_i2v.yaml")
     exported = export_vllm_omni(plan)
-    assert exported.engine_args() == {"diffusion_kv_cache_dtype": "fp8", "diffusion_kv_cache_skip_steps": "0,3",
-                                      "diffusion_kv_cache_skip_layers": "0,39"}
+    assert exported.engine_args() == {"diffusion_kv_cache_dtype": "fp8", "diffusion_kv_cache_skip_steps": [0, 3],
+                                      "diffusion_kv_cache_skip_layers": [0, 39], "boundary_ratio": 0.9,
+                                      "flow_shift": 5.0}
     assert exported.given_up_cells == 0
     assert vllm.decode(plan, vllm.flags(exported.to_flags())) == vllm.planned(plan)
 
@@ -134,7 +141,7 @@ def test_one_layer_list_for_both_experts():
     assert caught.value.forced_fp8 == (("transformer_2", "self", 2, 39),)
     assert "  transformer_2/self step 2: layer 39\n" in str(caught.value)
     exported = export_vllm_omni(plan, conservative=True)
-    assert exported.engine_args()["diffusion_kv_cache_skip_layers"] == "0,39"
+    assert exported.engine_args()["diffusion_kv_cache_skip_layers"] == [0, 39]
     assert exported.given_up_cells == 1
     assert vllm.decode(plan, vllm.flags(exported.to_flags())) <= vllm.planned(plan)
 
@@ -156,17 +163,22 @@ def test_cross_attention_fp8_cannot_be_expressed():
 
 def test_all_native_plan_exports_no_fp8_at_all():
     plan = compile_recipe_text(recipe("", **{"default: fp8": "default: native"}))
-    exported = export_vllm_omni(plan)
+    exported = export_vllm_omni(plan, routing="any")
     assert not exported.fp8 and exported.engine_args() == {} and exported.to_flags() == ""
     assert "engine_args: {}" in exported.to_yaml()
     assert vllm.yaml_args(exported.to_yaml()) == {}
     assert "leave diffusion_kv_cache_dtype unset" in exported.to_yaml()
+    # Pinned, the routing is still written: the plan's cells are those of the routing it was computed with.
+    pinned = export_vllm_omni(plan)
+    assert pinned.engine_args() == {"boundary_ratio": 0.9, "flow_shift": 5.0}
+    assert pinned.to_flags() == "--boundary-ratio 0.9 --flow-shift 5.0"
+    assert vllm.decode(plan, vllm.yaml_args(pinned.to_yaml())) == set()
 
 
 def test_all_fp8_plan_exports_the_dtype_alone():
     plan = compile_recipe_text(recipe(""))
     exported = export_vllm_omni(plan)
-    assert exported.to_flags() == "--diffusion-kv-cache-dtype fp8"
+    assert exported.to_flags() == "--diffusion-kv-cache-dtype fp8 --boundary-ratio 0.9 --flow-shift 5.0"
     assert_exact(plan, exported)
 
 
@@ -178,7 +190,7 @@ def test_rows_for_steps_an_expert_does_not_serve_are_ignored():
     }
     plan = build_plan(rows, schedule(4, 2))
     exported = export_vllm_omni(plan)
-    assert exported.engine_args()["diffusion_kv_cache_skip_steps"] == "0,3"
+    assert exported.engine_args()["diffusion_kv_cache_skip_steps"] == [0, 3]
     assert_exact(plan, exported)
 
 
@@ -194,11 +206,25 @@ def test_notes_say_what_vllm_omni_cannot_honour():
 # -- generated plans --------------------------------------------------------------------------------
 
 
+def family_schedule(num_steps: int) -> list[str]:
+    """The family's own expert schedule at this step count, where vllm-omni's scheduler agrees with it (a
+    pinned export is exact on the routing vllm-omni takes; unserved rows are noise below)."""
+    from qcompiler.families import get_family
+    from qcompiler.compile.resolve import predict_expert_schedule
+
+    from .routings import vllm_omni_unipc
+
+    order = predict_expert_schedule(get_family("wan2.2-i2v-a14b"), num_steps)
+    probe = build_plan({}, order)
+    assume(vllm_omni_unipc(probe, 5.0, 0.9) == tuple(order))
+    return order
+
+
 @st.composite
 def rectangle_plans(draw):
     """Any expressible plan: (steps - S) x (layers - L) on the served rows, noise on the unserved rows."""
     num_steps = draw(st.integers(1, 10))
-    order = schedule(num_steps, draw(st.integers(0, num_steps)))
+    order = family_schedule(num_steps)
     skip_steps = draw(st.sets(st.integers(0, num_steps - 1)))
     skip_layers = draw(st.sets(st.integers(0, LAYERS - 1)))
     noise = st.text(alphabet="01", min_size=LAYERS, max_size=LAYERS)
@@ -216,7 +242,7 @@ def rectangle_plans(draw):
 def arbitrary_plans(draw, max_steps: int = 8):
     """Any plan: served rows drawn from a small palette (so rows often agree), sometimes FP8 cross cells."""
     num_steps = draw(st.integers(1, max_steps))
-    order = schedule(num_steps, draw(st.integers(0, num_steps)))
+    order = family_schedule(num_steps)
     palette = draw(st.lists(st.text(alphabet="01", min_size=LAYERS, max_size=LAYERS), min_size=1, max_size=4))
     tables = {
         (component, kind): [draw(st.sampled_from(palette)) if kind == "self" or draw(st.booleans()) else "0" * LAYERS

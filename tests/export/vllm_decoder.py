@@ -1,11 +1,14 @@
-"""An independent decoder of vllm-omni diffusion settings, written from vllm-omni's documented semantics
-(../shared/reference/ascend-fp8-attention.md), NOT from qcompiler.targets.vllm_omni:
+"""An independent decoder of vllm-omni 0.30 diffusion settings, written from vllm-omni's documented semantics
+(../shared/reference/npu-entry-points.md and the 0.30.0 wheel's data.py / attention/layer.py), NOT from
+qcompiler.targets.vllm_omni:
 
-- selectors are comma-separated non-negative ints and inclusive "A-B" ranges; whitespace and empty tokens
-  are ignored;
-- a self-attention call runs FP8 iff diffusion_kv_cache_dtype == "fp8" and its step is not in skip_steps and
-  its layer is not in skip_layers; one layer list for both experts; cross-attention never runs FP8;
-- the step is the global 0-based denoising index; each step is served by one expert.
+- selectors are a string of comma-separated non-negative ints and inclusive "A-B" ranges (whitespace and empty
+  tokens ignored), or a list of ints (stage config / Python);
+- a self-attention call is quantized iff diffusion_kv_cache_dtype is set (not auto/float) and its step is not in
+  skip_steps and its layer is not in skip_layers; one layer list for both experts; cross-attention never;
+- the step is the global 0-based denoising index; each step is served by one expert, from vllm-omni's own
+  scheduler with boundary_ratio/flow_shift (stage config) or its defaults 0.875 / 5.0 and whatever a request
+  sends, so with nothing pinned any split of the steps between the experts can happen.
 """
 
 from __future__ import annotations
@@ -17,14 +20,18 @@ import yaml
 
 from qcompiler.plan.format import Plan
 
+from . import routings
+
 Cell = tuple[str, str, int, int]
+NOT_QUANTIZED = (None, "auto", "float")
 
 
-def selector(text: str) -> set[int]:
-    """vllm-omni's selector grammar: comma-separated non-negative ints and inclusive "A-B" ranges;
-    whitespace and empty tokens ignored."""
+def selector(value) -> set[int]:
+    if isinstance(value, list):
+        assert all(isinstance(v, int) and v >= 0 for v in value), value
+        return set(value)
     indices: set[int] = set()
-    for token in text.split(","):
+    for token in value.split(","):
         token = "".join(token.split())
         if not token:
             continue
@@ -35,41 +42,62 @@ def selector(text: str) -> set[int]:
 
 
 def flags(line: str) -> dict[str, str]:
-    """--diffusion-kv-cache-x VALUE pairs (shell-quoted) -> {diffusion_kv_cache_x: VALUE}."""
+    """--name VALUE pairs (shell-quoted) -> {name: VALUE}, in vllm-omni's dest spelling."""
     words = shlex.split(line)
     assert len(words) % 2 == 0, line
     return {words[i].removeprefix("--").replace("-", "_"): words[i + 1] for i in range(0, len(words), 2)}
 
 
-def yaml_args(text: str) -> dict[str, str]:
+def yaml_args(text: str) -> dict:
     args = yaml.safe_load(text)["engine_args"]
-    assert all(isinstance(v, str) for v in args.values()), f"selectors must load as strings: {args}"
+    for key in ("diffusion_kv_cache_skip_steps", "diffusion_kv_cache_skip_layers"):
+        if key in args:
+            assert isinstance(args[key], (str, list)), f"{key} must be a selector string or list: {args[key]!r}"
     return args
 
 
-def decode(plan: Plan, engine_args: Mapping[str, str]) -> set[Cell]:
-    """The (component, kind, step, layer) cells vllm-omni runs in FP8 with these settings, for the steps each
-    expert serves: FP8 iff dtype == "fp8" and step not skipped and layer not skipped; self-attention only."""
-    if engine_args.get("diffusion_kv_cache_dtype") != "fp8":
+def possible_routings(plan: Plan, engine_args: Mapping) -> list[tuple[str, ...]]:
+    """The expert schedules vllm-omni can run with these settings (requests sending no flow_shift/solver when
+    both are pinned, as the export says it assumes)."""
+    if "boundary_ratio" in engine_args and "flow_shift" in engine_args:
+        return [routings.vllm_omni_unipc(plan, float(engine_args["flow_shift"]), float(engine_args["boundary_ratio"]))]
+    return routings.every_split(plan)
+
+
+def decode(plan: Plan, engine_args: Mapping, routing: tuple[str, ...] | None = None) -> set[Cell]:
+    """The cells vllm-omni quantizes with these settings when the steps are served as `routing` says (default:
+    the plan's own expert_schedule)."""
+    routing = plan.expert_schedule if routing is None else routing
+    if engine_args.get("diffusion_kv_cache_dtype") in NOT_QUANTIZED:
         return set()
     skip_steps = selector(engine_args.get("diffusion_kv_cache_skip_steps", ""))
     skip_layers = selector(engine_args.get("diffusion_kv_cache_skip_layers", ""))
     layers = {c["name"]: c["num_layers"] for c in plan.components}
     return {
         (component, "self", step, layer)
-        for step, component in enumerate(plan.expert_schedule)
+        for step, component in enumerate(routing)
         if step not in skip_steps
         for layer in range(layers[component])
         if layer not in skip_layers
     }
 
 
+def mismatches(plan: Plan, engine_args: Mapping) -> list[tuple[tuple[str, ...], set[Cell], set[Cell]]]:
+    """(routing, decoded, planned) for every possible routing where the settings differ from the plan."""
+    out = []
+    for routing in possible_routings(plan, engine_args):
+        decoded, planned = decode(plan, engine_args, routing), routings.planned_cells(plan, routing)
+        if decoded != planned:
+            out.append((routing, decoded, planned))
+    return out
+
+
+def is_safe(plan: Plan, engine_args: Mapping) -> bool:
+    """No possible routing quantizes a cell the plan keeps native."""
+    return all(decode(plan, engine_args, r) <= routings.planned_cells(plan, r)
+               for r in possible_routings(plan, engine_args))
+
+
 def planned(plan: Plan) -> set[Cell]:
-    """The plan's FP8 cells on the steps each expert serves (what vllm-omni can run at all)."""
-    return {
-        (component, kind, step, layer)
-        for step, component in enumerate(plan.expert_schedule)
-        for kind in plan.attention_kinds
-        for layer, fp8 in enumerate(plan.table(component, kind)[step])
-        if fp8
-    }
+    """The plan's quantized cells on the plan's own expert schedule."""
+    return routings.planned_cells(plan, plan.expert_schedule)

@@ -4,7 +4,7 @@ When those modules move, only these imports follow them.
 """
 
 from qcompiler.errors import FamilyError, PlanError, QcompileError
-from qcompiler.targets.vllm_omni import _numerics_notes as vllm_omni_numerics_notes
+from qcompiler.targets.vllm_omni import numerics_notes as vllm_omni_numerics_notes
 from qcompiler.families import get_family
 from qcompiler.plan.format import Plan, load_plan, table_to_rows, thaw
 from qcompiler.plan.io import write_text_atomically
