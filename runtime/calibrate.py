@@ -17,7 +17,7 @@ from typing import Any
 
 from qcompiler.families import get_family
 from qcompiler.sensitivity import SENSITIVITY_FORMAT, sensitivity_from_dict
-from runtime.backends import resolve_fp8_backend
+from runtime.backends import reference_backend_name, resolve_fp8_backend
 from runtime.call_record import CallRecord
 from runtime.numerics import Numerics
 from runtime.quality_report import versions
@@ -54,7 +54,7 @@ def _pick_backend(requested: str, numerics: Numerics) -> str:
     if requested != "auto":
         return requested
     backend, _ = resolve_fp8_backend("auto", numerics)
-    return backend.name if backend is not None else "fp8-reference"
+    return backend.name if backend is not None else reference_backend_name(numerics)
 
 
 def _cells(records: list[CallRecord], samples: int, flops_per_call) -> list[dict[str, Any]]:

@@ -92,7 +92,7 @@ class PlanHandle:
 
     def _install(self, models: dict[str, torch.nn.Module]) -> None:
         plan, steps = self.plan, self.plan.num_inference_steps
-        numerics = Numerics.from_mapping(plan.numerics)
+        numerics = Numerics.from_mapping(plan.numerics, plan.data["dtype"])
         kinds = plan.data["family"]["attention_kinds"]
         force_native = self.backend == "native" or isinstance(self.backend, NativeBackend)
         try:
@@ -208,7 +208,7 @@ def _serving_backends(
 ) -> tuple[dict[str, AttentionBackend | None], dict[str, str]]:
     """Per component, the backend serving its FP8 cells (None: native), and why FP8 falls back where it does.
     Raises BackendUnavailableError where the plan wants FP8, nothing can serve it and the policy is `error`."""
-    fp8_backend, reason = resolve_fp8_backend(backend, Numerics.from_mapping(plan.numerics))
+    fp8_backend, reason = resolve_fp8_backend(backend, Numerics.from_mapping(plan.numerics, plan.data["dtype"]))
     served: dict[str, AttentionBackend | None] = {}
     fallbacks: dict[str, str] = {}
     for component in plan.components:

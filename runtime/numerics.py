@@ -1,4 +1,5 @@
-"""The FP8 numerics a plan fixes (rotation, seed, block sizes, K mean subtraction), as a small dataclass."""
+"""The numerics a plan fixes (dtype, rotation, seed, block sizes, K mean subtraction, and for
+`int8_per_tensor` the V rotation, P scale and scale scope), as a small dataclass."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ from runtime.quantize import KV_BLOCK_TOKENS, QUERY_BLOCK_TOKENS, dequantize_per
 
 # The seed vllm-omni passed to msModelSlim's create_rot; our default when no plan says otherwise.
 DEFAULT_ROTATION_SEED = 425500
+FP8_DTYPE_NAME = "fp8_e4m3_per_block"
+INT8_DTYPE_NAME = "int8_per_tensor"
+# quant_scale1 of the INT8 kernel: P~ = exp(s - m) in [0, 1] becomes an INT8 in [0, 127] (a2a3-int8.md sec. 5).
+INT8_P_SCALE = 127
 
 
 @dataclass(frozen=True)
@@ -21,16 +26,54 @@ class Numerics:
     query_block_tokens: int = QUERY_BLOCK_TOKENS
     kv_block_tokens: int = KV_BLOCK_TOKENS
     k_mean_subtraction: bool = False
+    # --- int8_per_tensor only (issue 14); ignored for FP8 dtypes ---
+    dtype: str = FP8_DTYPE_NAME
+    v_rotation: bool = False  # multiply V by a second Hadamard, O by its transpose afterwards
+    p_scale: int = INT8_P_SCALE  # the factor P~ is quantized with
+    scale_scope: str = "call"  # "call": one scale per tensor per call; "head": one call (and scale) per head
+
+    @property
+    def is_int8(self) -> bool:
+        return self.dtype == INT8_DTYPE_NAME
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> Numerics:
+    def from_mapping(cls, data: Mapping[str, Any], dtype: str = FP8_DTYPE_NAME) -> Numerics:
+        """From a plan's (or sensitivity file's) `numerics` and its `dtype`. INT8 plans carry no block sizes."""
+        if dtype == INT8_DTYPE_NAME:
+            return cls(
+                dtype=dtype,
+                hadamard_rotation=bool(data["hadamard_rotation"]),
+                rotation_seed=int(data["rotation_seed"]),
+                k_mean_subtraction=bool(data["k_mean_subtraction"]),
+                v_rotation=bool(data["v_rotation"]),
+                p_scale=int(data["p_scale"]),
+                scale_scope=str(data["scale_scope"]),
+            )
         return cls(
+            dtype=dtype,
             hadamard_rotation=bool(data["hadamard_rotation"]),
             rotation_seed=int(data["rotation_seed"]),
             query_block_tokens=int(data["query_block_tokens"]),
             kv_block_tokens=int(data["kv_block_tokens"]),
             k_mean_subtraction=bool(data["k_mean_subtraction"]),
         )
+
+    @classmethod
+    def int8(cls, *, k_mean_subtraction: bool = True, hadamard_rotation: bool = True, v_rotation: bool = True,
+             rotation_seed: int = DEFAULT_ROTATION_SEED, scale_scope: str = "call") -> Numerics:
+        """INT8 numerics; the defaults are the recipe defaults (all three transforms on, one scale per call)."""
+        return cls(dtype=INT8_DTYPE_NAME, k_mean_subtraction=k_mean_subtraction, hadamard_rotation=hadamard_rotation,
+                   v_rotation=v_rotation, rotation_seed=rotation_seed, scale_scope=scale_scope)
+
+    def to_mapping(self) -> dict[str, Any]:
+        """The plan/sensitivity `numerics` object for this dtype (inverse of from_mapping)."""
+        if self.is_int8:
+            return {"hadamard_rotation": self.hadamard_rotation, "rotation_seed": self.rotation_seed,
+                    "k_mean_subtraction": self.k_mean_subtraction, "v_rotation": self.v_rotation,
+                    "p_scale": self.p_scale, "scale_scope": self.scale_scope}
+        return {"hadamard_rotation": self.hadamard_rotation, "rotation_seed": self.rotation_seed,
+                "query_block_tokens": self.query_block_tokens, "kv_block_tokens": self.kv_block_tokens,
+                "k_mean_subtraction": self.k_mean_subtraction}
 
 
 @dataclass(frozen=True)

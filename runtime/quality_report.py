@@ -29,7 +29,7 @@ from qcompiler.families import get_family
 from qcompiler.plan import Plan, content_sha256, write_text_atomically
 from qcompiler.resolve import predict_expert_schedule
 from qcompiler.schemas import load_schema
-from runtime.backends import resolve_fp8_backend
+from runtime.backends import reference_backend_name, resolve_fp8_backend
 from runtime.call_record import CallRecord
 from runtime.handle import load
 from runtime.metrics import PSNR_CAP_DB, psnr, ssim
@@ -94,8 +94,9 @@ def pick_backend(requested: str, plan: Plan) -> str:
     """`auto` means the real kernel where it runs, else the emulation: a report is about numerics."""
     if requested != "auto":
         return requested
-    backend, _ = resolve_fp8_backend("auto", Numerics.from_mapping(plan.numerics))
-    return backend.name if backend is not None else "fp8-reference"
+    numerics = Numerics.from_mapping(plan.numerics, plan.data["dtype"])
+    backend, _ = resolve_fp8_backend("auto", numerics)
+    return backend.name if backend is not None else reference_backend_name(numerics)
 
 
 def _stats(values: Iterable[float], worst: Callable[[Iterable[float]], float]) -> dict[str, float]:

@@ -69,7 +69,7 @@ def shadow(
     if loaded is not None:
         models = check_structure(pipe, loaded)
         patterns = {k: v["module"] for k, v in loaded.data["family"]["attention_kinds"].items()}
-        numerics = numerics or Numerics.from_mapping(loaded.numerics)
+        numerics = numerics or Numerics.from_mapping(loaded.numerics, loaded.data["dtype"])
     else:
         models = transformer_components(pipe)
         patterns = dict(WAN_ATTENTION_KINDS)

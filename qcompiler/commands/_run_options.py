@@ -18,7 +18,7 @@ def pipeline_options(function: Callable) -> Callable:
         click.option("--pipeline", default="tiny", show_default=True,
                      help="`tiny` (the family's offline test pipeline, random weights) or a saved diffusers pipeline "
                           "folder, loaded with no download."),
-        click.option("--backend", type=click.Choice(["auto", "fp8-reference", "fp8-npu"]), default="auto",
+        click.option("--backend", type=click.Choice(["auto", "fp8-reference", "fp8-npu", "int8-reference", "int8-npu"]), default="auto",
                      show_default=True,
                      help="FP8 attention: auto = the NPU kernel where present, else the PyTorch emulation."),
         click.option("--height", type=click.IntRange(16, 4096), default=TINY_HEIGHT, show_default=True,
