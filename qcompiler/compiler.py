@@ -86,6 +86,7 @@ def _compile_document(doc: SourceDocument, recipe_sha: str, steps: int | None, v
     _check_names(doc, ("components",), scope_components, family.component_names, "component", family, findings)
     _check_names(doc, ("attention_kinds",), scope_kinds, family.attention_kinds, "attention kind", family, findings)
     rules = _read_rules(doc, family, num_steps, scope_components, scope_kinds, findings)
+    _check_dtype_numerics(doc, findings)
     if any(d.severity == "error" for d in findings):
         return CompileResult(None, findings)
     resolution = resolve_tables(family, num_steps, scope_components, scope_kinds, data["default"] == "fp8", rules)
@@ -182,8 +183,60 @@ def _select_or_finding(doc: SourceDocument, index: int, key: str, value: Any, le
         return None
 
 
-def _plan_data(doc: SourceDocument, data: dict, family: Family, num_steps: int, recipe_sha: str, resolution) -> dict:
+# --- int8_per_tensor (issue 14) ---
+INT8_DTYPE = "int8_per_tensor"
+INT8_ONLY_NUMERICS = ("v_rotation", "p_scale", "scale_scope")
+# quant_scale1 of the A2/A3 INT8 kernel: exp(s - max) in [0, 1] -> INT8 [0, 127]
+INT8_P_SCALE = 127
+
+
+def _check_dtype_numerics(doc: SourceDocument, findings: list[Diagnostic]) -> None:
+    """int8-only numerics keys need dtype int8_per_tensor; an int8 recipe is told where it can run."""
+    data = doc.data
     numerics = data.get("numerics") or {}
+    if data["dtype"] != INT8_DTYPE:
+        for key in INT8_ONLY_NUMERICS:
+            if key in numerics:
+                mark = doc.mark_for(("numerics", key), key=True)
+                findings.append(Diagnostic(
+                    doc.path, mark.line, mark.column, "error", "QC150",
+                    f"numerics.{key} applies to dtype {INT8_DTYPE} only, the recipe's dtype is {data['dtype']}",
+                    f"remove numerics.{key}, or set `dtype: {INT8_DTYPE}`",
+                ))
+        return
+    mark = doc.mark_for(("dtype",))
+    findings.append(Diagnostic(
+        doc.path, mark.line, mark.column, "warning", "QC151",
+        f"dtype {INT8_DTYPE} runs only on Atlas A2/A3 NPUs (Ascend 910B/910C, backend int8-npu); anywhere else "
+        "its quantized cells follow `fallback`, and no export target (vllm-omni, MindIE-SD, xDiT) runs it",
+        "deploy on 910B/910C with runtime.load, or use dtype fp8_e4m3_per_block for Ascend 950",
+    ))
+
+
+def _plan_numerics(data: dict) -> dict:
+    numerics = data.get("numerics") or {}
+    if data["dtype"] == INT8_DTYPE:
+        # All three exact transforms on by default: without them per-tensor INT8 is useless on video-like
+        # inputs (cos-sim 0.495 -> 0.99+, a2a3-int8.md sec. 4; benchmarks/int8_accuracy.py).
+        return {
+            "hadamard_rotation": numerics.get("hadamard_rotation", True),
+            "rotation_seed": numerics.get("rotation_seed", DEFAULT_ROTATION_SEED),
+            "k_mean_subtraction": numerics.get("k_mean_subtraction", True),
+            "v_rotation": numerics.get("v_rotation", True),
+            "p_scale": numerics.get("p_scale", INT8_P_SCALE),
+            "scale_scope": numerics.get("scale_scope", "call"),
+        }
+    return {
+        "hadamard_rotation": numerics.get("hadamard_rotation", True),
+        "rotation_seed": numerics.get("rotation_seed", DEFAULT_ROTATION_SEED),
+        "query_block_tokens": QUERY_BLOCK_TOKENS,
+        "kv_block_tokens": KV_BLOCK_TOKENS,
+        "k_mean_subtraction": numerics.get("k_mean_subtraction", False),
+    }
+# --- end int8_per_tensor
+
+
+def _plan_data(doc: SourceDocument, data: dict, family: Family, num_steps: int, recipe_sha: str, resolution) -> dict:
     layers = resolution.num_layers
     tables: dict[str, dict[str, list[str]]] = {}
     for component, kind in resolution.masks:
@@ -194,13 +247,7 @@ def _plan_data(doc: SourceDocument, data: dict, family: Family, num_steps: int, 
         "family": family.structure(),
         "num_inference_steps": num_steps,
         "dtype": data["dtype"],
-        "numerics": {
-            "hadamard_rotation": numerics.get("hadamard_rotation", True),
-            "rotation_seed": numerics.get("rotation_seed", DEFAULT_ROTATION_SEED),
-            "query_block_tokens": QUERY_BLOCK_TOKENS,
-            "kv_block_tokens": KV_BLOCK_TOKENS,
-            "k_mean_subtraction": numerics.get("k_mean_subtraction", False),
-        },
+        "numerics": _plan_numerics(data),
         "fallback": data["fallback"],
         "expert_schedule": predict_expert_schedule(family, num_steps),
         "tables": tables,

@@ -47,14 +47,28 @@ def _read_prompts(path: str | None) -> tuple[str, ...] | None:
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds; every prompt runs every seed.")
 @click.option("--hadamard/--no-hadamard", default=True, show_default=True, help="Measure with the Q/K Hadamard rotation.")
 @click.option("--rotation-seed", type=click.IntRange(0, 2**32 - 1), default=DEFAULT_ROTATION_SEED, show_default=True)
-@click.option("--k-mean-subtraction", is_flag=True, help="Measure with K's token mean subtracted (exact for softmax).")
+@click.option("--k-mean-subtraction/--no-k-mean-subtraction", default=None,
+              help="Measure with K's token mean subtracted (exact for softmax). Default: off for "
+                   "fp8_e4m3_per_block, on for int8_per_tensor.")
+@click.option("--dtype", type=click.Choice(["fp8_e4m3_per_block", "int8_per_tensor"]), default="fp8_e4m3_per_block",
+              show_default=True, help="Quantized format to measure (int8_per_tensor: Atlas A2/A3's INT8 attention).")
+@click.option("--v-rotation/--no-v-rotation", default=True, show_default=True,
+              help="int8_per_tensor only: rotate V by a second Hadamard and the output back.")
+@click.option("--scale-scope", type=click.Choice(["call", "head"]), default="call", show_default=True,
+              help="int8_per_tensor only: one scale per tensor per call, or per head.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Sensitivity file to write.")
 @pipeline_options
 def command(family: str, steps: int, prompts_file: str | None, seeds: str, hadamard: bool, rotation_seed: int,
-            k_mean_subtraction: bool, output: str, pipeline: str, backend: str, height: int, width: int,
-            num_frames: int, guidance_scale: float, no_progress: bool) -> None:
+            k_mean_subtraction: bool | None, dtype: str, v_rotation: bool, scale_scope: str, output: str,
+            pipeline: str, backend: str, height: int, width: int, num_frames: int, guidance_scale: float,
+            no_progress: bool) -> None:
     """Measure per-(step, layer) FP8 error in shadow mode and write a sensitivity file for `qcompile suggest`."""
     check_frame_sizes(height, width, num_frames)
+    int8 = dtype == "int8_per_tensor"
+    if not int8 and (not v_rotation or scale_scope != "call"):
+        raise click.UsageError("--no-v-rotation and --scale-scope apply to --dtype int8_per_tensor only")
+    if backend != "auto" and backend.startswith("int8") != int8:
+        raise click.UsageError(f"--backend {backend} does not compute --dtype {dtype}")
     seed_list = _parse_seeds(seeds)
     prompts = _read_prompts(prompts_file)
     try:
@@ -66,8 +80,10 @@ def command(family: str, steps: int, prompts_file: str | None, seeds: str, hadam
         options = CalibrateOptions(
             family=family, steps=steps, pipeline=pipeline, seeds=seed_list, prompts=prompts or (DEFAULT_PROMPT,),
             backend=backend,
-            numerics=Numerics(hadamard_rotation=hadamard, rotation_seed=rotation_seed,
-                              k_mean_subtraction=k_mean_subtraction),
+            numerics=(Numerics.int8(hadamard_rotation=hadamard, rotation_seed=rotation_seed, v_rotation=v_rotation,
+                                    k_mean_subtraction=k_mean_subtraction is not False, scale_scope=scale_scope)
+                      if int8 else Numerics(hadamard_rotation=hadamard, rotation_seed=rotation_seed,
+                                            k_mean_subtraction=bool(k_mean_subtraction))),
             frames=FrameSettings(height=height, width=width, num_frames=num_frames, guidance_scale=guidance_scale),
             progress=not no_progress,
         )

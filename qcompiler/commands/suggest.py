@@ -30,8 +30,10 @@ from qcompiler.suggest import Budget, suggest_recipe, verify_suggestion
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Recipe file to write.")
 @click.option("--fallback", type=click.Choice(["error", "native"]), default="error", show_default=True,
               help="The recipe's fallback when no FP8 kernel is available at run time.")
+@click.option("--dtype", type=click.Choice(["fp8_e4m3_per_block", "int8_per_tensor"]),
+              help="The recipe's dtype; must be the one the sensitivity file measured (default: that one).")
 def command(sensitivity: str, min_cos: float | None, max_rel_l1: float | None, fp8_flop_share: float | None,
-            output: str, fallback: str) -> None:
+            output: str, fallback: str, dtype: str | None) -> None:
     """Write a recipe meeting a quality budget with the most FP8, from `qcompile calibrate` output."""
     chosen = [(kind, value) for kind, value in
               (("min_cos", min_cos), ("max_rel_l1", max_rel_l1), ("fp8_flop_share", fp8_flop_share)) if value is not None]
@@ -39,6 +41,10 @@ def command(sensitivity: str, min_cos: float | None, max_rel_l1: float | None, f
         raise click.UsageError("give exactly one budget: --min-cos X, --max-rel-l1 X or --fp8-flop-share X")
     try:
         data = load_sensitivity(sensitivity)
+        measured_dtype = data.data.get("dtype", "fp8_e4m3_per_block")
+        if dtype is not None and dtype != measured_dtype:
+            fail(f"{sensitivity} measured {measured_dtype}, not {dtype}: its errors say nothing about {dtype}; "
+                 f"measure again with `qcompile calibrate ... --dtype {dtype}`")
         schema = os.path.relpath(schema_path("recipe"), Path(output).resolve().parent)
         suggestion = suggest_recipe(data, Budget(*chosen[0]), source_name=Path(sensitivity).name, fallback=fallback,
                                     schema_ref=Path(schema).as_posix())
