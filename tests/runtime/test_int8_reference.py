@@ -55,18 +55,18 @@ def direct_int8(q, k, v, tile: int, p_scale: int = 127) -> list[list[float]]:
     d = len(q[0])
     out = []
     for qi in q8:
-        scores = [sum(a * b for a, b in zip(qi, kj)) * sq * sk / math.sqrt(d) for kj in k8]
-        m, l, acc = -math.inf, 0.0, [0.0] * d
+        scores = [sum(a * b for a, b in zip(qi, kj, strict=True)) * sq * sk / math.sqrt(d) for kj in k8]
+        m, total, acc = -math.inf, 0.0, [0.0] * d
         for start in range(0, len(k8), tile):
             block = range(start, min(start + tile, len(k8)))
             new_m = max(m, max(scores[j] for j in block))
             corr = math.exp(m - new_m) if m > -math.inf else 0.0
             p = {j: math.exp(scores[j] - new_m) for j in block}
             p8 = {j: round(p[j] * p_scale) for j in block}  # Python's round is half-to-even, as rint
-            l = l * corr + sum(p.values())  # row sum from the unquantized P~
+            total = total * corr + sum(p.values())  # row sum from the unquantized P~
             acc = [a * corr + sum(p8[j] * v8[j][c] for j in block) for c, a in enumerate(acc)]
             m = new_m
-        out.append([a * sv / p_scale / l for a in acc])
+        out.append([a * sv / p_scale / total for a in acc])
     return out
 
 
