@@ -154,6 +154,12 @@ def prepare_int8_inputs(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
     `rotation` is the Q/K Hadamard the runtime hands every quantized backend (None when the plan turns it off);
     R_v is built here from the plan's seed when `v_rotation` is on."""
     q, k, v = (t.transpose(1, 2).float() for t in (query, key, value))
+    if rotation is not None and rotation.dtype not in (torch.float32, torch.float64):
+        # The runtime hands R in the activations' dtype. In bf16, 1/sqrt(128) rounds by up to 2^-9, which scales
+        # every score by up to (1 + 2^-9)^2: take the same seeded R in float32 instead.
+        from runtime.rotation import get_rotation
+
+        rotation = get_rotation(q.device, torch.float32, q.shape[-1], numerics.rotation_seed)
     r_v = v_rotation_matrix(q.device, q.shape[-1], numerics.rotation_seed) if numerics.v_rotation else None
     q, k, v = transform_inputs(q, k, v, rotation if numerics.hadamard_rotation else None, r_v,
                                numerics.k_mean_subtraction)
