@@ -159,6 +159,16 @@ def plan_json(data: Mapping[str, Any]) -> str:
     return json.dumps(data, sort_keys=True, indent=2, ensure_ascii=True) + "\n"
 
 
+def dtype_numerics_mismatch(dtype: str, numerics: Mapping[str, Any]) -> str | None:
+    """Why `numerics` has the wrong shape for `dtype` (the schemas allow either shape), or None (issue 14)."""
+    int8_shape = "v_rotation" in numerics
+    if dtype == "int8_per_tensor" and not int8_shape:
+        return "dtype int8_per_tensor needs v_rotation, p_scale and scale_scope, not FP8 block sizes"
+    if dtype != "int8_per_tensor" and int8_shape:
+        return f"dtype {dtype} needs FP8 block sizes, not the int8_per_tensor keys v_rotation, p_scale, scale_scope"
+    return None
+
+
 def validate_plan_dict(data: Any, *, verify_hash: bool = True) -> None:
     """Raise PlanError unless `data` is a well-formed plan of a known format whose hash matches."""
     if not isinstance(data, Mapping):
@@ -173,6 +183,9 @@ def validate_plan_dict(data: Any, *, verify_hash: bool = True) -> None:
     if violation:
         raise PlanError(f"plan does not match schemas/plan.schema.json at {violation[0]}: {violation[1]}")
     _check_table_shapes(data)
+    mismatch = dtype_numerics_mismatch(data.get("dtype", "fp8_e4m3_per_block"), data["numerics"])
+    if mismatch:
+        raise PlanError(f"plan numerics: {mismatch}; recompile the recipe (qcompile RECIPE -o plan.json)")
     if verify_hash:
         expected = content_sha256(data)
         if data["content_sha256"] != expected:

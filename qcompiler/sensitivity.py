@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from qcompiler.errors import QcompileError
-from qcompiler.plan import FamilyDocument
+from qcompiler.plan import FamilyDocument, dtype_numerics_mismatch
 from qcompiler.schema_check import first_violation
 
 SENSITIVITY_FORMAT = 1
@@ -74,6 +74,9 @@ def sensitivity_from_dict(data: Any) -> Sensitivity:
     violation = first_violation("sensitivity", data)
     if violation:
         raise SensitivityError(f"does not match schemas/sensitivity.schema.json at {violation[0]}: {violation[1]}")
+    mismatch = dtype_numerics_mismatch(data.get("dtype", "fp8_e4m3_per_block"), data["numerics"])
+    if mismatch:
+        raise SensitivityError(f"numerics: {mismatch}; re-run qcompile calibrate")
     layers = {c["name"]: c["num_layers"] for c in data["family"]["components"]}
     kinds = set(data["family"]["attention_kinds"])
     steps = data["num_inference_steps"]

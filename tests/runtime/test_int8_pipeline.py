@@ -14,7 +14,7 @@ from click.testing import CliRunner
 import runtime
 from qcompiler.cli import cli
 from qcompiler.errors import PlanError
-from qcompiler.plan import load_plan
+from qcompiler.plan import content_sha256, load_plan
 from runtime.backends.int8_npu import int8_npu_unavailable_reason
 from runtime.errors import BackendUnavailableError
 from runtime.tiny import run_tiny
@@ -74,15 +74,25 @@ def test_plan_numerics_default_to_all_three_transforms(int8_plan, compile_tiny):
                                         "v_rotation": True, "p_scale": 127, "scale_scope": "call"}
     custom = compile_tiny(int8_recipe(numerics="numerics: {v_rotation: false, scale_scope: head, rotation_seed: 7}"))
     assert custom.numerics["v_rotation"] is False and custom.numerics["scale_scope"] == "head"
-    # an int8 plan carrying FP8 block sizes (or missing its INT8 keys) is not a valid plan
-    data = json.loads(json.dumps(int8_plan.data))
-    data["numerics"]["query_block_tokens"] = 128
-    with pytest.raises(PlanError):
-        load_plan(data)
-    data = json.loads(json.dumps(int8_plan.data))
-    del data["numerics"]["scale_scope"]
-    with pytest.raises(PlanError):
-        load_plan(data)
+    # an int8 plan carrying FP8 block sizes (or missing its INT8 keys, or FP8 numerics) is not a valid plan; the
+    # hash is recomputed so that the numerics check, not the edit detection, is what refuses it
+    def edited(change) -> dict:
+        data = json.loads(json.dumps(int8_plan.data))
+        change(data)
+        data["content_sha256"] = content_sha256(data)
+        return data
+
+    with pytest.raises(PlanError, match="numerics"):
+        load_plan(edited(lambda d: d["numerics"].update(query_block_tokens=128)))
+    with pytest.raises(PlanError, match="numerics"):
+        load_plan(edited(lambda d: d["numerics"].pop("scale_scope")))
+    fp8_numerics = {"hadamard_rotation": True, "rotation_seed": 1, "query_block_tokens": 128, "kv_block_tokens": 256,
+                    "k_mean_subtraction": False}
+    with pytest.raises(PlanError, match="int8_per_tensor needs v_rotation"):
+        load_plan(edited(lambda d: d.update(numerics=fp8_numerics)))
+    with pytest.raises(PlanError, match="needs FP8 block sizes, not the int8_per_tensor keys"):
+        load_plan(edited(lambda d: d.update(dtype="fp8_e4m3_per_block")))
+    assert load_plan(edited(lambda d: None)) == int8_plan
 
 
 def test_tiny_pipeline_runs_the_int8_plan_with_the_reference(t2v_pipe, int8_plan):
@@ -136,6 +146,11 @@ def test_calibrate_with_dtype_int8_then_suggest(tmp_path):
     assert data["numerics"] == {"hadamard_rotation": True, "rotation_seed": 425500, "k_mean_subtraction": True,
                                 "v_rotation": True, "p_scale": 127, "scale_scope": "head"}
     assert all(0.9 < c["cos_sim"]["worst"] < 1 for c in data["cells"])
+    from qcompiler.sensitivity import SensitivityError, load_sensitivity
+
+    assert load_sensitivity(data).data["dtype"] == "int8_per_tensor"
+    with pytest.raises(SensitivityError, match="needs FP8 block sizes"):
+        load_sensitivity({**data, "dtype": "fp8_e4m3_per_block"})
     recipe = tmp_path / "suggested.yaml"
     result = runner.invoke(cli, ["suggest", str(out), "--fp8-flop-share", "0.5", "-o", str(recipe)])
     assert result.exit_code == 0, result.output
