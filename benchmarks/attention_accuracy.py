@@ -1,4 +1,5 @@
-"""Kernel-level accuracy of the fp8-reference numerics on Wan-shaped attention inputs, beside published anchors.
+"""Kernel-level accuracy of the reference backend's numerics (per-block FP8, MXFP8, MXFP4) on Wan-shaped attention
+inputs, beside published anchors.
 
     .venv/bin/python benchmarks/attention_accuracy.py [--seq 1024,4096,16384] [--heads 2] [--json out.json]
 
@@ -14,10 +15,12 @@ Inputs are BSND (batch 1, S tokens, H heads, head dim 128, Wan's). Three input d
 
 Every variant is compared with exact attention: float32 scaled-dot-product attention on the unquantized
 inputs. Variants: `bf16` (native attention in bfloat16, what FP8 replaces on the NPU), `fp8 per-tensor`
-(one scale per tensor: a local contrast, the baseline FA3 reports), and the runtime's fp8-reference backend
-(per-block e4m3, 128-token query / 256-token K/V blocks, scale = amax/448) without and with the Hadamard
-rotation and K mean subtraction (`Numerics(hadamard_rotation=..., k_mean_subtraction=...)`).
-Metrics as in runtime.metrics: cosine similarity, relative L1, RMSE over the whole output.
+(one scale per tensor: a local contrast, the baseline FA3 reports), and the runtime's reference backend for each
+plan dtype on the same inputs: `fp8 per-block` (fp8_e4m3_per_block: e4m3, 128-token query / 256-token K/V
+blocks, scale = amax/448) without and with the Hadamard rotation and K mean subtraction
+(`Numerics(hadamard_rotation=..., k_mean_subtraction=...)`), `mxfp8` (mxfp8_e4m3) and `mxfp4` (mxfp4_e2m1:
+OCP MX, 32-element E8M0 blocks, MindIE-SD's layouts, runtime/quant/mx.py) without and with the rotation.
+Metrics as in runtime.quality.metrics: cosine similarity, relative L1, RMSE over the whole output.
 """
 
 from __future__ import annotations
@@ -37,11 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from runtime.backends import Fp8ReferenceBackend  # noqa: E402
-from runtime.metrics import call_error  # noqa: E402
+from runtime.backends import ReferenceBackend  # noqa: E402
 from runtime.numerics import Numerics  # noqa: E402
-from runtime.quantize import E4M3_MAX, FP8_DTYPE  # noqa: E402
-from runtime.rotation import get_rotation  # noqa: E402
+from runtime.quality.metrics import call_error  # noqa: E402
+from runtime.quant.per_block import E4M3_MAX, FP8_DTYPE  # noqa: E402
+from runtime.quant.rotation import get_rotation  # noqa: E402
 
 HEAD_DIM = 128
 ROTATION_SEED = 425500
@@ -110,9 +113,10 @@ def fp8_per_tensor(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) 
     return exact(roundtrip(query), roundtrip(key), roundtrip(value))
 
 
-def fp8_reference(rotation: bool, k_mean: bool) -> Callable[..., torch.Tensor]:
-    numerics = Numerics(hadamard_rotation=rotation, rotation_seed=ROTATION_SEED, k_mean_subtraction=k_mean)
-    backend = Fp8ReferenceBackend(numerics)
+def reference(rotation: bool, k_mean: bool = False, dtype: str = "fp8_e4m3_per_block") -> Callable[..., torch.Tensor]:
+    numerics = Numerics(hadamard_rotation=rotation, rotation_seed=ROTATION_SEED, k_mean_subtraction=k_mean,
+                        dtype=dtype)
+    backend = ReferenceBackend(numerics)
     matrix = get_rotation("cpu", torch.float32, HEAD_DIM, ROTATION_SEED) if rotation else None
     return lambda q, k, v: backend.attend(q, k, v, matrix)
 
@@ -120,10 +124,14 @@ def fp8_reference(rotation: bool, k_mean: bool) -> Callable[..., torch.Tensor]:
 VARIANTS: list[tuple[str, Callable[..., torch.Tensor]]] = [
     ("bf16 native", bf16),
     ("fp8 per-tensor", fp8_per_tensor),
-    ("fp8 per-block", fp8_reference(False, False)),
-    ("fp8 per-block + hadamard", fp8_reference(True, False)),
-    ("fp8 per-block + k-mean", fp8_reference(False, True)),
-    ("fp8 per-block + hadamard + k-mean", fp8_reference(True, True)),
+    ("fp8 per-block", reference(False, False)),
+    ("fp8 per-block + hadamard", reference(True, False)),
+    ("fp8 per-block + k-mean", reference(False, True)),
+    ("fp8 per-block + hadamard + k-mean", reference(True, True)),
+    ("mxfp8", reference(False, dtype="mxfp8_e4m3")),
+    ("mxfp8 + hadamard", reference(True, dtype="mxfp8_e4m3")),
+    ("mxfp4", reference(False, dtype="mxfp4_e2m1")),
+    ("mxfp4 + hadamard", reference(True, dtype="mxfp4_e2m1")),
 ]
 
 
@@ -157,7 +165,7 @@ def main() -> None:
 
     rows = []
     started = time.perf_counter()
-    print(f"# ours: runtime fp8-reference numerics vs exact fp32 attention; head dim {HEAD_DIM}, {args.heads} heads, "
+    print(f"# ours: runtime reference-backend numerics vs exact fp32 attention; head dim {HEAD_DIM}, {args.heads} heads, "
           f"batch 1; {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'inputs':<12} {'S':>6} {'seeds':>5}  {'variant':<34} {'cos mean':>9} {'cos worst':>9} {'rel-L1':>9} "
           f"{'RMSE':>9}")

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/calibration_cost.py [--family F] [--steps N] [--size PX] [--repeats R]
 
 A plain run is one ordinary pipeline call producing decoded frames, no qcompile code installed. A calibration
-is `runtime.calibrate.calibrate` with one seed and one prompt: the same denoising loop in shadow mode (native
+is `runtime.quality.calibrate.calibrate` with one seed and one prompt: the same denoising loop in shadow mode (native
 and FP8-emulated attention on every call, errors recorded), no decode. Both use the same pipeline object,
 after one warm-up call each; the median of R repeats is reported. Numbers are CPU wall time on this machine.
 """
@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from runtime.calibrate import CalibrateOptions, calibrate  # noqa: E402
-from runtime.sampling import FrameSettings, call_kwargs, load_pipeline  # noqa: E402
+from runtime.quality.calibrate import CalibrateOptions, calibrate  # noqa: E402
+from runtime.quality.pipelines import FrameSettings, call_kwargs, load_pipeline  # noqa: E402
 
 
 def _median_seconds(action, repeats: int) -> float:

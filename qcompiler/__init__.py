@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 def compile_recipe_text(text: str | bytes, *, name: str = "<string>", steps: int | None = None,
                         variant: str | None = None, strict: bool = False):
     """Compile recipe text to a Plan; raises qcompiler.errors.RecipeError with located diagnostics."""
-    from qcompiler.compiler import compile_source, raise_for_findings
+    from qcompiler.compile.compiler import compile_source, raise_for_findings
 
     return raise_for_findings(compile_source(text, name=name, steps=steps, variant=variant), strict=strict)
 
@@ -21,7 +21,7 @@ def compile_recipe_text(text: str | bytes, *, name: str = "<string>", steps: int
 def compile_recipe_file(path: str | os.PathLike[str], *, steps: int | None = None, variant: str | None = None,
                         strict: bool = False):
     """Compile a recipe file to a Plan; raises qcompiler.errors.RecipeError with located diagnostics."""
-    from qcompiler.compiler import compile_path, raise_for_findings
+    from qcompiler.compile.compiler import compile_path, raise_for_findings
 
     return raise_for_findings(compile_path(path, steps=steps, variant=variant), strict=strict)
 

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from collections import namedtuple
+from dataclasses import dataclass
 
 
-class Diagnostic(namedtuple("Diagnostic", ["path", "line", "column", "severity", "code", "message", "hint"], defaults=("",))):
+@dataclass(frozen=True)
+class Diagnostic:
     """One finding about a recipe: where it is, how bad, what is wrong and how to fix it."""
 
-    # Fields:
-    #   path: str
-    #   line: int  # 1-based; 0 when the finding is about the whole file
-    #   column: int  # 1-based; 0 when unknown
-    #   severity: str  # "error" or "warning"
-    #   code: str  # stable identifier, e.g. "QC103"; documented in docs/recipes.md
-    #   message: str
-    #   hint: str = ""
-    __slots__ = ()
+    path: str
+    line: int  # 1-based; 0 when the finding is about the whole file
+    column: int  # 1-based; 0 when unknown
+    severity: str  # "error" or "warning"
+    code: str  # stable identifier, e.g. "QC103"; documented in docs/recipes.md
+    message: str
+    hint: str = ""
 
     def location(self) -> str:
         if self.line <= 0:

@@ -1,17 +1,18 @@
 """qcompile runtime: run a compiled plan in a diffusers Wan pipeline, per (component, step, layer, kind).
 
-    handle = runtime.load(pipe, "plan.json", backend="fp8-reference")
+    handle = runtime.load(pipe, "plan.json", backend="reference")
     pipe(...)
     print(handle.report().format())
     handle.unload()
 
-See docs/runtime.md.
+FP8 enters at diffusers' attention dispatch (runtime/dispatch.py), so it composes with
+`enable_parallelism(ContextParallelConfig(ulysses_degree=N))` and diffusers' caches. See docs/runtime.md.
 """
 
 from runtime.call_record import CallRecord
-from runtime.errors import BackendUnavailableError, PlanMismatchError, StepCountError
-from runtime.handle import PlanHandle, load
-from runtime.report import ExecutionReport, Mismatch
+from runtime.errors import BackendUnavailableError, ParallelLayoutError, PlanMismatchError, StepCountError
+from runtime.execution_report import ExecutionReport, Mismatch, combine_reports, gather_reports
+from runtime.load import PlanHandle, load
 from runtime.shadow import ShadowRecorder, shadow
 
 __all__ = [
@@ -19,10 +20,13 @@ __all__ = [
     "CallRecord",
     "ExecutionReport",
     "Mismatch",
+    "ParallelLayoutError",
     "PlanHandle",
     "PlanMismatchError",
     "ShadowRecorder",
     "StepCountError",
+    "combine_reports",
+    "gather_reports",
     "load",
     "shadow",
 ]

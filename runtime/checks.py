@@ -10,7 +10,7 @@ import torch
 
 from qcompiler.errors import FamilyError
 from qcompiler.families import get_family
-from qcompiler.plan import Plan
+from qcompiler.plan.format import Plan
 from runtime.errors import PlanMismatchError
 
 

@@ -19,3 +19,8 @@ class StepCountError(PlanMismatchError):
 
 class BackendUnavailableError(QcompileError):
     """The plan asks for FP8 attention that no available backend can serve, and its fallback policy is `error`."""
+
+
+class ParallelLayoutError(PlanMismatchError):
+    """The pipeline runs with a context-parallel layout (ring, Ulysses-anything) under which FP8 attention cannot
+    quantize the blocks one process would; the message names the layout that works (Ulysses)."""

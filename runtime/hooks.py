@@ -1,5 +1,7 @@
-"""Top-level hooks on each transformer component: once per forward, find the step and set every attention
-processor's plain bool from the plan row, so nothing per attention call parses, looks up or formats anything.
+"""Top-level hooks on each transformer component: once per forward, find the step, check the parallel layout and
+the installed sites, and set every site's plain bool from the plan row, so nothing per attention call parses,
+looks up or formats anything. After the forward, harvest the sites' call counters into the report's cells; a
+site with no call in a forward that reached it was skipped by a cache.
 
 They are torch module hooks (`register_forward_pre_hook` / `register_forward_hook`), not diffusers
 HookRegistry hooks: accelerate's `enable_model_cpu_offload` swaps `module.forward` and would silently drop a
@@ -13,44 +15,83 @@ from typing import Any
 
 import torch
 
-from runtime.processor import PlanAttnProcessor, ShadowAttnProcessor
-from runtime.report import CellCounts
-from runtime.rotation import get_rotation
+from runtime.diffusers_private import context_parallel_config, model_parallel_config
+from runtime.dispatch import QCOMPILE_BACKEND, SHADOW, ComponentState, Site
+from runtime.errors import ParallelLayoutError, PlanMismatchError
+from runtime.execution_report import FALLBACK, FP8, NATIVE, SKIPPED, CellCounts
+from runtime.quant.rotation import get_rotation
 from runtime.step_tracker import StepTracker
-
-Processor = PlanAttnProcessor | ShadowAttnProcessor
 
 
 def _hidden_states(args: tuple, kwargs: dict) -> torch.Tensor:
     return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
 
 
-class ComponentHook:
-    """Per-forward work for one transformer: step tracking, per-layer flags, rotation matrices, counting.
+def parallel_layout(model: torch.nn.Module) -> str | None:
+    """"ulysses=N", "ring=N", ... for a model with context parallelism enabled, None without."""
+    cp = context_parallel_config(model_parallel_config(model))
+    if cp is None:
+        return None
+    parts = [f"{name}={degree}" for name, degree in (("ulysses", cp.ulysses_degree), ("ring", cp.ring_degree))
+             if degree and degree > 1]
+    if getattr(cp, "ulysses_anything", False):
+        parts.append("ulysses_anything")
+    return ",".join(parts) or "degree 1"
 
-    `processors[kind]` lists the processors by layer; `rows[kind][step]` is the plan row (tuple of bools), or
-    `rows` is None in shadow mode (no decisions, only step tracking and rotation).
+
+def unsupported_layout_reason(model: torch.nn.Module) -> str | None:
+    """Why FP8 attention cannot follow the plan under this model's context parallelism (None: it can)."""
+    cp = context_parallel_config(model_parallel_config(model))
+    if cp is None:
+        return None
+    if (cp.ring_degree or 1) > 1:
+        return ("ring attention merges partial results by log-sum-exp across K/V shards, and each rank would "
+                "quantize other K/V blocks than one process; FP8 attention runs under Ulysses only. Use "
+                "ContextParallelConfig(ulysses_degree=N) instead of ring_degree")
+    if getattr(cp, "ulysses_anything", False):
+        return ("ulysses_anything pads uneven sequences with a mask the FP8 kernel does not take; use plain "
+                "ContextParallelConfig(ulysses_degree=N) with a sequence and head count divisible by N")
+    return None
+
+
+def context_parallel_group(model: torch.nn.Module) -> Any:
+    cp = context_parallel_config(model_parallel_config(model))
+    if cp is None:
+        return None
+    mesh = getattr(cp, "_flattened_mesh", None) or getattr(cp, "_ulysses_mesh", None)
+    return mesh.get_group() if mesh is not None else None
+
+
+class ComponentHook:
+    """Per-forward work for one transformer: step tracking, layout and site checks, flags, rotation, counting.
+
+    `sites[kind]` lists the sites by layer; `rows[kind][step]` is the plan row (tuple of bools), or `rows` is
+    None in shadow mode (no decisions, only step tracking and rotation).
     """
 
     def __init__(
         self,
-        name: str,
         model: torch.nn.Module,
-        processors: dict[str, list[Processor]],
+        state: ComponentState,
+        sites: dict[str, list[Site]],
         rows: dict[str, Sequence[Sequence[bool]]] | None,
         tracker: StepTracker,
         counts: dict[str, CellCounts] | None,
         rotation: tuple[int, int] | None,  # (head_dim, seed) when FP8 calls rotate Q and K
+        needs_fp8: bool,  # whether this component runs any FP8 attention (the layout check applies then)
     ):
-        self.name = name
+        self.name = state.component
         self.model = model
+        self.state = state
         self.tracker = tracker
         self.rows = rows
         self.counts = counts
         self.rotation = rotation
-        self._by_kind = [(kind, procs) for kind, procs in processors.items()]
-        self._all = [p for procs in processors.values() for p in procs]
+        self.needs_fp8 = needs_fp8
+        self._by_kind = list(sites.items())
+        self._all = [s for kind_sites in sites.values() for s in kind_sites]
         self._rotation_key: tuple[torch.device, torch.dtype] | None = None
+        self._layout_seen: Any = None
         self._step = -1
         self._handles: list[Any] = []
         self.compiled_forwards = 0  # forwards whose blocks were compiled (counted by decisions, not calls)
@@ -67,47 +108,71 @@ class ComponentHook:
             handle.remove()
         self._handles = []
 
+    def check_layout(self) -> None:
+        """Refuse a context-parallel layout FP8 cannot serve (before any collective runs, on every rank alike)."""
+        parallel = model_parallel_config(self.model)
+        if parallel is self._layout_seen:
+            return
+        why = unsupported_layout_reason(self.model) if self.needs_fp8 else None
+        if why:
+            raise ParallelLayoutError(f"{self.name} runs with context parallelism ({parallel_layout(self.model)}) "
+                                      f"and its plan has FP8 attention cells: {why}")
+        self.state.error_group = context_parallel_group(self.model)
+        self._layout_seen = parallel
+
+    def _check_sites(self) -> None:
+        for site in self._all:
+            processor = site.module.processor
+            if processor is not site.processor or processor._attention_backend is not QCOMPILE_BACKEND:
+                raise PlanMismatchError(
+                    f"{self.name}: the attention processor or backend of {site.kind} attention layer {site.layer} "
+                    "changed after runtime.load/shadow (set_processor or set_attention_backend); unload, make the "
+                    "change, then load again"
+                )
+
     def _pre_forward(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         self._step = -1
         step = self.tracker.begin_forward(self.name)
+        self.check_layout()
+        self._check_sites()
+        for site in self._all:
+            site.take_counts()  # a forward that raised before our post hook leaves nothing behind
         if self.rotation is not None:
             hidden = _hidden_states(args, kwargs)
             key = (hidden.device, hidden.dtype)
             if key != self._rotation_key:  # first forward, or the model moved (offload, .to())
-                matrix = get_rotation(hidden.device, hidden.dtype, *self.rotation)
-                for proc in self._all:
-                    proc.rotation = matrix
+                self.state.rotation = get_rotation(hidden.device, hidden.dtype, *self.rotation)
                 self._rotation_key = key
         if self.rows is not None:
-            for kind, procs in self._by_kind:
-                for proc, flag in zip(procs, self.rows[kind][step], strict=True):
-                    proc.fp8 = flag
+            for kind, sites in self._by_kind:
+                for site, flag in zip(sites, self.rows[kind][step], strict=True):
+                    site.fp8 = flag
         self._step = step
 
     def _post_forward(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-        if self.counts is None or self._step < 0:
+        if self.counts is None or self._step < 0 or self.state.mode == SHADOW:
             return
         step, self._step = self._step, -1
+        failed = output is None  # torch calls an always_call hook with no output when the forward raised
         compiled = _blocks_compiled(self.model)
         if compiled:
             self.compiled_forwards += 1
-        for kind, procs in self._by_kind:
+        for kind, sites in self._by_kind:
             row = self.counts[kind].row(step)
-            for layer, proc in enumerate(procs):
-                native, fp8, fallback = proc.take_counts()
+            for layer, site in enumerate(sites):
+                native, fp8, fallback = site.take_counts()
+                cell = row[layer]
                 if compiled and not (native or fp8 or fallback):
                     # Compiled blocks cannot count (a Python counter read in a graph recompiles it each call):
                     # record the decision this hook made for the forward instead.
-                    if not proc.fp8:
-                        native = 1
-                    elif proc.backend is None:
-                        fallback = 1
-                    else:
-                        fp8 = 1
-                cell = row[layer]
-                cell[0] += native
-                cell[1] += fp8
-                cell[2] += fallback
+                    lane = NATIVE if not site.fp8 else FALLBACK if self.state.backend is None else FP8
+                    cell[lane] += 1
+                    continue
+                cell[NATIVE] += native
+                cell[FP8] += fp8
+                cell[FALLBACK] += fallback
+                if not (native or fp8 or fallback or failed):
+                    cell[SKIPPED] += 1  # the forward reached this step but a cache replaced this attention
 
 
 def _blocks_compiled(model: torch.nn.Module) -> bool:

@@ -1,5 +1,7 @@
-"""The numerics a plan fixes (dtype, rotation, seed, block sizes, K mean subtraction, and for
-`int8_per_tensor` the V rotation, P scale and scale scope), as a small dataclass."""
+"""The numerics a plan fixes (dtype, rotation, seed, block sizes, K mean subtraction, and for int8_per_tensor the V
+rotation, P scale and scale scope), as a small dataclass, and the one place that turns BSND attention inputs into
+what each dequantize-then-attend dtype's kernel computes with (int8_per_tensor also quantizes the softmax inside
+its kernel, so its reference is runtime/quant/int8.py)."""
 
 from __future__ import annotations
 
@@ -9,76 +11,96 @@ from typing import Any
 
 import torch
 
-from runtime.quantize import KV_BLOCK_TOKENS, QUERY_BLOCK_TOKENS, dequantize_per_block, quantize_per_block
-
-# The seed vllm-omni passed to msModelSlim's create_rot; our default when no plan says otherwise.
-DEFAULT_ROTATION_SEED = 425500
-FP8_DTYPE_NAME = "fp8_e4m3_per_block"
-INT8_DTYPE_NAME = "int8_per_tensor"
-# quant_scale1 of the INT8 kernel: P~ = exp(s - m) in [0, 1] becomes an INT8 in [0, 127] (a2a3-int8.md sec. 5).
-INT8_P_SCALE = 127
+from qcompiler.numerics import (
+    DEFAULT_DTYPE,
+    DEFAULT_INT8_NUMERICS,
+    DEFAULT_NUMERICS,
+    DEFAULT_ROTATION_SEED,
+    DTYPES,
+    INT8_DTYPE,
+    INT8_SCALE_SCOPES,
+    KV_BLOCK_TOKENS,
+    QUERY_BLOCK_TOKENS,
+    plan_numerics,
+)
+from runtime.quant.mx import mxfp4_attention_inputs, mxfp8_attention_inputs
+from runtime.quant.per_block import dequantize_per_block, quantize_per_block
 
 
 @dataclass(frozen=True)
 class Numerics:
-    hadamard_rotation: bool = True
+    hadamard_rotation: bool = DEFAULT_NUMERICS["hadamard_rotation"]
     rotation_seed: int = DEFAULT_ROTATION_SEED
     query_block_tokens: int = QUERY_BLOCK_TOKENS
     kv_block_tokens: int = KV_BLOCK_TOKENS
-    k_mean_subtraction: bool = False
-    # --- int8_per_tensor only (issue 14); ignored for FP8 dtypes ---
-    dtype: str = FP8_DTYPE_NAME
-    v_rotation: bool = False  # multiply V by a second Hadamard, O by its transpose afterwards
-    p_scale: int = INT8_P_SCALE  # the factor P~ is quantized with
-    scale_scope: str = "call"  # "call": one scale per tensor per call; "head": one call (and scale) per head
+    k_mean_subtraction: bool = DEFAULT_NUMERICS["k_mean_subtraction"]
+    dtype: str = DEFAULT_DTYPE
+    # int8_per_tensor only (ignored for the other dtypes; qcompiler.numerics.DEFAULT_INT8_NUMERICS):
+    v_rotation: bool = DEFAULT_INT8_NUMERICS["v_rotation"]  # V times a second Hadamard, the output times its transpose
+    p_scale: int = DEFAULT_INT8_NUMERICS["p_scale"]  # the factor P~ = exp(s - max) is quantized with
+    scale_scope: str = DEFAULT_INT8_NUMERICS["scale_scope"]  # "call": one scale per tensor per call; "head": per head
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown quantized attention dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.scale_scope not in INT8_SCALE_SCOPES:
+            raise ValueError(f"scale scope {self.scale_scope!r}; choose one of {', '.join(INT8_SCALE_SCOPES)}")
 
     @property
     def is_int8(self) -> bool:
-        return self.dtype == INT8_DTYPE_NAME
+        return self.dtype == INT8_DTYPE
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], dtype: str = FP8_DTYPE_NAME) -> Numerics:
-        """From a plan's (or sensitivity file's) `numerics` and its `dtype`. INT8 plans carry no block sizes."""
-        if dtype == INT8_DTYPE_NAME:
+    def for_dtype(cls, dtype: str, **given: Any) -> Numerics:
+        """`dtype`'s numerics with the recipe defaults (qcompiler.numerics.plan_numerics) for what `given` leaves
+        out: what a recipe with `numerics: {given}` compiles to."""
+        return cls.from_mapping(plan_numerics(dtype, given), dtype=dtype)
+
+    @classmethod
+    def int8(cls, **given: Any) -> Numerics:
+        """int8_per_tensor numerics, recipe defaults for what `given` leaves out (all three transforms on)."""
+        return cls.for_dtype(INT8_DTYPE, **given)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, dtype: str) -> Numerics:
+        """From a plan's `numerics` block; `dtype` is the plan's top-level `dtype` (required, so a caller cannot
+        forget it and run an MX plan as per-block FP8). int8_per_tensor plans carry no block sizes."""
+        if dtype == INT8_DTYPE:
             return cls(
-                dtype=dtype,
                 hadamard_rotation=bool(data["hadamard_rotation"]),
                 rotation_seed=int(data["rotation_seed"]),
                 k_mean_subtraction=bool(data["k_mean_subtraction"]),
+                dtype=dtype,
                 v_rotation=bool(data["v_rotation"]),
                 p_scale=int(data["p_scale"]),
                 scale_scope=str(data["scale_scope"]),
             )
         return cls(
-            dtype=dtype,
             hadamard_rotation=bool(data["hadamard_rotation"]),
             rotation_seed=int(data["rotation_seed"]),
             query_block_tokens=int(data["query_block_tokens"]),
             kv_block_tokens=int(data["kv_block_tokens"]),
             k_mean_subtraction=bool(data["k_mean_subtraction"]),
+            dtype=dtype,
         )
 
     @classmethod
-    def int8(cls, *, k_mean_subtraction: bool = True, hadamard_rotation: bool = True, v_rotation: bool = True,
-             rotation_seed: int = DEFAULT_ROTATION_SEED, scale_scope: str = "call") -> Numerics:
-        """INT8 numerics; the defaults are the recipe defaults (all three transforms on, one scale per call)."""
-        return cls(dtype=INT8_DTYPE_NAME, k_mean_subtraction=k_mean_subtraction, hadamard_rotation=hadamard_rotation,
-                   v_rotation=v_rotation, rotation_seed=rotation_seed, scale_scope=scale_scope)
+    def from_plan(cls, plan: Any) -> Numerics:
+        """From a loaded qcompiler Plan (its `numerics` block and its `dtype`)."""
+        return cls.from_mapping(plan.numerics, dtype=plan.data["dtype"])
 
     def to_mapping(self) -> dict[str, Any]:
-        """The plan/sensitivity `numerics` object for this dtype (inverse of from_mapping)."""
+        """The plan's `numerics` object for this dtype (inverse of from_mapping)."""
+        common = {"hadamard_rotation": self.hadamard_rotation, "rotation_seed": self.rotation_seed,
+                  "k_mean_subtraction": self.k_mean_subtraction}
         if self.is_int8:
-            return {"hadamard_rotation": self.hadamard_rotation, "rotation_seed": self.rotation_seed,
-                    "k_mean_subtraction": self.k_mean_subtraction, "v_rotation": self.v_rotation,
-                    "p_scale": self.p_scale, "scale_scope": self.scale_scope}
-        return {"hadamard_rotation": self.hadamard_rotation, "rotation_seed": self.rotation_seed,
-                "query_block_tokens": self.query_block_tokens, "kv_block_tokens": self.kv_block_tokens,
-                "k_mean_subtraction": self.k_mean_subtraction}
+            return {**common, "v_rotation": self.v_rotation, "p_scale": self.p_scale, "scale_scope": self.scale_scope}
+        return {**common, "query_block_tokens": self.query_block_tokens, "kv_block_tokens": self.kv_block_tokens}
 
 
 @dataclass(frozen=True)
 class QuantizedAttentionInputs:
-    """FP8 q/k/v in BNSD with their float32 dequant scales, as the kernel takes them."""
+    """FP8 q/k/v in BNSD with their float32 per-block dequant scales, as the FIA kernels' mode 7 takes them."""
 
     query: torch.Tensor
     query_scale: torch.Tensor
@@ -88,18 +110,28 @@ class QuantizedAttentionInputs:
     value_scale: torch.Tensor
 
 
-def quantize_attention_inputs(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rotation: torch.Tensor | None, numerics: Numerics
-) -> QuantizedAttentionInputs:
-    """BSND q/k/v (after RoPE and q/k norm) -> rotated, per-block quantized BNSD tensors and scales."""
-    query, key, value = (t.transpose(1, 2) for t in (query, key, value))
+def prepare_qk(
+    query: torch.Tensor, key: torch.Tensor, rotation: torch.Tensor | None, numerics: Numerics
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """K mean subtraction (when the plan asks) and the rotation of Q and K, on BSND, before any quantizer."""
     if numerics.k_mean_subtraction:
         # Exact for softmax: subtracting K's mean over tokens adds a per-query constant to every score.
-        key = key - key.mean(dim=2, keepdim=True)
+        key = key - key.mean(dim=1, keepdim=True)
     if rotation is not None:
         # Same orthogonal R on Q and K: (QR)(KR)^T = QK^T. V is not rotated.
         query = query @ rotation
         key = key @ rotation
+    return query, key
+
+
+def quantize_attention_inputs(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rotation: torch.Tensor | None, numerics: Numerics
+) -> QuantizedAttentionInputs:
+    """BSND q/k/v (after RoPE and q/k norm) -> rotated, per-block FP8 BNSD tensors and scales."""
+    if numerics.dtype != "fp8_e4m3_per_block":
+        raise ValueError(f"per-block FP8 quantization asked for a {numerics.dtype} plan")
+    query, key = prepare_qk(query, key, rotation, numerics)
+    query, key, value = (t.transpose(1, 2) for t in (query, key, value))
     q8, q_scale = quantize_per_block(query, numerics.query_block_tokens)
     k8, k_scale = quantize_per_block(key, numerics.kv_block_tokens)
     v8, v_scale = quantize_per_block(value, numerics.kv_block_tokens)
@@ -109,9 +141,40 @@ def quantize_attention_inputs(
 def dequantize_attention_inputs(
     quantized: QuantizedAttentionInputs, numerics: Numerics
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """float32 BNSD q, k, v from their FP8 forms."""
+    """float32 BNSD q, k, v from their per-block FP8 forms."""
     return (
         dequantize_per_block(quantized.query, quantized.query_scale, numerics.query_block_tokens),
         dequantize_per_block(quantized.key, quantized.key_scale, numerics.kv_block_tokens),
         dequantize_per_block(quantized.value, quantized.value_scale, numerics.kv_block_tokens),
     )
+
+
+def _per_block_inputs(query, key, value, rotation, numerics):
+    return dequantize_attention_inputs(quantize_attention_inputs(query, key, value, rotation, numerics), numerics)
+
+
+def _mx_inputs(quantizer):
+    def inputs(query, key, value, rotation, numerics):
+        query, key = prepare_qk(query, key, rotation, numerics)
+        return tuple(t.transpose(1, 2) for t in quantizer(query, key, value))
+    return inputs
+
+
+# dtype -> (BSND q, k, v, rotation, numerics) -> float32 BNSD q, k, v as that dtype's kernel sees them.
+# One row per qcompiler.numerics.DTYPES row (a test checks the two tables agree).
+KERNEL_INPUTS = {
+    "fp8_e4m3_per_block": _per_block_inputs,
+    "mxfp8_e4m3": _mx_inputs(mxfp8_attention_inputs),
+    "mxfp4_e2m1": _mx_inputs(mxfp4_attention_inputs),
+}
+
+
+def kernel_attention_inputs(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rotation: torch.Tensor | None, numerics: Numerics
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """BSND q/k/v -> the float32 BNSD q, k, v the plan's kernel computes with (quantized, then dequantized).
+
+    For mxfp4_e2m1 the sequences stay padded to a multiple of 512 (the kernel attends to the padded keys:
+    runtime/quant/mx.py); crop the output to the query's token count.
+    """
+    return KERNEL_INPUTS[numerics.dtype](query, key, value, rotation, numerics)

@@ -1,7 +1,7 @@
 """Shadow mode: every attention call computes native and FP8 outputs on the same inputs, records the error per
 (component, step, layer, kind, CFG branch), and continues with the native output, so the run is unchanged.
 
-    with runtime.shadow(pipe, num_inference_steps=4, backend="fp8-reference") as rec:
+    with runtime.shadow(pipe, num_inference_steps=4, backend="reference") as rec:
         pipe(..., num_inference_steps=4)
     rec.records  # list[CallRecord]
 """
@@ -13,20 +13,29 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from qcompiler.plan import Plan, load_plan
+from qcompiler.families import list_families
+from qcompiler.plan.format import Plan, load_plan
 from runtime.backends import AttentionBackend, resolve_fp8_backend
 from runtime.call_record import CallRecord
 from runtime.checks import check_structure, inspect_component, transformer_components
-from runtime.errors import BackendUnavailableError
-from runtime.handle import INSTALLED_ATTR, attention_modules, mark_installed
-from runtime.hooks import ComponentHook
+from runtime.dispatch import SHADOW, ComponentState
+from runtime.errors import BackendUnavailableError, PlanMismatchError
+from runtime.install import ComponentSpec, install, mark_installed, unmark_installed
 from runtime.numerics import Numerics
-from runtime.processor import CallContext, ShadowAttnProcessor, Site
-from runtime.step_tracker import StepTracker
+from runtime.step_tracker import CallContext, StepTracker
 
-# Wan attention module paths when no plan names them (the families' data says the same).
-WAN_ATTENTION_KINDS = {"self": "blocks.{layer}.attn1", "cross": "blocks.{layer}.attn2"}
 
+def family_attention_modules(pipe: Any) -> dict[str, str]:
+    """Attention module patterns by kind from the family data of this pipeline's class (all families of one
+    pipeline class must agree, or a plan has to say which)."""
+    pipeline_classes = {cls.__name__ for cls in type(pipe).__mro__}
+    found = {tuple(f.attention_modules) for f in list_families() if f.pipeline_class in pipeline_classes}
+    if len(found) != 1:
+        raise PlanMismatchError(
+            f"no single family layout for a {type(pipe).__name__} ({len(found)} found): pass plan=... to "
+            "runtime.shadow so its family names the attention modules"
+        )
+    return dict(found.pop())
 
 @dataclass
 class ShadowRecorder:
@@ -54,12 +63,14 @@ def shadow(
     pipe: Any,
     *,
     num_inference_steps: int | None,
-    backend: str = "fp8-reference",
+    backend: str = "reference",
     plan: str | Mapping[str, Any] | Plan | None = None,
     numerics: Numerics | None = None,
     kinds: tuple[str, ...] | None = None,
 ) -> Iterator[ShadowRecorder]:
-    """Install shadow processors on every attention module of every transformer component.
+    """Run shadow mode on every attention module of every transformer component (the one installer,
+    runtime/install.py). Under Ulysses context parallelism each record is the error of the full-sequence call
+    (statistics summed over the ranks), the same on every rank.
 
     `num_inference_steps`: the step count calls must use (None: any). `plan`: optional; when given, its
     structure is checked against the pipeline and its numerics and attention kinds are used. `numerics`
@@ -68,47 +79,41 @@ def shadow(
     loaded = load_plan(plan) if plan is not None else None
     if loaded is not None:
         models = check_structure(pipe, loaded)
-        patterns = {k: v["module"] for k, v in loaded.data["family"]["attention_kinds"].items()}
-        numerics = numerics or Numerics.from_mapping(loaded.numerics, loaded.data["dtype"])
+        modules = {k: v["module"] for k, v in loaded.data["family"]["attention_kinds"].items()}
+        numerics = numerics or Numerics.from_plan(loaded)
     else:
         models = transformer_components(pipe)
-        patterns = dict(WAN_ATTENTION_KINDS)
+        modules = family_attention_modules(pipe)
         numerics = numerics or Numerics()
     if kinds is not None:
-        patterns = {k: patterns[k] for k in kinds}
+        unknown = sorted(set(kinds) - set(modules))
+        if unknown:
+            raise PlanMismatchError(f"unknown attention kind(s) {unknown}; this family has {sorted(modules)}")
+        modules = {k: modules[k] for k in kinds}
     fp8 = _fp8_backend(backend, numerics)
     recorder = ShadowRecorder(backend=fp8.name, numerics=numerics)
     context = CallContext()
     hint = "the step count given to runtime.shadow(num_inference_steps=...)"
     tracker = StepTracker(pipe, num_inference_steps, context, "or pass num_inference_steps={steps} to " + hint)
-    hooks: list[ComponentHook] = []
-    restore: list[tuple[Any, Any]] = []
+    specs = []
+    for name, model in models.items():
+        found = inspect_component(name, model)
+        why = fp8.unsupported_reason(found.head_dim)
+        if why:
+            raise BackendUnavailableError(f"shadow mode cannot run FP8 attention in {name}: {why}")
+        state = ComponentState(name, SHADOW, fp8, context)
+        state.sink = recorder.records
+        rotation = (found.head_dim, numerics.rotation_seed) if numerics.hadamard_rotation else None
+        specs.append(ComponentSpec(name, model, found.num_layers, state, None, None, rotation, needs_fp8=True))
     mark_installed(pipe, recorder)
     try:
-        for name, model in models.items():
-            found = inspect_component(name, model)
-            why = fp8.unsupported_reason(found.head_dim)
-            if why:
-                raise BackendUnavailableError(f"shadow mode cannot run FP8 attention in {name}: {why}")
-            processors: dict[str, list[ShadowAttnProcessor]] = {}
-            for kind, pattern in sorted(patterns.items()):
-                procs = []
-                for layer, module in enumerate(attention_modules(model, pattern, found.num_layers)):
-                    proc = ShadowAttnProcessor(module.processor, Site(name, kind, layer), fp8, context, recorder.records)
-                    restore.append((module, module.processor))
-                    module.set_processor(proc)
-                    procs.append(proc)
-                processors[kind] = procs
-            rotation = (found.head_dim, numerics.rotation_seed) if numerics.hadamard_rotation else None
-            hook = ComponentHook(name, model, processors, None, tracker, None, rotation)
-            hook.install()
-            hooks.append(hook)
+        installation = install(specs, modules, tracker)
+    except BaseException:
+        unmark_installed(pipe, recorder)
+        raise
+    try:
         yield recorder
     finally:
-        for hook in hooks:
-            hook.remove()
-        for module, stock in reversed(restore):
-            module.set_processor(stock)
+        installation.remove()
         recorder.pipeline_calls = tracker.pipeline_calls
-        if getattr(pipe, INSTALLED_ATTR, None) is recorder:
-            delattr(pipe, INSTALLED_ATTR)
+        unmark_installed(pipe, recorder)

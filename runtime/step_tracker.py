@@ -13,9 +13,16 @@ from __future__ import annotations
 from typing import Any
 
 from runtime.errors import PlanMismatchError, StepCountError
-from runtime.processor import CallContext
 
 COND, UNCOND = "cond", "uncond"
+
+
+class CallContext:
+    """The step and CFG branch of the transformer forward in progress (read by error records)."""
+
+    def __init__(self) -> None:
+        self.step = -1
+        self.branch = COND
 
 
 class StepTracker:

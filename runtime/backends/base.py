@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import torch
 
-# Head dims the FP8 attention kernel accepts (Ascend per-block FP8 contract); the reference emulation keeps
-# the same eligibility so a CPU run predicts what an NPU run will do.
-FP8_HEAD_DIMS = (64, 128)
+from qcompiler.numerics import DTYPES
+from runtime.numerics import Numerics
+from runtime.quant.int8 import int8_head_dim_reason
+
+# Head dims the quantized attention kernels accept (Ascend per-block FP8 contract: 64 or 128; the MX paths are
+# held to the same until an NPU run shows otherwise). The reference backend keeps the same eligibility so a CPU
+# run predicts what an NPU run will do.
+QUANTIZED_HEAD_DIMS = (64, 128)
+FP8_HEAD_DIMS = QUANTIZED_HEAD_DIMS  # the name the rest of the runtime used before MX formats
 
 
 class AttentionBackend:
     """Computes attention on BSND (batch, tokens, heads, head dim) q/k/v and returns BSND in q's dtype.
 
     `rotation` is the D x D matrix applied to Q and K before quantization (None for no rotation); native
-    backends ignore it.
+    backends ignore it. Full bidirectional attention only: no mask, no causal, no dropout.
     """
 
     name: str = ""
-    is_fp8: bool = False
+    is_fp8: bool = False  # serves the plan's quantized ("fp8") cells, whatever the plan's dtype
 
     def unavailable_reason(self) -> str | None:
         """None when this backend can run in this process, else why not (shown to the user)."""
@@ -33,10 +39,44 @@ class AttentionBackend:
         raise NotImplementedError
 
 
-class Fp8Backend(AttentionBackend):
+class QuantizedBackend(AttentionBackend):
+    """A backend that runs the plan's quantized cells. `dtypes`: the plan dtypes it can run; the plan's own
+    dtype comes from the Numerics it is built with."""
+
     is_fp8 = True
+    dtypes: tuple[str, ...] = ()
+
+    def __init__(self, numerics: Numerics | None = None):
+        self.numerics = numerics or Numerics()
+
+    def dtype_reason(self) -> str | None:
+        """None when this backend runs the plan's dtype, else why not."""
+        if self.numerics.dtype in self.dtypes:
+            return None
+        return f"backend {self.name!r} cannot run {self.numerics.dtype} (it runs {', '.join(self.dtypes)})"
 
     def unsupported_reason(self, head_dim: int) -> str | None:
-        if head_dim not in FP8_HEAD_DIMS:
-            return f"head dim {head_dim} is not one the FP8 attention kernel takes ({' or '.join(map(str, FP8_HEAD_DIMS))})"
-        return None
+        reason = self.dtype_reason()
+        if reason is None and self.numerics.is_int8:  # the A2/A3 INT8 kernel's own rule (runtime/quant/int8.py)
+            return int8_head_dim_reason(head_dim, self.numerics)
+        if reason is None and head_dim not in QUANTIZED_HEAD_DIMS:
+            label = DTYPES[self.numerics.dtype].label
+            reason = (f"head dim {head_dim} is not one the {label} attention kernel takes "
+                      f"({' or '.join(map(str, QUANTIZED_HEAD_DIMS))})")
+        return reason
+
+    def check_inputs(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
+        """Refuse, with a clear error, what the kernels cannot take: not BSND, grouped heads, other head dims."""
+        if query.dim() != 4 or key.dim() != 4 or value.dim() != 4:
+            raise ValueError(f"{self.name}: q/k/v must be 4-D BSND (batch, tokens, heads, head dim), got "
+                             f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}")
+        if key.shape != value.shape or key.shape[0] != query.shape[0] or key.shape[2:] != query.shape[2:]:
+            raise ValueError(f"{self.name}: q {tuple(query.shape)}, k {tuple(key.shape)}, v {tuple(value.shape)} "
+                             "do not share batch, heads and head dim (grouped-query attention is not supported)")
+        reason = self.unsupported_reason(query.shape[-1])
+        if reason:
+            raise ValueError(f"{self.name}: {reason}")
+
+
+# The name the runtime used before MX formats; kept so callers outside this package keep working.
+Fp8Backend = QuantizedBackend

@@ -4,7 +4,9 @@
 The call follows shared reference a2a3-int8.md sec. 5. Scales are computed on the device (no .item(), no host
 synchronisation). Nothing in this repository has run it on an NPU: CPU tests check the call contract with a
 stand-in op that records its arguments, and a test marked `a2a3` compares the op with the CPU reference
-(runtime/quant/int8.py) on a real A2/A3, under every inferred kernel semantics, to settle them.
+(runtime/quant/int8.py, served as the `reference` backend) on a real A2/A3, under every inferred kernel semantics,
+to settle them. A registry row (runtime/backends/registry.py): `auto` tries it, and it serves only
+int8_per_tensor plans and only on an A2/A3 SoC.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import Any
 
 import torch
 
-from runtime.backends.int8_reference import Int8Backend
+from qcompiler.numerics import INT8_DTYPE
+from runtime.backends.base import QuantizedBackend
 from runtime.numerics import Numerics
 from runtime.quant.int8 import DEFAULT_SEMANTICS, KernelSemantics, prepare_int8_inputs, undo_v_rotation
 
@@ -57,15 +60,16 @@ def _default_op() -> Callable[..., Any]:
     return getattr(importlib.import_module("torch_npu"), OP_NAME)
 
 
-class Int8NpuBackend(Int8Backend):
+class Int8NpuBackend(QuantizedBackend):
     """`op` defaults to torch_npu's kernel, resolved on first use; tests pass a stand-in to check the call.
     `semantics` only decides which quant_scale1 is passed (127 if the kernel multiplies, 1/127 if it divides)."""
 
     name = "int8-npu"
+    dtypes = (INT8_DTYPE,)
 
     def __init__(self, numerics: Numerics | None = None, op: Callable[..., Any] | None = None,
                  semantics: KernelSemantics = DEFAULT_SEMANTICS):
-        super().__init__(numerics)
+        super().__init__(numerics or Numerics.int8())
         self._op = op
         self.semantics = semantics
 
@@ -93,6 +97,7 @@ class Int8NpuBackend(Int8Backend):
 
     def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                rotation: torch.Tensor | None) -> torch.Tensor:
+        self.check_inputs(query, key, value)
         if self._op is None:
             self._op = _default_op()
         tokens = query.shape[1]

@@ -27,7 +27,11 @@ from dataclasses import dataclass
 
 import torch
 
+from qcompiler.numerics import INT8_SCALE_SCOPES
 from runtime.numerics import Numerics
+
+# FIA v1 full quant: "D 32-aligned" (CANN aclnnFusedInferAttentionScoreV4 doc, shared reference a2a3-int8.md sec. 1).
+INT8_HEAD_DIM_ALIGNMENT = 32
 
 # Symmetric INT8 range used for Q, K and V: scale = amax / 127 maps amax to 127, and -128 is never produced.
 INT8_MAX = 127
@@ -39,7 +43,7 @@ ROUNDINGS = ("half_even", "half_away", "truncate")
 QUANT_SCALE1_MODES = ("multiply", "divide")
 SATURATIONS = ("clamp", "wrap")
 ROW_SUM_SOURCES = ("unquantized", "quantized")
-SCALE_SCOPES = ("call", "head")
+SCALE_SCOPES = INT8_SCALE_SCOPES
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,15 @@ def transform_inputs(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     return query, key, value
 
 
+def int8_head_dim_reason(head_dim: int, numerics: Numerics) -> str | None:
+    """None when the A2/A3 INT8 kernel (and so the reference, which predicts it) takes this head dim, else why not."""
+    if head_dim % INT8_HEAD_DIM_ALIGNMENT:
+        return f"head dim {head_dim} is not a multiple of {INT8_HEAD_DIM_ALIGNMENT} (the INT8 kernel's alignment)"
+    if (numerics.hadamard_rotation or numerics.v_rotation) and head_dim & (head_dim - 1):
+        return f"head dim {head_dim} is not a power of two, which the Hadamard rotations need"
+    return None
+
+
 def undo_v_rotation(out: torch.Tensor, v_rotation: torch.Tensor | None) -> torch.Tensor:
     """Step 6's last transform: O R_v^T (R_v is orthogonal, so this undoes step 3)."""
     return out if v_rotation is None else out @ v_rotation.to(out.dtype).T
@@ -142,7 +155,7 @@ def quantize_per_tensor(x: torch.Tensor, scope: str) -> tuple[torch.Tensor, torc
 
 
 def v_rotation_matrix(device: torch.device | str, head_dim: int, rotation_seed: int) -> torch.Tensor:
-    from runtime.rotation import get_rotation
+    from runtime.quant.rotation import get_rotation
 
     return get_rotation(device, torch.float32, head_dim, rotation_seed + V_ROTATION_SEED_OFFSET)
 
@@ -157,7 +170,7 @@ def prepare_int8_inputs(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
     if rotation is not None and rotation.dtype not in (torch.float32, torch.float64):
         # The runtime hands R in the activations' dtype. In bf16, 1/sqrt(128) rounds by up to 2^-9, which scales
         # every score by up to (1 + 2^-9)^2: take the same seeded R in float32 instead.
-        from runtime.rotation import get_rotation
+        from runtime.quant.rotation import get_rotation
 
         rotation = get_rotation(q.device, torch.float32, q.shape[-1], numerics.rotation_seed)
     r_v = v_rotation_matrix(q.device, q.shape[-1], numerics.rotation_seed) if numerics.v_rotation else None

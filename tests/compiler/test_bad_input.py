@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from qcompiler.cli import cli
-from qcompiler.compiler import compile_path, compile_source
+from qcompiler.cli.main import cli
+from qcompiler.compile.compiler import compile_path, compile_source
 from tests.conftest import VALID_RECIPE
 
 

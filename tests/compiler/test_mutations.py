@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import qcompiler
-from qcompiler.compiler import compile_source
+from qcompiler.compile.compiler import compile_source
 from qcompiler.errors import RecipeError
 from tests.conftest import VALID_RECIPE
 

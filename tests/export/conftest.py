@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from qcompiler.families import get_family
-from qcompiler.plan import Plan, content_sha256, load_plan
+from qcompiler.plan.format import Plan, content_sha256, load_plan
 
 FAMILY = "wan2.2-i2v-a14b"
 RECIPE = """\
@@ -110,7 +110,7 @@ def config_only_pipeline_dir(saved_tiny_pipeline: Path, tmp_path: Path) -> Path:
 def tiny_plan_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The edge-steps recipe compiled for the tiny variant (the model the saved pipeline is)."""
     from qcompiler import compile_recipe_text
-    from qcompiler.plan import write_plan
+    from qcompiler.plan.format import write_plan
 
     path = tmp_path_factory.mktemp("plans") / "tiny-plan.json"
     write_plan(compile_recipe_text(RECIPE, name="edge.yaml", variant="tiny"), path)

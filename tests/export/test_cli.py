@@ -7,9 +7,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from qcompiler.cli import cli
-from qcompiler.patch import PLAN_KEY
-from qcompiler.plan import load_plan, write_plan
+from qcompiler.cli.main import cli
+from qcompiler.plan.format import load_plan, write_plan
+from qcompiler.targets.pipeline_dir import PLAN_KEY
 
 from . import vllm_decoder as vllm
 from .conftest import RECIPE

@@ -1,4 +1,4 @@
-"""qcompiler.export_vllm: every export decodes (by the independent decoder in conftest) back to the plan."""
+"""qcompiler.targets.vllm_omni: every export decodes (by the independent decoder in conftest) back to the plan."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qcompiler import compile_recipe_text
-from qcompiler.export_vllm import NotExpressibleError, _greedy_rectangle, export_vllm_omni, format_selector
+from qcompiler.targets.vllm_omni import NotExpressibleError, _greedy_rectangle, export_vllm_omni, format_selector
 
 from . import vllm_decoder as vllm
 from .conftest import RECIPE, build_plan

@@ -1,4 +1,4 @@
-"""qcompiler.patch on a real saved tiny pipeline folder: embed, refuse, remove, byte for byte."""
+"""qcompiler.targets.pipeline_dir on a real saved tiny pipeline folder: embed, refuse, remove, byte for byte."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 
 from qcompiler import compile_recipe_text
 from qcompiler.errors import PlanError
-from qcompiler.patch import (
+from qcompiler.plan.format import load_plan, write_plan
+from qcompiler.targets.pipeline_dir import (
     BACKUP_SUFFIX,
     PLAN_KEY,
     PatchError,
@@ -19,7 +20,6 @@ from qcompiler.patch import (
     patch_pipeline_dir,
     remove_patch,
 )
-from qcompiler.plan import load_plan, write_plan
 
 from .conftest import RECIPE
 

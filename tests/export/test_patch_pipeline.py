@@ -7,8 +7,14 @@ import logging
 
 import pytest
 
-from qcompiler.patch import BACKUP_SUFFIX, PLAN_KEY, embedded_plan_from_config, patch_pipeline_dir, remove_patch
-from qcompiler.plan import load_plan
+from qcompiler.plan.format import load_plan
+from qcompiler.targets.pipeline_dir import (
+    BACKUP_SUFFIX,
+    PLAN_KEY,
+    embedded_plan_from_config,
+    patch_pipeline_dir,
+    remove_patch,
+)
 
 COMPONENTS = ("transformer", "transformer_2")
 
@@ -45,7 +51,7 @@ def test_runtime_load_without_a_plan_dispatches_as_the_embedded_plan_says(pipeli
     patch_pipeline_dir(pipeline_dir, tiny_plan_path)
     pipe = tiny.load_tiny_pipeline(pipeline_dir)
     with caplog.at_level(logging.INFO):
-        handle = runtime.load(pipe, backend="fp8-reference")  # no plan: the embedded one (docs/design.md)
+        handle = runtime.load(pipe, backend="reference")  # no plan: the embedded one (docs/design.md)
     assert "embedded" in caplog.text.lower(), "runtime.load must say it used the embedded plan"
     try:
         # No CFG: one forward per step halves the run; the plan is per step, the same for both CFG passes.

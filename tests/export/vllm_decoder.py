@@ -1,5 +1,5 @@
 """An independent decoder of vllm-omni diffusion settings, written from vllm-omni's documented semantics
-(../shared/reference/ascend-fp8-attention.md), NOT from qcompiler.export_vllm:
+(../shared/reference/ascend-fp8-attention.md), NOT from qcompiler.targets.vllm_omni:
 
 - selectors are comma-separated non-negative ints and inclusive "A-B" ranges; whitespace and empty tokens
   are ignored;
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import yaml
 
-from qcompiler.plan import Plan
+from qcompiler.plan.format import Plan
 
 Cell = tuple[str, str, int, int]
 

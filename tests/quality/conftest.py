@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from qcompiler import compile_recipe_text
-from qcompiler.plan import Plan
+from qcompiler.plan.format import Plan
 
 FAMILY = "wan2.2-i2v-a14b"
 STEPS = 2
@@ -73,7 +73,7 @@ def native_plan() -> Plan:
 @pytest.fixture(scope="session")
 def mixed_report(tiny_pipe, mixed_plan, tmp_path_factory) -> tuple[dict, Path]:
     """The written report of the mixed plan, and its folder."""
-    from runtime.quality_report import ReportOptions, build_report, write_report
+    from runtime.quality.report import ReportOptions, build_report, write_report
 
     outdir = tmp_path_factory.mktemp("mixed_report")
     report = write_report(build_report(mixed_plan, ReportOptions(progress=False), pipe=tiny_pipe), mixed_plan, outdir)
@@ -82,7 +82,7 @@ def mixed_report(tiny_pipe, mixed_plan, tmp_path_factory) -> tuple[dict, Path]:
 
 @pytest.fixture(scope="session")
 def native_report(tiny_pipe, native_plan) -> dict:
-    from runtime.quality_report import ReportOptions, build_report
+    from runtime.quality.report import ReportOptions, build_report
 
     return build_report(native_plan, ReportOptions(progress=False), pipe=tiny_pipe)
 
@@ -90,7 +90,7 @@ def native_report(tiny_pipe, native_plan) -> dict:
 @pytest.fixture(scope="session")
 def measured_sensitivity(tiny_pipe) -> dict:
     """A real calibration of the tiny pipeline: shadow mode, one seed, STEPS steps."""
-    from runtime.calibrate import CalibrateOptions, calibrate
+    from runtime.quality.calibrate import CalibrateOptions, calibrate
 
     return calibrate(CalibrateOptions(family=FAMILY, steps=STEPS, progress=False), pipe=tiny_pipe)
 
@@ -99,9 +99,9 @@ def measured_sensitivity(tiny_pipe) -> dict:
 def tiny_plan_report(measured_sensitivity, tiny_pipe):
     """A recipe suggested from the real calibration (budget: the median cell's worst cos-sim), its plan, and
     that plan's report: (suggestion, budget, plan, report)."""
-    from qcompiler.sensitivity import sensitivity_from_dict
-    from qcompiler.suggest import Budget, suggest_recipe
-    from runtime.quality_report import ReportOptions, build_report
+    from qcompiler.suggest.cover import Budget, suggest_recipe
+    from qcompiler.suggest.sensitivity import sensitivity_from_dict
+    from runtime.quality.report import ReportOptions, build_report
 
     sensitivity = sensitivity_from_dict(measured_sensitivity)
     values = sorted(c.cos_sim_worst for c in sensitivity.cells.values())

@@ -6,9 +6,9 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+from qcompiler.compile.resolve import predict_expert_schedule
 from qcompiler.families import get_family
-from qcompiler.resolve import predict_expert_schedule
-from qcompiler.sensitivity import Sensitivity, sensitivity_from_dict
+from qcompiler.suggest.sensitivity import Sensitivity, sensitivity_from_dict
 
 NUMERICS = {"hadamard_rotation": True, "rotation_seed": 425500, "query_block_tokens": 128, "kv_block_tokens": 256,
             "k_mean_subtraction": False}

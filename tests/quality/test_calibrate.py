@@ -9,11 +9,11 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qcompiler.cli import cli
-from qcompiler.compiler import compile_source
+from qcompiler.cli.main import cli
+from qcompiler.compile.compiler import compile_source
 from qcompiler.schemas import load_schema
-from qcompiler.sensitivity import sensitivity_from_dict
-from qcompiler.suggest import Budget, plan_fp8_cells, suggest_recipe
+from qcompiler.suggest.cover import Budget, plan_fp8_cells, suggest_recipe
+from qcompiler.suggest.sensitivity import sensitivity_from_dict
 from tests.quality.conftest import FAMILY, STEPS
 
 # Per-call error depends on the call's inputs. Under a plan, earlier FP8 calls nudge every later call's inputs,
@@ -64,7 +64,7 @@ def test_generated_recipe_compiles_and_re_measuring_its_plan_meets_the_budget(
 
 
 def test_recalibrating_with_the_same_seed_reproduces_the_measurement(measured_sensitivity, tiny_pipe) -> None:
-    from runtime.calibrate import CalibrateOptions, calibrate
+    from runtime.quality.calibrate import CalibrateOptions, calibrate
 
     again = calibrate(CalibrateOptions(family=FAMILY, steps=STEPS, progress=False), pipe=tiny_pipe)
     assert again["cells"] == measured_sensitivity["cells"]

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from runtime.metrics import (
+from qcompiler.stats import attention_flops
+from runtime.quality.metrics import (
     PSNR_CAP_DB,
     SSIM_K1,
-    attention_flops,
     call_error,
     cosine_similarity,
     psnr,

@@ -9,12 +9,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from qcompiler.cli import cli
-from qcompiler.commands.report import DEFAULT_THROUGHPUT_RATIO as CLI_DEFAULT_RATIO
+from qcompiler.cli.main import cli
+from qcompiler.cli.report import DEFAULT_THROUGHPUT_RATIO as CLI_DEFAULT_RATIO
 from qcompiler.schemas import load_schema
-from runtime.metrics import PSNR_CAP_DB
-from runtime.quality_report import DEFAULT_THROUGHPUT_RATIO
-from runtime.report_render import heatmap_size
+from runtime.quality.metrics import PSNR_CAP_DB
+from runtime.quality.render import heatmap_size
+from runtime.quality.report import DEFAULT_THROUGHPUT_RATIO
 from tests.quality.conftest import MIXED_RECIPE, STEPS
 
 
@@ -101,7 +101,7 @@ def test_json_validates_and_pngs_are_images_of_the_documented_size(mixed_report,
 
 
 def test_plan_heatmap_shows_fp8_and_native_cells(mixed_report) -> None:
-    from runtime.report_render import CELL, FP8_COLOR, LEFT, NATIVE_COLOR, TOP
+    from runtime.quality.render import CELL, FP8_COLOR, LEFT, NATIVE_COLOR, TOP
 
     _, outdir = mixed_report
     with Image.open(outdir / "plan_transformer_self.png") as image:

@@ -15,11 +15,18 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qcompiler.cli import cli
-from qcompiler.compiler import compile_source
+from qcompiler.cli.main import cli
+from qcompiler.compile.compiler import compile_source
 from qcompiler.schemas import schema_path
-from qcompiler.sensitivity import SensitivityError, load_sensitivity, sensitivity_from_dict
-from qcompiler.suggest import Budget, SuggestError, choose_fp8_cells, format_selector, plan_fp8_cells, suggest_recipe
+from qcompiler.suggest.cover import (
+    Budget,
+    SuggestError,
+    choose_fp8_cells,
+    format_selector,
+    plan_fp8_cells,
+    suggest_recipe,
+)
+from qcompiler.suggest.sensitivity import SensitivityError, load_sensitivity, sensitivity_from_dict
 from tests.quality.synthetic import synthetic_sensitivity
 
 
@@ -175,6 +182,6 @@ def test_suggest_and_the_run_commands_import_no_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, qcompiler.cli, qcompiler.suggest, qcompiler.commands.report, qcompiler.commands.calibrate; "
+    code = ("import sys, qcompiler.cli.main, qcompiler.suggest.cover, qcompiler.cli.report, qcompiler.cli.calibrate; "
             "assert 'torch' not in sys.modules and 'runtime' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from qcompiler import compile_recipe_text
-from qcompiler.plan import Plan
+from qcompiler.plan.format import Plan
 from runtime.tiny import build_tiny_pipeline, run_tiny
 
 # Tiny tensors gain nothing from intra-op threads, and on a shared 2-core machine OpenMP's spinning threads
@@ -27,13 +27,14 @@ COMPONENTS = {I2V: "[transformer, transformer_2]", TI2V: "[transformer]", T2V: "
 
 
 def recipe(family: str = I2V, *, steps: int = 4, default: str = "fp8", kinds: str = "[self]",
-           fallback: str = "error", rules: str = "", rotation: bool = True) -> str:
+           fallback: str = "error", rules: str = "", rotation: bool = True,
+           dtype: str = "fp8_e4m3_per_block") -> str:
     """A recipe for `family` with the given knobs; `rules` is YAML for the rules list (already indented)."""
     text = f"""\
         version: 1
         family: {family}
         num_inference_steps: {steps}
-        dtype: fp8_e4m3_per_block
+        dtype: {dtype}
         numerics: {{hadamard_rotation: {str(rotation).lower()}, rotation_seed: 425500}}
         fallback: {fallback}
         attention_kinds: {kinds}

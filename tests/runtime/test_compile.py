@@ -18,7 +18,7 @@ def test_compiled_blocks_do_not_recompile_across_steps(compile_tiny):
     counters.clear()
     pipe = build_tiny_pipeline(T2V)  # private: compiling changes the pipeline for good
     plan = compile_tiny(recipe(T2V, kinds="[self, cross]", rules=MIXED_RULES))
-    with runtime.load(pipe, plan, backend="fp8-reference") as handle:
+    with runtime.load(pipe, plan, backend="reference") as handle:
         eager = run_tiny(pipe)
         # Dynamo only (backend="eager"): recompiles are decided by Dynamo's guards, not by the codegen backend,
         # and this keeps the test fast on a 2-core CPU.

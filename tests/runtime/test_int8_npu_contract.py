@@ -11,9 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from runtime.backends import get_backend, resolve_fp8_backend
+from runtime.backends import BACKENDS, ReferenceBackend, resolve_fp8_backend
 from runtime.backends.int8_npu import Int8NpuBackend, int8_npu_unavailable_reason, is_a2a3_soc
-from runtime.backends.int8_reference import Int8ReferenceBackend
 from runtime.numerics import Numerics
 from runtime.quant.int8 import (
     QUANT_SCALE1_MODES,
@@ -24,7 +23,7 @@ from runtime.quant.int8 import (
     int8_kernel_reference,
     prepare_int8_inputs,
 )
-from runtime.rotation import get_rotation
+from runtime.quant.rotation import get_rotation
 
 INT32_MAX = 2**31 - 1
 
@@ -82,7 +81,7 @@ def test_call_contract_and_result_equal_the_reference_backend():
     torch.testing.assert_close(op.calls[0]["dequant_scale2"], prepared.value_scale / 127)
     assert out.shape == q.shape and out.dtype == torch.bfloat16  # BSND, fp16 cast back to the input dtype
     # V's rotation undone: the same as the reference backend, and close to exact attention
-    torch.testing.assert_close(out, Int8ReferenceBackend(numerics).attend(q, k, v, rotation), rtol=0, atol=0)
+    torch.testing.assert_close(out, ReferenceBackend(numerics).attend(q, k, v, rotation), rtol=0, atol=0)
     exact = F.scaled_dot_product_attention(*(t.float().transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
     assert F.cosine_similarity(out.float().flatten(), exact.flatten(), dim=0) > 0.99
 
@@ -95,7 +94,7 @@ def test_head_scope_makes_one_call_per_head_with_its_own_scales():
     assert [c["num_heads"] for c in op.calls] == [1, 1, 1]
     scales = [float(c["dequant_scale1"]) for c in op.calls]
     assert len(set(scales)) == 3
-    torch.testing.assert_close(out, Int8ReferenceBackend(numerics).attend(
+    torch.testing.assert_close(out, ReferenceBackend(numerics).attend(
         q, k, v, get_rotation("cpu", torch.bfloat16, 64, 425500)), rtol=0, atol=0)
 
 
@@ -131,20 +130,26 @@ def test_unsupported_head_dims_are_named():
     assert Int8NpuBackend(no_rotation, op=StandInFia()).unsupported_reason(96) is None
 
 
-def test_registry_picks_int8_backends_only_for_the_int8_dtype():
+def test_registry_picks_int8_npu_only_for_the_int8_dtype():
     if int8_npu_unavailable_reason() is None:
         pytest.skip("an A2/A3 NPU is present: auto would pick int8-npu")
     assert "torch_npu" in int8_npu_unavailable_reason()
+    assert BACKENDS["int8-npu"].auto
     backend, reason = resolve_fp8_backend("auto", Numerics.int8())
-    assert backend is None and "int8_per_tensor" in reason and "int8-reference" in reason
-    backend, reason = resolve_fp8_backend("fp8-reference", Numerics.int8())
-    assert backend is None and "computes FP8" in reason
-    backend, reason = resolve_fp8_backend("int8-reference", Numerics())
-    assert backend is None and "int8_per_tensor" in reason
-    backend, reason = resolve_fp8_backend(Int8NpuBackend(Numerics.int8(), op=StandInFia()), Numerics())
-    assert backend is None and "plan's dtype is fp8_e4m3_per_block" in reason
-    assert resolve_fp8_backend("int8-reference", Numerics.int8())[0].name == "int8-reference"
-    assert get_backend("int8-npu").name == "int8-npu" and get_backend("auto", Numerics.int8()).name == "native"
+    assert backend is None and "int8-npu: torch_npu" in reason and "backend='reference'" in reason
+    # The FP8/MX entry points refuse the INT8 dtype by name, before their device checks.
+    assert "npu-torch-fia: backend 'npu-torch-fia' cannot run int8_per_tensor" in reason
+    # int8-npu never serves another dtype, whatever the device.
+    backend, reason = resolve_fp8_backend("int8-npu", Numerics())
+    assert backend is None and "cannot run fp8_e4m3_per_block" in reason
+    backend, reason = resolve_fp8_backend(Int8NpuBackend(Numerics(dtype="mxfp8_e4m3"), op=StandInFia()))
+    assert backend is None and "cannot run mxfp8_e4m3" in reason
+    backend, reason = resolve_fp8_backend("auto", Numerics())
+    assert backend is None and "int8-npu: backend 'int8-npu' cannot run fp8_e4m3_per_block" in reason
+    # The reference backend runs INT8 too (its step-by-step CPU reference), when asked for by name.
+    backend, reason = resolve_fp8_backend("reference", Numerics.int8())
+    assert isinstance(backend, ReferenceBackend) and backend.numerics.is_int8 and reason == ""
+    assert resolve_fp8_backend(Int8NpuBackend(Numerics.int8(), op=StandInFia()))[0].name == "int8-npu"
 
 
 def _semantics_variants():
@@ -178,5 +183,5 @@ def test_int8_npu_matches_the_cpu_reference_on_an_a2a3():
     print("max |kernel - reference| per semantics:", {str(s): e for s, e in errors.items()})
     assert best == KernelSemantics() or errors[KernelSemantics()] == errors[best], f"the kernel behaves as {best}"
     full = backend.attend(*(t.to(device) for t in (q, k, v)), rotation).float().cpu()
-    reference = Int8ReferenceBackend(numerics).attend(q, k, v, get_rotation("cpu", torch.bfloat16, 128, 425500))
+    reference = ReferenceBackend(numerics).attend(q, k, v, get_rotation("cpu", torch.bfloat16, 128, 425500))
     assert F.cosine_similarity(full.flatten(), reference.float().flatten(), dim=0) > 0.999

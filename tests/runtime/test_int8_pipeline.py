@@ -1,4 +1,4 @@
-"""dtype int8_per_tensor end to end: lint, compile, the tiny pipeline with int8-reference (executed == plan),
+"""dtype int8_per_tensor end to end: lint, compile, the tiny pipeline with the reference backend (executed == plan),
 the fallback policy where no A2/A3 kernel is present, show, report, calibrate --dtype and suggest."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import torch
 from click.testing import CliRunner
 
 import runtime
-from qcompiler.cli import cli
+from qcompiler.cli.main import cli
 from qcompiler.errors import PlanError
-from qcompiler.plan import content_sha256, load_plan
+from qcompiler.plan.format import content_sha256, load_plan
 from runtime.backends.int8_npu import int8_npu_unavailable_reason
 from runtime.errors import BackendUnavailableError
 from runtime.tiny import run_tiny
@@ -88,23 +88,23 @@ def test_plan_numerics_default_to_all_three_transforms(int8_plan, compile_tiny):
         load_plan(edited(lambda d: d["numerics"].pop("scale_scope")))
     fp8_numerics = {"hadamard_rotation": True, "rotation_seed": 1, "query_block_tokens": 128, "kv_block_tokens": 256,
                     "k_mean_subtraction": False}
-    with pytest.raises(PlanError, match="int8_per_tensor needs v_rotation"):
+    with pytest.raises(PlanError, match="v_rotation"):
         load_plan(edited(lambda d: d.update(numerics=fp8_numerics)))
-    with pytest.raises(PlanError, match="needs FP8 block sizes, not the int8_per_tensor keys"):
+    with pytest.raises(PlanError, match="numerics"):
         load_plan(edited(lambda d: d.update(dtype="fp8_e4m3_per_block")))
     assert load_plan(edited(lambda d: None)) == int8_plan
 
 
 def test_tiny_pipeline_runs_the_int8_plan_with_the_reference(t2v_pipe, int8_plan):
     native = run_tiny(t2v_pipe, num_inference_steps=2)
-    with runtime.load(t2v_pipe, int8_plan, backend="int8-reference") as handle:
+    with runtime.load(t2v_pipe, int8_plan, backend="reference") as handle:
         out = run_tiny(t2v_pipe, num_inference_steps=2)
         report = handle.report()
     assert report.matches_plan(), report.executed
     planned = sum(sum(row) for row in int8_plan.table("transformer", "self"))
     assert 0 < planned < 2 * 30  # the rules left some cells native
-    assert report.call_counts["int8-reference"] == 2 * planned  # CFG: two calls per cell
-    assert report.fallback_calls == 0 and report.fp8_backend == "int8-reference"
+    assert report.call_counts["reference"] == 2 * planned  # CFG: two calls per cell
+    assert report.fallback_calls == 0 and report.fp8_backend == "reference"
     assert not torch.equal(out, native)
     assert torch.nn.functional.cosine_similarity(out.flatten().float(), native.flatten().float(), dim=0) > 0.99
 
@@ -116,12 +116,12 @@ def test_where_no_a2a3_kernel_runs_the_fallback_policy_applies(t2v_pipe, compile
             run_tiny(t2v_pipe, num_inference_steps=2)
             report = handle.report()
     assert any("int8_per_tensor" in str(w.message) for w in caught)
-    assert report.fallback_calls > 0 and "int8" not in "".join(report.call_counts)
+    assert report.fallback_calls > 0 and set(report.call_counts) <= {"native", "native-fallback"}
     assert "torch_npu" in report.fallback_reasons["transformer"]
     with pytest.raises(BackendUnavailableError, match="int8_per_tensor"):
         runtime.load(t2v_pipe, compile_tiny(int8_recipe(fallback="error")), backend="auto")
-    with pytest.raises(BackendUnavailableError, match="computes FP8"):
-        runtime.load(t2v_pipe, compile_tiny(int8_recipe(fallback="error")), backend="fp8-reference")
+    with pytest.raises(BackendUnavailableError, match="cannot run int8_per_tensor"):
+        runtime.load(t2v_pipe, compile_tiny(int8_recipe(fallback="error")), backend="npu-torch-fia")
 
 
 def test_show_prints_the_int8_numerics(tmp_path):
@@ -142,15 +142,15 @@ def test_calibrate_with_dtype_int8_then_suggest(tmp_path):
                                  "--dtype", "int8_per_tensor", "--scale-scope", "head", "--no-progress", "-o", str(out)])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
-    assert data["dtype"] == "int8_per_tensor" and data["measured"]["backend"] == "int8-reference"
-    assert data["numerics"] == {"hadamard_rotation": True, "rotation_seed": 425500, "k_mean_subtraction": True,
+    assert data["measured"]["backend"] == "reference"
+    assert data["numerics"] == {"dtype": "int8_per_tensor", "hadamard_rotation": True, "rotation_seed": 425500, "k_mean_subtraction": True,
                                 "v_rotation": True, "p_scale": 127, "scale_scope": "head"}
     assert all(0.9 < c["cos_sim"]["worst"] < 1 for c in data["cells"])
-    from qcompiler.sensitivity import SensitivityError, load_sensitivity
+    from qcompiler.suggest.sensitivity import SensitivityError, load_sensitivity
 
-    assert load_sensitivity(data).data["dtype"] == "int8_per_tensor"
-    with pytest.raises(SensitivityError, match="needs FP8 block sizes"):
-        load_sensitivity({**data, "dtype": "fp8_e4m3_per_block"})
+    assert load_sensitivity(data).dtype == "int8_per_tensor"
+    with pytest.raises(SensitivityError, match="query_block_tokens"):  # FP8 numerics need block sizes
+        load_sensitivity({**data, "numerics": {**data["numerics"], "dtype": "fp8_e4m3_per_block"}})
     recipe = tmp_path / "suggested.yaml"
     result = runner.invoke(cli, ["suggest", str(out), "--fp8-flop-share", "0.5", "-o", str(recipe)])
     assert result.exit_code == 0, result.output
@@ -164,7 +164,7 @@ def test_calibrate_with_dtype_int8_then_suggest(tmp_path):
     assert result.exit_code == 2 and "int8_per_tensor only" in result.output
 
 
-def test_report_on_an_int8_plan_uses_the_int8_reference(tmp_path):
+def test_report_on_an_int8_plan_uses_the_reference_backend(tmp_path):
     recipe = tmp_path / "int8.yaml"
     recipe.write_text(int8_recipe(steps=1).replace('steps: "0"', 'steps: "0"\n    layers: "0"'), encoding="utf-8")
     plan = tmp_path / "plan.json"
@@ -172,4 +172,17 @@ def test_report_on_an_int8_plan_uses_the_int8_reference(tmp_path):
     result = CliRunner().invoke(cli, ["report", str(plan), "--pipeline", "tiny", "-o", str(tmp_path / "rep")])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
-    assert "int8-reference" in json.dumps(report)
+    assert report["measured"]["backend"] == "reference" and report["plan"]["dtype"] == "int8_per_tensor"
+    assert report["execution"]["matches_plan"] and report["summary"]["calls"]["fp8"] > 0
+
+
+def test_export_to_vllm_omni_refuses_an_int8_plan(tmp_path):
+    """vllm-omni runs only FP8: exporting an INT8 plan must not quietly become FP8 settings."""
+    recipe = tmp_path / "int8.yaml"
+    recipe.write_text(int8_recipe(), encoding="utf-8")
+    plan = tmp_path / "plan.json"
+    assert CliRunner().invoke(cli, [str(recipe), "--variant", "tiny", "-o", str(plan)]).exit_code == 0
+    result = CliRunner().invoke(cli, ["export", str(plan), "--to", "vllm-omni"])
+    assert result.exit_code == 1, result.output
+    assert "int8_per_tensor cannot be exported to vllm-omni" in result.output
+    assert "diffusion_kv_cache_dtype" not in result.output

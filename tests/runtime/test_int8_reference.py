@@ -20,7 +20,7 @@ from runtime.quant.int8 import (
     undo_v_rotation,
     v_rotation_matrix,
 )
-from runtime.rotation import randomized_hadamard
+from runtime.quant.rotation import randomized_hadamard
 
 NAIVE = Numerics.int8(k_mean_subtraction=False, hadamard_rotation=False, v_rotation=False)
 

@@ -44,7 +44,7 @@ def test_plan_of_another_family_is_refused(i2v_pipe, compile_tiny):
 def test_uncovered_expert_is_refused(i2v_pipe, compile_tiny):
     # A one-transformer plan (its class made to match) loaded into a two-expert pipeline: transformer_2 would
     # run unplanned, so load refuses.
-    from qcompiler.plan import content_sha256, load_plan
+    from qcompiler.plan.format import content_sha256, load_plan
 
     data = compile_tiny(recipe(T2V)).to_dict()
     data["family"]["pipeline_class"] = "WanImageToVideoPipeline"
@@ -54,7 +54,7 @@ def test_uncovered_expert_is_refused(i2v_pipe, compile_tiny):
 
 
 def test_missing_expert_is_named(t2v_pipe, compile_tiny):
-    from qcompiler.plan import content_sha256, load_plan
+    from qcompiler.plan.format import content_sha256, load_plan
 
     data = compile_tiny(recipe("wan2.2-t2v-a14b")).to_dict()
     data["family"]["boundary_ratio"] = None
@@ -68,7 +68,7 @@ def test_step_count_mismatch_fails_before_the_first_attention_call(t2v_pipe, com
     seen = []
     hook = t2v_pipe.transformer.blocks[0].attn1.register_forward_pre_hook(lambda m, a: seen.append(1))
     try:
-        with runtime.load(t2v_pipe, plan, backend="fp8-reference") as handle:
+        with runtime.load(t2v_pipe, plan, backend="reference") as handle:
             with pytest.raises(runtime.StepCountError) as err:
                 run_tiny(t2v_pipe, num_inference_steps=6)
             assert seen == []  # no attention ran
@@ -128,21 +128,21 @@ def test_head_dim_the_kernel_cannot_take_follows_the_policy(tmp_path, monkeypatc
     plan = compile_recipe_text(recipe(name, fallback=fallback), name="hd.yaml", variant="tiny")
     if fallback == "error":
         with pytest.raises(runtime.BackendUnavailableError, match="head dim 32"):
-            runtime.load(pipe, plan, backend="fp8-reference")
+            runtime.load(pipe, plan, backend="reference")
         return
     with pytest.warns(RuntimeWarning, match="head dim 32"):
-        handle = runtime.load(pipe, plan, backend="fp8-reference")
+        handle = runtime.load(pipe, plan, backend="reference")
     with handle:
         run_tiny(pipe)
-    assert handle.report().fallback_calls > 0 and "fp8-reference" not in handle.report().call_counts
+    assert handle.report().fallback_calls > 0 and "reference" not in handle.report().call_counts
 
 
 def test_double_load_is_refused_and_unknown_backend_named(i2v_pipe, compile_tiny):
     plan = compile_tiny(recipe(I2V))
-    with runtime.load(i2v_pipe, plan, backend="fp8-reference"):
+    with runtime.load(i2v_pipe, plan, backend="reference"):
         with pytest.raises(runtime.PlanMismatchError, match="unload it first"):
-            runtime.load(i2v_pipe, plan, backend="fp8-reference")
-    with pytest.raises(ValueError, match="fp8-reference"):
+            runtime.load(i2v_pipe, plan, backend="reference")
+    with pytest.raises(ValueError, match="reference"):
         runtime.load(i2v_pipe, plan, backend="fp8")
 
 

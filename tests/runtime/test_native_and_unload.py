@@ -13,7 +13,7 @@ from tests.runtime.conftest import I2V, I2V_RULES, recipe
 @pytest.mark.parametrize("guidance_scale", [5.0, 1.0])
 def test_all_native_plan_is_bit_identical_to_stock(i2v_pipe, i2v_stock, compile_tiny, guidance_scale):
     plan = compile_tiny(recipe(I2V, default="native", kinds="[self, cross]"))
-    with runtime.load(i2v_pipe, plan, backend="fp8-reference") as handle:
+    with runtime.load(i2v_pipe, plan, backend="reference") as handle:
         out = run_tiny(i2v_pipe, guidance_scale=guidance_scale)
         report = handle.report()
     assert (out - i2v_stock[guidance_scale]).abs().max().item() == 0.0
@@ -34,7 +34,7 @@ def test_unload_restores_processors_hooks_and_output(i2v_pipe, i2v_stock, compil
         for name, model in (("transformer", i2v_pipe.transformer), ("transformer_2", i2v_pipe.transformer_2))
     }
     plan = compile_tiny(recipe(I2V, rules=I2V_RULES, kinds="[self, cross]"))
-    handle = runtime.load(i2v_pipe, plan, backend="fp8-reference")
+    handle = runtime.load(i2v_pipe, plan, backend="reference")
     changed = run_tiny(i2v_pipe)
     assert not torch.equal(changed, i2v_stock[5.0])  # the FP8 plan really changed the output
     handle.unload()
@@ -49,7 +49,7 @@ def test_unload_restores_processors_hooks_and_output(i2v_pipe, i2v_stock, compil
 
 
 def test_shadow_records_every_call_and_leaves_the_output_unchanged(i2v_pipe, i2v_stock):
-    with runtime.shadow(i2v_pipe, num_inference_steps=4, backend="fp8-reference") as rec:
+    with runtime.shadow(i2v_pipe, num_inference_steps=4, backend="reference") as rec:
         out = run_tiny(i2v_pipe)
     assert (out - i2v_stock[5.0]).abs().max().item() == 0.0
     # 4 steps x 2 CFG branches x 40 layers x 2 kinds, each expert serving two steps.

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from runtime.rotation import RotationCache, randomized_hadamard
+from runtime.quant.rotation import RotationCache, randomized_hadamard
 
 
 def test_concurrent_first_use_builds_each_matrix_once():

@@ -1,0 +1,49 @@
+"""Options shared by the commands that run a pipeline (`report`, `calibrate`). Torch-free: the commands import
+torch and the runtime inside their functions only."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import click
+
+# The quantized backends of runtime/backends/registry.py (minus `native`), spelled here so `--help` needs no torch
+# import; tests/runtime/test_backend_registry.py checks the two lists agree.
+QUANTIZED_BACKEND_NAMES = ("auto", "reference", "npu-quant-attention", "npu-mindiesd-fia", "npu-torch-fia",
+                           "int8-npu", "fp8-reference", "fp8-npu")
+
+# Mirrors runtime.tiny's sizes (16x16, 9 frames); kept here so `--help` needs no torch import.
+TINY_HEIGHT = TINY_WIDTH = 16
+TINY_FRAMES = 9
+
+
+def pipeline_options(function: Callable) -> Callable:
+    """--pipeline, --backend, --height, --width, --num-frames, --guidance-scale, --no-progress."""
+    decorators = [
+        click.option("--pipeline", default="tiny", show_default=True,
+                     help="`tiny` (the family's offline test pipeline, random weights) or a saved diffusers pipeline "
+                          "folder, loaded with no download."),
+        click.option("--backend", type=click.Choice(QUANTIZED_BACKEND_NAMES), default="auto", show_default=True,
+                     help="Quantized attention: auto = the first NPU entry point that can serve the dtype, else the "
+                          "PyTorch emulation (`reference`); or an entry point by name."),
+        click.option("--height", type=click.IntRange(16, 4096), default=TINY_HEIGHT, show_default=True,
+                     help="Frame height in pixels (multiple of 16)."),
+        click.option("--width", type=click.IntRange(16, 4096), default=TINY_WIDTH, show_default=True,
+                     help="Frame width in pixels (multiple of 16)."),
+        click.option("--num-frames", type=click.IntRange(1, 1000), default=TINY_FRAMES, show_default=True,
+                     help="Frames to generate (4k+1)."),
+        click.option("--guidance-scale", type=click.FloatRange(min=0.0), default=5.0, show_default=True,
+                     help="Classifier-free guidance scale (> 1 runs cond and uncond branches)."),
+        click.option("--no-progress", is_flag=True, help="No progress bar on stderr."),
+    ]
+    for decorator in reversed(decorators):
+        function = decorator(function)
+    return function
+
+
+def check_frame_sizes(height: int, width: int, num_frames: int) -> None:
+    """Wan needs H and W divisible by 16 (VAE x8, patch x2) and 4k+1 frames (temporal VAE x4)."""
+    if height % 16 or width % 16:
+        raise click.BadParameter(f"{height}x{width}: height and width must be multiples of 16", param_hint="--height/--width")
+    if (num_frames - 1) % 4:
+        raise click.BadParameter(f"{num_frames}: Wan generates 4k+1 frames (e.g. 5, 9, 81)", param_hint="--num-frames")

@@ -1,0 +1,70 @@
+"""`qcompile show PLAN`: a terminal heatmap of each table and what share of attention runs in FP8."""
+
+from __future__ import annotations
+
+import click
+
+from qcompiler.cli.common import load_plan_or_recipe
+from qcompiler.numerics import dtype_label
+from qcompiler.plan.format import Plan
+from qcompiler.stats import plan_cost
+
+FP8_CELL = "#"
+NATIVE_CELL = "."
+UNSERVED_MARK = " "  # step served by another expert (per expert_schedule)
+
+
+def render_table(plan: Plan, component: str, kind: str) -> list[str]:
+    table = plan.table(component, kind)
+    num_layers = len(table[0])
+    tens = "".join(str(layer // 10) if layer % 10 == 0 else " " for layer in range(num_layers))
+    ones = "".join(str(layer % 10) for layer in range(num_layers))
+    lines = [f"  layer      {tens}", f"             {ones}"]
+    for step, row in enumerate(table):
+        serving = plan.expert_schedule[step] == component
+        cells = "".join(FP8_CELL if cell else NATIVE_CELL for cell in row)
+        note = "" if serving else "  (served by " + plan.expert_schedule[step] + ")"
+        lines.append(f"  step {step:>4}  {cells}  {sum(row):>3}/{num_layers} fp8{note}")
+    return lines
+
+
+@click.command(name="show")
+@click.argument("plan_path", metavar="PLAN")
+@click.option("--component", help="Show only this component.")
+@click.option("--kind", type=click.Choice(["self", "cross"]), help="Show only this attention kind.")
+def command(plan_path: str, component: str | None, kind: str | None) -> None:
+    """Print PLAN's tables as heatmaps (# = FP8, . = native) and its FP8 share of calls and FLOPs."""
+    plan = load_plan_or_recipe(plan_path)
+    if component is not None and component not in plan.component_names:
+        raise click.BadParameter(f"{component!r} is not in this plan; components: {', '.join(plan.component_names)}",
+                                 param_hint="--component")
+    variant = f" ({plan.variant} variant)" if plan.variant else ""
+    click.echo(f"plan for {plan.family_name}{variant}: {plan.num_inference_steps} steps, {dtype_label(plan.data['dtype'])}, "
+               f"fallback={plan.fallback}, rotation={'on' if plan.numerics['hadamard_rotation'] else 'off'}"
+               f" (seed {plan.numerics['rotation_seed']}), sha256 {plan.content_hash[:12]}")
+    if plan.data["dtype"] == "int8_per_tensor":  # issue 14: the INT8 numerics and where it runs
+        n = plan.numerics
+        click.echo(f"int8 numerics: k_mean_subtraction={'on' if n['k_mean_subtraction'] else 'off'}, "
+                   f"q/k rotation={'on' if n['hadamard_rotation'] else 'off'}, "
+                   f"v_rotation={'on' if n['v_rotation'] else 'off'}, p_scale={n['p_scale']}, "
+                   f"scale_scope={n['scale_scope']}; '#' cells run INT8, on Atlas A2/A3 only (backend int8-npu)")
+    click.echo(f"expert schedule: {', '.join(f'{i}:{c}' for i, c in enumerate(plan.expert_schedule))}")
+    for name in plan.component_names:
+        if component and name != component:
+            continue
+        for attention_kind in plan.attention_kinds:
+            if kind and attention_kind != kind:
+                continue
+            click.echo(f"\n{name} / {attention_kind}-attention  ({FP8_CELL} fp8, {NATIVE_CELL} native)")
+            for line in render_table(plan, name, attention_kind):
+                click.echo(line)
+    click.echo("\nrules (last matching rule wins):")
+    click.echo(f"  default: {plan.data['recipe']['default']}")
+    for rule in plan.data["rules"]:
+        click.echo(f"  {rule['name']}: -> {rule['precision']}, changed {rule['cells_changed']} cell(s)")
+    cost = plan_cost(plan)
+    click.echo(
+        f"\nFP8 share (cells of the serving expert per step, CFG counted): {cost.calls_fp8}/{cost.calls_total} "
+        f"attention calls = {cost.call_share:.1%}; attention FLOPs (4*B*H*Sq*Skv*D at {cost.shapes_description}) "
+        f"= {cost.flop_share:.1%} of {cost.flops_total / 1e15:.1f} PFLOP"
+    )

@@ -1,0 +1,239 @@
+"""Recipe -> Plan: parse, validate against the schema and the family, resolve, and assemble plan data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from qcompiler import __version__
+from qcompiler.compile.resolve import RuleSelection, predict_expert_schedule, resolve_tables
+from qcompiler.errors import Diagnostic, FamilyError, RecipeError
+from qcompiler.families import Family, get_family
+from qcompiler.numerics import INT8_DTYPE, INT8_ONLY_NUMERICS, plan_numerics
+from qcompiler.plan.format import PLAN_FORMAT, Plan, content_sha256
+from qcompiler.plan.io import sha256
+from qcompiler.recipe.schema import schema_diagnostics
+from qcompiler.recipe.selectors import SelectorError, select
+from qcompiler.recipe.source import SourceDocument, YamlLoadError, decode_recipe_bytes, parse_yaml, read_recipe_text
+
+
+class CompileResult:
+    """What compiling a recipe produced: a plan when there were no errors, and every finding."""
+
+    def __init__(self, plan: Plan | None, diagnostics: list[Diagnostic] | None = None) -> None:
+        self.plan = plan
+        self.diagnostics = list(diagnostics or [])
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity == "warning"]
+
+
+def compile_source(
+    raw: bytes | str,
+    *,
+    name: str = "<string>",
+    steps: int | None = None,
+    variant: str | None = None,
+    build_plan: bool = True,
+) -> CompileResult:
+    """Compile recipe bytes or text; never raises for bad input (findings go into the result).
+
+    build_plan=False (linting) stops after resolution: every finding, no plan object.
+    """
+    try:
+        text = decode_recipe_bytes(raw, name) if isinstance(raw, bytes) else raw
+        doc = parse_yaml(text, name)
+    except YamlLoadError as exc:
+        return CompileResult(None, [exc.diagnostic])
+    recipe_bytes = raw if isinstance(raw, bytes) else raw.encode("utf-8")
+    return _compile_document(doc, sha256(recipe_bytes).hexdigest(), steps, variant, build_plan)
+
+
+def compile_path(path: str | os.PathLike[str], *, steps: int | None = None, variant: str | None = None,
+                 build_plan: bool = True) -> CompileResult:
+    display = str(path)
+    try:
+        text = read_recipe_text(Path(path), display)
+    except YamlLoadError as exc:
+        return CompileResult(None, [exc.diagnostic])
+    return compile_source(text, name=display, steps=steps, variant=variant, build_plan=build_plan)
+
+
+def _compile_document(doc: SourceDocument, recipe_sha: str, steps: int | None, variant: str | None,
+                      build_plan: bool) -> CompileResult:
+    findings = list(schema_diagnostics(doc))
+    data: dict[str, Any] = doc.data
+    family = _family_or_finding(doc, variant, findings)
+    if family is None or any(d.severity == "error" for d in findings):
+        return CompileResult(None, findings)
+    num_steps = steps if steps is not None else data["num_inference_steps"]
+    scope_components = tuple(data.get("components") or family.component_names)
+    scope_kinds = tuple(data["attention_kinds"])
+    _check_names(doc, ("components",), scope_components, family.component_names, "component", family, findings)
+    _check_names(doc, ("attention_kinds",), scope_kinds, family.attention_kinds, "attention kind", family, findings)
+    rules = _read_rules(doc, family, num_steps, scope_components, scope_kinds, findings)
+    _check_dtype_numerics(doc, findings)
+    if any(d.severity == "error" for d in findings):
+        return CompileResult(None, findings)
+    resolution = resolve_tables(family, num_steps, scope_components, scope_kinds, data["default"] == "fp8", rules)
+    for index, effect in enumerate(resolution.effects):
+        if effect.cells_changed == 0:
+            mark = doc.mark_for(("rules", index, "name"))
+            findings.append(Diagnostic(
+                doc.path, mark.line, mark.column, "warning", "QC201",
+                f"rule `{effect.name}` changes nothing: every cell it selects is already {effect.precision} "
+                "(from `default` or an earlier rule)",
+                "remove the rule, or change its selectors or precision; --strict makes this an error",
+            ))
+    if not any(any(masks) for masks in resolution.masks.values()):
+        findings.append(Diagnostic(doc.path, 0, 0, "warning", "QC202", "the plan runs no attention call in FP8",
+                                   "set `default: fp8` or add a rule with `precision: fp8`"))
+    if not build_plan:
+        return CompileResult(None, findings)
+    plan_data = _plan_data(doc, data, family, num_steps, recipe_sha, resolution)
+    return CompileResult(Plan.from_dict(plan_data, trusted=True), findings)
+
+
+def _family_or_finding(doc: SourceDocument, variant: str | None, findings: list[Diagnostic]) -> Family | None:
+    name = doc.data.get("family") if isinstance(doc.data, dict) else None
+    if not isinstance(name, str):
+        return None
+    try:
+        return get_family(name, variant)
+    except FamilyError as exc:
+        mark = doc.mark_for(("family",))
+        message = str(exc)
+        hint = "run `qcompile families` for the list"
+        findings.append(Diagnostic(doc.path, mark.line, mark.column, "error", "QC120", message, hint))
+        return None
+
+
+def _check_names(doc: SourceDocument, path: tuple, names: tuple[str, ...], valid: tuple[str, ...], what: str,
+                 family: Family, findings: list[Diagnostic]) -> None:
+    for index, item in enumerate(names):
+        if item not in valid:
+            mark = doc.mark_for((*path, index))
+            findings.append(Diagnostic(
+                doc.path, mark.line, mark.column, "error", "QC121",
+                f"{family.display_name} has no {what} `{item}`",
+                f"valid: {', '.join(valid)}",
+            ))
+
+
+def _read_rules(doc: SourceDocument, family: Family, num_steps: int, scope_components: tuple[str, ...],
+                scope_kinds: tuple[str, ...], findings: list[Diagnostic]) -> list[RuleSelection]:
+    rules = []
+    seen: dict[str, int] = {}
+    for index, rule in enumerate(doc.data.get("rules") or []):
+        name = rule["name"]
+        if name in seen:
+            mark = doc.mark_for(("rules", index, "name"))
+            findings.append(Diagnostic(doc.path, mark.line, mark.column, "error", "QC140",
+                                       f"rule name `{name}` is used twice (first by rule {seen[name]})", "give each rule its own name"))
+        seen.setdefault(name, index)
+        components = tuple(rule.get("components") or scope_components)
+        kinds = tuple(rule.get("attention_kinds") or scope_kinds)
+        _check_scope(doc, index, "components", components, scope_components, "component", findings)
+        _check_scope(doc, index, "attention_kinds", kinds, scope_kinds, "attention kind", findings)
+        steps = _select_or_finding(doc, index, "steps", rule.get("steps", "all"), num_steps, findings)
+        layer_count = min((family.component(c).num_layers for c in components if c in family.component_names),
+                          default=min(c.num_layers for c in family.components))
+        layers = _select_or_finding(doc, index, "layers", rule.get("layers", "all"), layer_count, findings)
+        if steps is not None and layers is not None:
+            rules.append(RuleSelection(name, rule["precision"], components, kinds, steps, layers))
+    return rules
+
+
+def _check_scope(doc: SourceDocument, index: int, key: str, chosen: tuple[str, ...], scope: tuple[str, ...], what: str,
+                 findings: list[Diagnostic]) -> None:
+    for position, item in enumerate(chosen):
+        if item not in scope:
+            mark = doc.mark_for(("rules", index, key, position))
+            findings.append(Diagnostic(
+                doc.path, mark.line, mark.column, "error", "QC121",
+                f"rule `{doc.data['rules'][index]['name']}` selects {what} `{item}`, which is not in the recipe's `{key}` ({', '.join(scope)})",
+                f"add `{item}` to the top-level `{key}`, or remove it from the rule",
+            ))
+
+
+def _select_or_finding(doc: SourceDocument, index: int, key: str, value: Any, length: int,
+                       findings: list[Diagnostic]) -> frozenset[int] | None:
+    try:
+        return select(value, length, key)
+    except SelectorError as exc:
+        path = ("rules", index, key) if exc.list_index is None else ("rules", index, key, exc.list_index)
+        mark = doc.mark_for(path)
+        column = mark.column + (1 if mark.quoted else 0) + exc.offset if exc.list_index is None else mark.column
+        rule_name = doc.data["rules"][index].get("name", f"#{index}")
+        findings.append(Diagnostic(doc.path, mark.line, column, "error", exc.code, f"rule `{rule_name}`: {exc.message}", exc.hint))
+        return None
+
+
+# --- int8_per_tensor (issue 14) ---
+def _check_dtype_numerics(doc: SourceDocument, findings: list[Diagnostic]) -> None:
+    """int8-only numerics keys need dtype int8_per_tensor; an int8 recipe is told where it can run."""
+    data = doc.data
+    numerics = data.get("numerics") or {}
+    if data["dtype"] != INT8_DTYPE:
+        for key in INT8_ONLY_NUMERICS:
+            if key in numerics:
+                mark = doc.mark_for(("numerics", key), key=True)
+                findings.append(Diagnostic(
+                    doc.path, mark.line, mark.column, "error", "QC150",
+                    f"numerics.{key} applies to dtype {INT8_DTYPE} only, the recipe's dtype is {data['dtype']}",
+                    f"remove numerics.{key}, or set `dtype: {INT8_DTYPE}`",
+                ))
+        return
+    mark = doc.mark_for(("dtype",))
+    findings.append(Diagnostic(
+        doc.path, mark.line, mark.column, "warning", "QC151",
+        f"dtype {INT8_DTYPE} runs only on Atlas A2/A3 NPUs (Ascend 910B/910C, backend int8-npu); anywhere else "
+        "its quantized cells follow `fallback`, and no export target (vllm-omni, MindIE-SD, xDiT) runs it",
+        "deploy on 910B/910C with runtime.load, or use dtype fp8_e4m3_per_block for Ascend 950",
+    ))
+
+
+def _plan_data(doc: SourceDocument, data: dict, family: Family, num_steps: int, recipe_sha: str, resolution) -> dict:
+    tables: dict[str, dict[str, list[str]]] = {}
+    for component, kind in resolution.masks:
+        tables.setdefault(component, {})[kind] = resolution.rows(component, kind)
+    plan: dict[str, Any] = {
+        "plan_format": PLAN_FORMAT,
+        "compiler": {"name": "qcompile", "version": __version__},
+        "family": family.structure(),
+        "num_inference_steps": num_steps,
+        "dtype": data["dtype"],
+        "numerics": plan_numerics(data["dtype"], data.get("numerics")),
+        "fallback": data["fallback"],
+        "expert_schedule": predict_expert_schedule(family, num_steps),
+        "tables": tables,
+        "rules": [
+            {
+                "name": effect.name,
+                "precision": effect.precision,
+                "cells_changed": effect.cells_changed,
+                "changed": {
+                    component: {kind: cells for (comp, kind), cells in sorted(effect.changed.items()) if comp == component}
+                    for component in sorted({comp for comp, _ in effect.changed})
+                },
+            }
+            for effect in resolution.effects
+        ],
+        "recipe": {"name": os.path.basename(doc.path), "sha256": recipe_sha, "default": data["default"]},
+    }
+    plan["content_sha256"] = content_sha256(plan)
+    return plan
+
+
+def raise_for_findings(result: CompileResult, *, strict: bool = False) -> Plan:
+    """The plan, or RecipeError when there are errors (or warnings under strict)."""
+    blocking = result.diagnostics if strict else result.errors
+    if blocking or result.plan is None:
+        raise RecipeError(result.diagnostics)
+    return result.plan

@@ -1,0 +1,122 @@
+"""The sensitivity file (`qcompile calibrate` writes it, `qcompile suggest` reads it), as pure data.
+
+Schema: schemas/sensitivity.schema.json. One entry per (component, kind, step, layer) that ran, with the
+mean and the worst per-call error over every sample and CFG branch. Never imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qcompiler.errors import QcompileError
+from qcompiler.numerics import DEFAULT_DTYPE
+from qcompiler.plan.format import FamilyDocument
+from qcompiler.plan.io import InputRefused, read_json_file
+from qcompiler.schemas import check_versioned_document
+
+# A sensitivity file holds one small record per measured cell; 64 MB is far above 1,000 steps x 100 layers.
+MAX_SENSITIVITY_BYTES = 64 * 1024 * 1024
+
+SENSITIVITY_FORMAT = 1
+
+CellKey = tuple[str, str, int, int]  # (component, kind, step, layer)
+
+
+class SensitivityError(QcompileError):
+    """A sensitivity file is unreadable, malformed, or from an unknown format version."""
+
+
+@dataclass(frozen=True)
+class CellSensitivity:
+    component: str
+    kind: str
+    step: int
+    layer: int
+    calls: int
+    flops: float
+    cos_sim_mean: float
+    cos_sim_worst: float
+    rel_l1_mean: float
+    rel_l1_worst: float
+    rmse_mean: float
+    rmse_worst: float
+
+    @property
+    def key(self) -> CellKey:
+        return (self.component, self.kind, self.step, self.layer)
+
+
+@dataclass(frozen=True)
+class Sensitivity(FamilyDocument):
+    data: Mapping[str, Any]
+    cells: Mapping[CellKey, CellSensitivity]
+
+    @property
+    def components(self) -> tuple[tuple[str, int], ...]:
+        """(name, num_layers) in denoising order."""
+        return tuple((c["name"], c["num_layers"]) for c in self.data["family"]["components"])
+
+    @property
+    def measured(self) -> Mapping[str, Any]:
+        return self.data["measured"]
+
+    @property
+    def dtype(self) -> str:
+        """The quantized format measured (files written before MX formats measured per-block FP8)."""
+        return self.data["numerics"].get("dtype", DEFAULT_DTYPE)
+
+
+def sensitivity_from_dict(data: Any) -> Sensitivity:
+    """Validate `data` against the schema and index its cells. Raises SensitivityError."""
+    check_versioned_document(data, name="sensitivity", format_key="sensitivity_format", version=SENSITIVITY_FORMAT,
+                             error=SensitivityError, what="a sensitivity file",
+                             redo="re-run qcompile calibrate with this qcompile")
+    layers = {c["name"]: c["num_layers"] for c in data["family"]["components"]}
+    kinds = set(data["family"]["attention_kinds"])
+    steps = data["num_inference_steps"]
+    cells: dict[CellKey, CellSensitivity] = {}
+    for index, raw in enumerate(data["cells"]):
+        cell = CellSensitivity(
+            component=raw["component"], kind=raw["kind"], step=raw["step"], layer=raw["layer"], calls=raw["calls"],
+            flops=float(raw["flops"]),
+            cos_sim_mean=raw["cos_sim"]["mean"], cos_sim_worst=raw["cos_sim"]["worst"],
+            rel_l1_mean=raw["rel_l1"]["mean"], rel_l1_worst=raw["rel_l1"]["worst"],
+            rmse_mean=raw["rmse"]["mean"], rmse_worst=raw["rmse"]["worst"],
+        )
+        if cell.component not in layers or cell.kind not in kinds:
+            raise SensitivityError(f"cells/{index}: {cell.component}/{cell.kind} is not in the file's family structure")
+        if cell.step >= steps or cell.layer >= layers[cell.component]:
+            raise SensitivityError(
+                f"cells/{index}: step {cell.step}, layer {cell.layer} is outside {steps} steps x "
+                f"{layers[cell.component]} layers of {cell.component}"
+            )
+        if cell.key in cells:
+            raise SensitivityError(f"cells/{index}: cell {cell.key} is listed twice")
+        cells[cell.key] = cell
+    return Sensitivity(data=data, cells=cells)
+
+
+def load_sensitivity(source: str | os.PathLike[str] | Mapping[str, Any]) -> Sensitivity:
+    """Load a sensitivity file from a path or a parsed mapping. Raises SensitivityError naming the file."""
+    if isinstance(source, Mapping):
+        return sensitivity_from_dict(source)
+    path = Path(source)
+    try:
+        data = read_json_file(path, max_bytes=MAX_SENSITIVITY_BYTES)
+    except FileNotFoundError:
+        raise SensitivityError(
+            f"{path}: no such sensitivity file; measure one with: qcompile calibrate --pipeline tiny "
+            f"--family FAMILY --steps N -o {path}"
+        ) from None
+    except InputRefused as exc:
+        raise SensitivityError(exc.located(str(path))) from None
+    except OSError as exc:
+        raise SensitivityError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        return sensitivity_from_dict(data)
+    except SensitivityError as exc:
+        raise SensitivityError(f"{path}: {exc}") from None

@@ -1,0 +1,142 @@
+"""Every private diffusers API qcompile relies on, named in one place (diffusers 0.42.1).
+
+diffusers has no public way to add an attention backend (`AttentionBackendName` is a closed str Enum and the
+registry is keyed on it) and no public way to run a custom attention op inside its context-parallel
+all-to-all. Everything here may move in a diffusers upgrade; `check_private_api()` says what moved, and
+tests/runtime/test_diffusers_private.py fails with its message.
+
+What we rely on:
+- `AttentionBackendName` member maps (`_member_map_`, `_value2member_map_`, `_member_names_`): adding a member.
+- `_AttentionBackendRegistry._backends / _constraints / _supported_arg_names / _supports_context_parallel /
+  _active_backend / _checks_enabled` and `attention_dispatch._CAN_USE_FLEX_ATTN` (what dispatch does per call).
+- `_templated_context_parallel_attention(q, k, v, ..., forward_op=, backward_op=, _parallel_config=)` and the
+  forward-op signature `(ctx, q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, return_lse,
+  _save_ctx, _parallel_config)`.
+- attention processors' `_attention_backend` and `_parallel_config` attributes, and the model's
+  `_parallel_config` (set by `enable_parallelism`), with `context_parallel_config.ring_degree / ulysses_degree /
+  ulysses_anything`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from diffusers.models import attention_dispatch
+
+AttentionBackendName = attention_dispatch.AttentionBackendName
+dispatch_attention_fn = attention_dispatch.dispatch_attention_fn
+
+# What the rest of the runtime reads; a diffusers upgrade that drops one makes check_private_api() name it.
+_REGISTRY_FIELDS = ("_backends", "_constraints", "_supported_arg_names", "_supports_context_parallel",
+                    "_active_backend", "_checks_enabled")
+_ENUM_FIELDS = ("_member_map_", "_value2member_map_", "_member_names_")
+_TEMPLATED_KEYWORDS = ("forward_op", "backward_op", "_parallel_config")
+_NATIVE_FORWARD_OP_PARAMS = ("ctx", "query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale",
+                             "enable_gqa", "return_lse", "_save_ctx", "_parallel_config")
+_PROCESSOR_ATTRIBUTES = ("_attention_backend", "_parallel_config")
+
+
+def check_private_api() -> list[str]:
+    """What of the private API above this diffusers no longer has (empty when all is in place)."""
+    problems = []
+    registry = getattr(attention_dispatch, "_AttentionBackendRegistry", None)
+    if registry is None:
+        problems.append("diffusers.models.attention_dispatch._AttentionBackendRegistry is gone")
+    else:
+        problems += [f"_AttentionBackendRegistry.{f} is gone" for f in _REGISTRY_FIELDS if not hasattr(registry, f)]
+    problems += [f"AttentionBackendName.{f} is gone" for f in _ENUM_FIELDS if not hasattr(AttentionBackendName, f)]
+    if not hasattr(attention_dispatch, "_CAN_USE_FLEX_ATTN"):
+        problems.append("diffusers.models.attention_dispatch._CAN_USE_FLEX_ATTN is gone")
+    templated = getattr(attention_dispatch, "_templated_context_parallel_attention", None)
+    if templated is None:
+        problems.append("diffusers.models.attention_dispatch._templated_context_parallel_attention is gone")
+    else:
+        params = inspect.signature(templated).parameters
+        problems += [f"_templated_context_parallel_attention lost its {p!r} keyword"
+                     for p in _TEMPLATED_KEYWORDS if p not in params]
+    native_op = getattr(attention_dispatch, "_native_attention_forward_op", None)
+    if native_op is None or tuple(inspect.signature(native_op).parameters) != _NATIVE_FORWARD_OP_PARAMS:
+        problems.append("the context-parallel forward-op signature changed (diffusers' _native_attention_forward_op "
+                        f"no longer takes {', '.join(_NATIVE_FORWARD_OP_PARAMS)})")
+    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+    problems += [f"WanAttnProcessor has no class attribute {a}" for a in _PROCESSOR_ATTRIBUTES
+                 if not hasattr(WanAttnProcessor, a)]
+    return problems
+
+
+def register_attention_backend(value: str, function: Callable[..., Any], *, supports_context_parallel: bool) -> Any:
+    """Add `value` to AttentionBackendName and register `function` for it (idempotent). Returns the member.
+
+    cache-dit and others do the same: diffusers offers no public registration of a new backend name.
+    """
+    enum = AttentionBackendName
+    member = enum._value2member_map_.get(value)
+    if member is None:
+        name = value.upper().replace("-", "_")
+        member = str.__new__(enum, value)
+        member._name_, member._value_ = name, value
+        member.__objclass__ = enum
+        type.__setattr__(enum, name, member)
+        enum._member_map_[name] = member
+        enum._value2member_map_[value] = member
+        enum._member_names_.append(name)
+    registry = attention_dispatch._AttentionBackendRegistry
+    registry._backends[member] = function
+    registry._constraints[member] = []
+    registry._supported_arg_names[member] = set(inspect.signature(function).parameters)
+    if supports_context_parallel:
+        registry._supports_context_parallel.add(value)
+    return member
+
+
+def backend_call(backend: Any, query: Any, key: Any, value: Any, attn_mask: Any, dropout_p: float, is_causal: bool,
+                 scale: Any, enable_gqa: bool, parallel_config: Any) -> Any:
+    """What `dispatch_attention_fn(..., backend=backend, parallel_config=...)` does, without rebuilding its
+    argument checks per call: the registered function of `backend` (None: the active one) with the arguments it
+    takes. With DIFFUSERS_ATTN_CHECKS on, the real dispatch runs (its checks included)."""
+    registry = attention_dispatch._AttentionBackendRegistry
+    if registry._checks_enabled:
+        return dispatch_attention_fn(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
+                                     is_causal=is_causal, scale=scale, enable_gqa=enable_gqa, backend=backend,
+                                     parallel_config=parallel_config)
+    if backend is None:
+        backend = registry._active_backend
+    elif not isinstance(backend, AttentionBackendName):
+        backend = AttentionBackendName(backend)
+    names = registry._supported_arg_names[backend]
+    kwargs = {"query": query, "key": key, "value": value, "attn_mask": attn_mask, "dropout_p": dropout_p,
+              "is_causal": is_causal, "scale": scale, "_parallel_config": parallel_config}
+    if attention_dispatch._CAN_USE_FLEX_ATTN:  # dispatch passes enable_gqa only on torch >= 2.5
+        kwargs["enable_gqa"] = enable_gqa
+    return registry._backends[backend](**{k: v for k, v in kwargs.items() if k in names})
+
+
+def templated_context_parallel_attention(query: Any, key: Any, value: Any, *, forward_op: Callable[..., Any],
+                                         parallel_config: Any) -> Any:
+    """Run `forward_op` inside diffusers' context-parallel attention (Ulysses: after the all-to-all)."""
+    return attention_dispatch._templated_context_parallel_attention(
+        query, key, value, forward_op=forward_op, backward_op=_no_backward, _parallel_config=parallel_config)
+
+
+def _no_backward(*args: Any, **kwargs: Any) -> Any:
+    raise RuntimeError("qcompile's FP8 attention is inference-only: it has no backward pass")
+
+
+def context_parallel_config(parallel_config: Any) -> Any:
+    """The ContextParallelConfig inside a model's or processor's `_parallel_config` (None when none)."""
+    return None if parallel_config is None else getattr(parallel_config, "context_parallel_config", None)
+
+
+def model_parallel_config(model: Any) -> Any:
+    return getattr(model, "_parallel_config", None)
+
+
+def processor_backend(processor: Any) -> Any:
+    return processor._attention_backend
+
+
+def set_processor_backend(processor: Any, backend: Any) -> None:
+    processor._attention_backend = backend

@@ -1,0 +1,117 @@
+"""The one installer for plan mode (`runtime.load`) and shadow mode (`runtime.shadow`).
+
+For each component x attention kind x layer (module paths from the family data, e.g. "blocks.{layer}.attn1"),
+it keeps the stock processor, points its `_attention_backend` at qcompile's dispatch backend, puts a forward
+pre-hook on the attention module that makes its Site current, and adds one ComponentHook per component. Removal
+undoes exactly that, in reverse, so the pipeline is stock again (and keeps whatever `enable_parallelism`
+set on the processors, before or after install).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from runtime.diffusers_private import processor_backend, set_processor_backend
+from runtime.dispatch import QCOMPILE_BACKEND, ComponentState, Site
+from runtime.errors import PlanMismatchError
+from runtime.execution_report import CellCounts
+from runtime.hooks import ComponentHook
+from runtime.step_tracker import StepTracker
+
+INSTALLED_ATTR = "_qcompile_runtime"  # set on a pipeline while a plan or shadow recorder is installed
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """What to install on one component. `rows[kind][step]`: the plan's flags (None in shadow mode);
+    `rotation`: (head_dim, seed) when FP8 calls rotate Q and K."""
+
+    name: str
+    model: torch.nn.Module
+    num_layers: int
+    state: ComponentState
+    rows: Mapping[str, Sequence[Sequence[bool]]] | None
+    counts: Mapping[str, CellCounts] | None
+    rotation: tuple[int, int] | None
+    needs_fp8: bool
+
+
+@dataclass
+class Installation:
+    hooks: list[ComponentHook] = field(default_factory=list)
+    sites: list[Site] = field(default_factory=list)
+    _undo: list[Callable[[], None]] = field(default_factory=list)
+
+    def states(self) -> list[ComponentState]:
+        return [hook.state for hook in self.hooks]
+
+    def remove(self) -> None:
+        for undo in reversed(self._undo):
+            undo()
+        self._undo, self.hooks, self.sites = [], [], []
+
+
+def mark_installed(pipe: Any, owner: object) -> None:
+    current = getattr(pipe, INSTALLED_ATTR, None)
+    if current is not None:
+        raise PlanMismatchError(
+            f"this pipeline already has a qcompile {type(current).__name__} installed; unload it first"
+        )
+    setattr(pipe, INSTALLED_ATTR, owner)
+
+
+def unmark_installed(pipe: Any, owner: object) -> None:
+    if getattr(pipe, INSTALLED_ATTR, None) is owner:
+        delattr(pipe, INSTALLED_ATTR)
+
+
+def attention_module(model: torch.nn.Module, component: str, kind: str, pattern: str, layer: int) -> Any:
+    path = pattern.format(layer=layer)
+    try:
+        module = model.get_submodule(path)
+    except AttributeError:
+        raise PlanMismatchError(f"{component} has no attention module {path} ({kind} attention)") from None
+    processor = getattr(module, "processor", None)
+    if not hasattr(module, "set_processor") or not hasattr(processor, "_attention_backend"):
+        raise PlanMismatchError(
+            f"{component}.{path} has no diffusers attention processor that calls the attention dispatch "
+            f"(found {type(processor).__name__}); qcompile serves processors with an `_attention_backend`, "
+            "like diffusers' WanAttnProcessor"
+        )
+    if processor_backend(processor) is QCOMPILE_BACKEND:
+        raise PlanMismatchError(f"{component}.{path} already runs qcompile's attention backend; unload it first")
+    return module
+
+
+def install(specs: Sequence[ComponentSpec], modules: Mapping[str, str], tracker: StepTracker) -> Installation:
+    """Install on every spec'd component; on any error, remove what was installed and re-raise."""
+    installation = Installation()
+    try:
+        for spec in specs:
+            sites: dict[str, list[Site]] = {}
+            for kind, pattern in sorted(modules.items()):
+                kind_sites = []
+                for layer in range(spec.num_layers):
+                    module = attention_module(spec.model, spec.name, kind, pattern, layer)
+                    site = Site(spec.name, kind, layer, module, spec.state)
+                    set_processor_backend(site.processor, QCOMPILE_BACKEND)
+                    installation._undo.append(lambda s=site: set_processor_backend(s.processor, s.stock_backend))
+                    handle = module.register_forward_pre_hook(site.make_current)
+                    installation._undo.append(handle.remove)
+                    kind_sites.append(site)
+                sites[kind] = kind_sites
+                installation.sites.extend(kind_sites)
+            hook = ComponentHook(spec.model, spec.state, sites, spec.rows, tracker, spec.counts, spec.rotation,
+                                 spec.needs_fp8)
+            hook.check_layout()  # refuse an unservable parallel layout at install time too
+            hook.install()
+            installation._undo.append(hook.remove)
+            installation.hooks.append(hook)
+    except BaseException:
+        installation.remove()
+        raise
+    return installation

@@ -1,0 +1,1 @@
+"""Integrations of the qcompile runtime into serving engines (each one an opt-in extra)."""

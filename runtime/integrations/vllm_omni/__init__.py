@@ -1,0 +1,60 @@
+"""qcompile's vllm-omni plugin: vllm-omni's own Wan attention layers follow a full plan.json, cell for cell.
+
+Registered as `qcompile_plan` in the `vllm_omni.general_plugins` entry-point group (pip install
+'qcompile[vllm-omni]'); vllm-omni calls `register()` once in every process. It does nothing unless
+QCOMPILE_VLLM_OMNI_PLAN names a plan (spawned workers inherit the variable). See docs/vllm-omni-plugin.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from runtime.integrations.vllm_omni import vllm_omni_private as omni
+from runtime.integrations.vllm_omni.executed import read_executed
+from runtime.integrations.vllm_omni.plugin import (
+    PLAN_ENV,
+    REPORT_DIR_ENV,
+    PluginRefusal,
+    PluginState,
+    activate,
+    active_state,
+    deactivate,
+)
+
+logger = logging.getLogger("qcompile.vllm_omni")
+
+__all__ = [
+    "PLAN_ENV",
+    "REPORT_DIR_ENV",
+    "PluginRefusal",
+    "PluginState",
+    "activate",
+    "active_state",
+    "deactivate",
+    "read_executed",
+    "register",
+]
+
+
+def register() -> None:
+    """The entry point. Without QCOMPILE_VLLM_OMNI_PLAN: nothing. With it: refuse an untested vllm-omni, verify
+    the plan, and install the hooks that tag each Wan expert as vllm-omni builds it. Raises PluginRefusal (vllm-omni
+    lets an exception inside a plugin function propagate, so the process stops with the message)."""
+    plan_path = os.environ.get(PLAN_ENV)
+    if not plan_path:
+        return
+    state = active_state()
+    if state is not None and state.log.plan_path == plan_path:
+        return  # vllm-omni loads general plugins once per process; tolerate a second call all the same
+    version = omni.installed_version()
+    problem = omni.version_problem(version)
+    if problem and (version is None or not omni.untested_allowed()):
+        raise PluginRefusal(problem)
+    if problem:
+        logger.warning("qcompile plan: %s=1, running anyway: %s. Check the executed tables it writes",
+                       omni.ALLOW_UNTESTED_ENV, problem)
+    state = activate(plan_path, vllm_omni_version=version)
+    logger.info("qcompile plan %s (%s, %d steps) active in process %d; executed tables go to %s",
+                state.plan.content_hash[:12], state.plan.family_name, state.plan.num_inference_steps, os.getpid(),
+                state.log.report_dir)

@@ -1,0 +1,31 @@
+"""Everything the vllm-omni plugin uses from the rest of qcompile, imported in this one place.
+
+When those modules move, only these imports follow them.
+"""
+
+from qcompiler.errors import FamilyError, PlanError, QcompileError
+from qcompiler.targets.vllm_omni import _numerics_notes as vllm_omni_numerics_notes
+from qcompiler.families import get_family
+from qcompiler.plan.format import Plan, load_plan, table_to_rows, thaw
+from qcompiler.plan.io import write_text_atomically
+from runtime.execution_report import FP8, NATIVE, CellCounts, ExecutionReport, executed_char
+
+plan_family_dict = thaw  # a loaded plan's (frozen) family mapping as plain dicts, to compare with the registry
+
+__all__ = [
+    "FP8",
+    "NATIVE",
+    "CellCounts",
+    "ExecutionReport",
+    "FamilyError",
+    "Plan",
+    "PlanError",
+    "QcompileError",
+    "executed_char",
+    "get_family",
+    "load_plan",
+    "plan_family_dict",
+    "table_to_rows",
+    "vllm_omni_numerics_notes",
+    "write_text_atomically",
+]

@@ -1,0 +1,260 @@
+"""`runtime.load(pipe, plan)`: check the plan against the pipeline, install it (runtime/install.py) and return a
+PlanHandle that reports what ran and restores the pipeline on `unload()`.
+
+Order with diffusers' context parallelism does not matter: the stock processors stay in place, so
+`enable_parallelism` before or after load sets their `_parallel_config` as it would without qcompile.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from qcompiler.plan.format import Plan, load_plan, table_to_rows
+from runtime.backends import AttentionBackend, NativeBackend, resolve_fp8_backend
+from runtime.call_record import CallRecord
+from runtime.checks import check_structure, transformer_components
+from runtime.dispatch import PLAN, ComponentState
+from runtime.errors import BackendUnavailableError, PlanMismatchError
+from runtime.execution_report import (
+    FALLBACK,
+    FALLBACK_BACKEND,
+    FP8,
+    NATIVE,
+    SKIPPED,
+    SKIPPED_KEY,
+    CellCounts,
+    ExecutionReport,
+    executed_char,
+)
+from runtime.hooks import parallel_layout
+from runtime.install import ComponentSpec, Installation, install, mark_installed, unmark_installed
+from runtime.numerics import Numerics
+from runtime.step_tracker import CallContext, StepTracker
+
+logger = logging.getLogger("runtime")
+
+EMBEDDED_PLAN_KEY = "_qcompile_plan"  # private key in transformer/config.json written by `qcompile patch`
+
+
+def _embedded_plan(pipe: Any) -> Plan:
+    from qcompiler.targets.pipeline_dir import embedded_plan_from_configs
+
+    configs = {name: model.config for name, model in transformer_components(pipe).items()}
+    data = embedded_plan_from_configs(configs)
+    if data is None:
+        raise PlanMismatchError(
+            f"no plan given and the pipeline's transformer configs have no {EMBEDDED_PLAN_KEY!r}: pass a plan "
+            "(runtime.load(pipe, 'plan.json')) or embed one with: qcompile patch PIPELINE_DIR plan.json"
+        )
+    logger.info("runtime.load: using the plan embedded in the transformer config (%s)", EMBEDDED_PLAN_KEY)
+    return load_plan(data)
+
+
+def recompile_hint(plan: Plan) -> str:
+    recipe = (plan.data.get("recipe") or {}).get("name") or "RECIPE"
+    variant = f" --variant {plan.variant}" if plan.variant else ""
+    return f"or recompile the plan for {{steps}} steps: qcompile {recipe}{variant} --steps {{steps}} -o plan.json"
+
+
+class PlanHandle:
+    """A plan installed in a pipeline. Use as a context manager, or call `unload()` when done."""
+
+    def __init__(self, pipe: Any, plan: Plan, backend: str | AttentionBackend, served: dict[str, AttentionBackend | None],
+                 fallback_reasons: dict[str, str]):
+        self.pipe = pipe
+        self.plan = plan
+        self.backend = backend  # as requested: a registry name (runtime.backends.registry) or a backend object
+        self.fallback_reasons = fallback_reasons
+        self._served = served
+        self._context = CallContext()
+        self._tracker = StepTracker(pipe, plan.num_inference_steps, self._context, recompile_hint(plan))
+        self._installation = Installation()
+        self._models: dict[str, torch.nn.Module] = {}
+        self._counts: dict[tuple[str, str], CellCounts] = {}
+        self._active = False
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    @property
+    def fp8_backend(self) -> str | None:
+        """Name of the backend that serves FP8 cells (None when none does)."""
+        return next((b.name for b in self._served.values() if b is not None), None)
+
+    def _install(self, models: dict[str, torch.nn.Module]) -> None:
+        plan, steps = self.plan, self.plan.num_inference_steps
+        numerics = Numerics.from_plan(plan)
+        modules = {kind: spec["module"] for kind, spec in plan.data["family"]["attention_kinds"].items()}
+        force_native = self.backend == "native" or isinstance(self.backend, NativeBackend)
+        specs = []
+        for component in plan.components:
+            name, layers = component["name"], component["num_layers"]
+            backend = self._served[name]
+            rows, counts = {}, {}
+            for kind in sorted(modules):
+                table = plan.table(name, kind)
+                # backend="native" runs every cell natively, whatever the plan says (a deliberate override).
+                rows[kind] = tuple(tuple(False for _ in row) for row in table) if force_native else table
+                counts[kind] = self._counts[(name, kind)] = CellCounts(steps, layers)
+            needs_fp8 = backend is not None and any(any(row) for kind_rows in rows.values() for row in kind_rows)
+            rotation = (component["head_dim"], numerics.rotation_seed) if (
+                backend is not None and numerics.hadamard_rotation) else None
+            specs.append(ComponentSpec(name, models[name], layers, ComponentState(name, PLAN, backend, self._context),
+                                       rows, counts, rotation, needs_fp8))
+        self._models = models
+        self._installation = install(specs, modules, self._tracker)
+        self._active = True
+
+    def unload(self) -> None:
+        """Restore the stock processors' backends and remove the hooks; the pipeline then runs exactly as never
+        patched (with whatever parallel config it has). The report stays readable. Calling it twice is harmless."""
+        if self._active:
+            self._installation.remove()
+            unmark_installed(self.pipe, self)
+            self._active = False
+
+    def __enter__(self) -> PlanHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.unload()
+
+    def set_observer(self, observer: Callable[[CallRecord], None] | None) -> None:
+        """Call `observer(record)` after every FP8 attention call with the error of its output against native
+        attention on the same inputs (costs one extra native attention per FP8 call; eager mode only). Under
+        context parallelism the error is of the full-sequence call (a collective: every rank computes it)."""
+        for state in self._installation.states():
+            state.observer = observer
+
+    def reset_report(self) -> None:
+        for counts in self._counts.values():
+            counts.clear()
+        self._tracker.observed.clear()
+        self._tracker.pipeline_calls = 0
+
+    def report(self) -> ExecutionReport:
+        """What ran on this rank since load (or the last reset_report), cell for cell comparable with the plan.
+        Under context parallelism, `runtime.gather_reports(handle.report())` combines the ranks' reports."""
+        plan_rows: dict[str, dict[str, list[str]]] = {}
+        executed: dict[str, dict[str, list[str]]] = {}
+        cells: dict[str, dict[str, list[list[dict[str, int]]]]] = {}
+        totals: dict[str, int] = {}
+        fallback_calls = skipped = 0
+        for (component, kind), counts in self._counts.items():
+            fp8_name = self._served[component].name if self._served[component] is not None else FALLBACK_BACKEND
+            plan_rows.setdefault(component, {})[kind] = table_to_rows(self.plan.table(component, kind))
+            executed.setdefault(component, {})[kind] = ["".join(executed_char(c) for c in row) for row in counts.counts]
+            kind_cells = []
+            for row in counts.counts:
+                row_cells = []
+                for cell in row:
+                    named: dict[str, int] = {}
+                    for lane_name, lane in (("native", NATIVE), (fp8_name, FP8), (FALLBACK_BACKEND, FALLBACK),
+                                            (SKIPPED_KEY, SKIPPED)):
+                        if cell[lane]:
+                            named[lane_name] = named.get(lane_name, 0) + cell[lane]
+                    for backend_name, calls in named.items():
+                        if backend_name != SKIPPED_KEY:
+                            totals[backend_name] = totals.get(backend_name, 0) + calls
+                    fallback_calls += cell[FALLBACK]
+                    skipped += cell[SKIPPED]
+                    row_cells.append(named)
+                kind_cells.append(row_cells)
+            cells.setdefault(component, {})[kind] = kind_cells
+        compiled = sum(h.compiled_forwards for h in self._installation.hooks)
+        notes = []
+        if compiled:
+            notes.append(f"{compiled} forwards ran compiled blocks: their cells count the decisions the hook set, "
+                         "one per forward, not attention calls")
+        rank, world = _rank_and_world()
+        layouts = {parallel_layout(m) for m in self._models.values()} - {None}
+        return ExecutionReport(
+            plan_rows=plan_rows,
+            executed=executed,
+            cells=cells,
+            call_counts=totals,
+            fallback_calls=fallback_calls,
+            fallback_reasons=dict(self.fallback_reasons),
+            pipeline_calls=self._tracker.pipeline_calls,
+            expert_schedule=list(self.plan.expert_schedule),
+            observed_schedule=self._tracker.observed_schedule(),
+            fp8_backend=self.fp8_backend,
+            counted="decisions" if compiled else "calls",
+            notes=notes,
+            skipped=skipped,
+            rank=rank,
+            world_size=world,
+            parallel=",".join(sorted(layouts)) or None,
+        )
+
+
+def _rank_and_world() -> tuple[int, int]:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _serving_backends(
+    plan: Plan, backend: str | AttentionBackend, models: dict[str, torch.nn.Module]
+) -> tuple[dict[str, AttentionBackend | None], dict[str, str]]:
+    """Per component, the backend serving its FP8 cells (None: native), and why FP8 falls back where it does.
+    Raises BackendUnavailableError where the plan wants FP8, nothing can serve it and the policy is `error`."""
+    fp8_backend, reason = resolve_fp8_backend(backend, Numerics.from_plan(plan))
+    served: dict[str, AttentionBackend | None] = {}
+    fallbacks: dict[str, str] = {}
+    for component in plan.components:
+        name = component["name"]
+        why = reason if fp8_backend is None else fp8_backend.unsupported_reason(component["head_dim"])
+        wants_fp8 = any(any(row) for kind in plan.attention_kinds for row in plan.table(name, kind))
+        served[name] = None if why else fp8_backend
+        if not why or not wants_fp8 or backend == "native" or isinstance(backend, NativeBackend):
+            continue
+        if plan.fallback == "error":
+            raise BackendUnavailableError(
+                f"the plan asks for FP8 attention in {name} but nothing here can serve it: {why}. Its fallback "
+                "policy is 'error'. Run where the FP8 kernel is available, pass backend='reference' to emulate "
+                "FP8 in PyTorch, or set `fallback: native` in the recipe and recompile."
+            )
+        fallbacks[name] = why
+    if fallbacks:
+        warnings.warn(
+            "FP8 attention unavailable, planned FP8 cells run native (fallback: native): "
+            + "; ".join(f"{n}: {w}" for n, w in fallbacks.items()),
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return served, fallbacks
+
+
+def load(pipe: Any, plan: str | os.PathLike[str] | Mapping[str, Any] | Plan | None = None, *,
+         backend: str | AttentionBackend = "auto") -> PlanHandle:
+    """Install `plan` (a path, a parsed dict, a Plan, or None for the plan embedded by `qcompile patch`) in a
+    diffusers Wan pipeline. `backend`: "auto" (the first kernel that can serve the plan's dtype here, see
+    runtime.backends.registry), a backend name from that registry ("reference" is the exact PyTorch emulation of
+    every dtype, any device; "native" runs every cell native), or an AttentionBackend object.
+
+    Works before or after `model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=N))`; FP8 cells
+    then run after the Ulysses all-to-all. Raises PlanError (bad/edited plan), PlanMismatchError (plan does not
+    fit the pipeline), ParallelLayoutError (ring or Ulysses-anything with FP8 cells; also raised by the first
+    forward when that layout is enabled after load), BackendUnavailableError (FP8 needed, none available,
+    fallback policy `error`).
+    """
+    loaded = _embedded_plan(pipe) if plan is None else load_plan(plan)
+    models = check_structure(pipe, loaded)
+    served, fallbacks = _serving_backends(loaded, backend, models)
+    handle = PlanHandle(pipe, loaded, backend, served, fallbacks)
+    mark_installed(pipe, handle)
+    try:
+        handle._install(models)
+    except BaseException:
+        unmark_installed(pipe, handle)
+        raise
+    return handle

@@ -1,0 +1,216 @@
+"""Pipelines and call arguments shared by `qcompile report` and `qcompile calibrate`.
+
+`--pipeline tiny` builds the family's tiny offline pipeline (runtime.tiny); `--pipeline PATH` loads a saved
+diffusers pipeline folder with no network access. A sample is one (seed, prompt) pair; its call arguments
+carry pre-computed prompt embeddings, so no text-cleaning dependency (ftfy) is needed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qcompiler.errors import QcompileError
+from qcompiler.families import get_family
+from qcompiler.stats import attention_flops
+from runtime import tiny
+
+DEFAULT_PROMPT = "a red cube on a table"
+DEFAULT_NEGATIVE_PROMPT = "blurry"
+DEFAULT_GUIDANCE_SCALE = 5.0
+REAL_MODEL_TEXT_TOKENS = 512  # Wan's T5 sequence length; the tiny pipelines use runtime.tiny.TEXT_TOKENS
+
+
+class PipelineLoadError(QcompileError):
+    """A pipeline folder could not be loaded, or does not match the family it is used with."""
+
+
+@dataclass(frozen=True)
+class FrameSettings:
+    """Video size of every run; defaults are the tiny pipelines' (16x16, 9 frames)."""
+
+    height: int = tiny.HEIGHT
+    width: int = tiny.WIDTH
+    num_frames: int = tiny.NUM_FRAMES
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE
+    max_sequence_length: int | None = None  # None: 16 for tiny pipelines, 512 for a folder
+
+
+def load_pipeline(spec: str, family_name: str):
+    """`tiny` -> the family's tiny pipeline (seeded weights); anything else -> a local diffusers folder."""
+    if spec == "tiny":
+        try:
+            return tiny.build_tiny_pipeline(family_name)
+        except ValueError as exc:
+            raise PipelineLoadError(str(exc)) from None
+    folder = Path(spec)
+    if not (folder / "model_index.json").is_file():
+        raise PipelineLoadError(
+            f"{spec}: not a saved diffusers pipeline folder (no model_index.json); pass --pipeline tiny or a "
+            "folder written by pipe.save_pretrained(...)"
+        )
+    # A report or a calibration must never download: a missing file is an error, not a fetch.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import diffusers.utils.logging
+    import transformers.utils.logging
+    from diffusers import DiffusionPipeline
+
+    # Their loading bars would interleave with ours on stderr; loading a local folder takes seconds.
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+    try:
+        pipe = DiffusionPipeline.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise PipelineLoadError(f"{spec}: cannot load the pipeline offline: {exc}") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def detect_variant(pipe, family_name: str) -> str | None:
+    """Which variant of the family the pipeline's transformers are (None = the real model), by heads x head dim."""
+    base = get_family(family_name)
+    for variant in (None, *base.variants):
+        family = get_family(family_name, variant)
+        if all(_matches(getattr(pipe, c.name, None), c.num_layers, c.num_heads, c.head_dim) for c in family.components):
+            return variant
+    seen = {
+        c.name: _shape_of(getattr(pipe, c.name, None)) for c in base.components
+    }
+    raise PipelineLoadError(
+        f"the pipeline's transformers {seen} (layers, heads, head dim) match no variant of {family_name}; "
+        "check --family"
+    )
+
+
+def _shape_of(model) -> tuple[int, int, int] | None:
+    if model is None:
+        return None
+    config = model.config
+    return (config.num_layers, config.num_attention_heads, config.attention_head_dim)
+
+
+def _matches(model, layers: int, heads: int, head_dim: int) -> bool:
+    return _shape_of(model) == (layers, heads, head_dim)
+
+
+def encode(pipe, prompt: str, negative_prompt: str, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """T5 embeddings the way diffusers' Wan pipelines make them (padding zeroed), without ftfy cleaning."""
+    out = []
+    for text in (prompt, negative_prompt):
+        tokens = pipe.tokenizer(
+            [text], padding="max_length", max_length=max_length, truncation=True, add_special_tokens=True,
+            return_attention_mask=True, return_tensors="pt",
+        )
+        device = pipe.text_encoder.device
+        mask = tokens.attention_mask.to(device)
+        with torch.no_grad():
+            hidden = pipe.text_encoder(tokens.input_ids.to(device), mask).last_hidden_state
+        out.append(hidden * mask.unsqueeze(-1).to(hidden.dtype))
+    return out[0], out[1]
+
+
+def call_kwargs(pipe, *, spec: str, seed: int, prompt: str, steps: int, frames: FrameSettings,
+                output_type: str = "np") -> dict[str, Any]:
+    """Arguments for one pipeline call: seeded generator, encoded prompt, a flat test image for I2V."""
+    from diffusers import WanImageToVideoPipeline
+
+    max_length = frames.max_sequence_length or (tiny.TEXT_TOKENS if spec == "tiny" else REAL_MODEL_TEXT_TOKENS)
+    positive, negative = encode(pipe, prompt, DEFAULT_NEGATIVE_PROMPT, max_length)
+    kwargs: dict[str, Any] = dict(
+        prompt_embeds=positive,
+        negative_prompt_embeds=negative,
+        height=frames.height,
+        width=frames.width,
+        num_frames=frames.num_frames,
+        num_inference_steps=steps,
+        guidance_scale=frames.guidance_scale,
+        generator=torch.Generator("cpu").manual_seed(seed),
+        max_sequence_length=max_length,
+        output_type=output_type,
+    )
+    if isinstance(pipe, WanImageToVideoPipeline):
+        from PIL import Image
+
+        # A fixed flat colour: the conditioning image is part of the sample, so it must not vary between runs.
+        kwargs["image"] = Image.new("RGB", (frames.width, frames.height), (120, 60, 200))
+    return kwargs
+
+
+def run_frames(pipe, kwargs: dict[str, Any]) -> torch.Tensor:
+    """Run the pipeline; decoded frames as a float tensor in [0, 1], shaped (batch, frames, H, W, C)."""
+    with torch.no_grad():
+        frames = pipe(**kwargs).frames
+    return torch.as_tensor(frames, dtype=torch.float32)
+
+
+def progress_bar(total: int, enabled: bool, description: str):
+    """A tqdm bar on stderr counting denoising steps (stdout stays clean for the command's result)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit="step", file=sys.stderr, disable=not enabled, leave=False)
+
+
+def step_callback(bar) -> Callable:
+    """A `callback_on_step_end` that advances `bar` by one step."""
+    def on_step_end(pipe, step, timestep, callback_kwargs):
+        bar.update(1)
+        return callback_kwargs
+
+    return on_step_end
+
+
+class FlopCounter:
+    """Attention FLOPs per call of each (component, kind), from the shapes the attention modules really see.
+
+    A forward pre-hook on every attention module reads B and S_q from `hidden_states`, S_kv from
+    `encoder_hidden_states` (self-attention: S_q), heads and head dim from the module and its config:
+    `4 * B * H * S_q * S_kv * D`. Wan keeps shapes fixed within a pipeline call, so one figure per
+    (component, kind) is kept; a second, different figure is recorded too and reported as varying.
+    """
+
+    def __init__(self, pipe, attention_kinds: dict[str, str], components: dict[str, int]):
+        self._handles = []
+        self.per_call: dict[tuple[str, str], set[int]] = {}
+        for name, num_layers in components.items():
+            model = getattr(pipe, name)
+            head_dim = int(model.config.attention_head_dim)
+            for kind, pattern in attention_kinds.items():
+                for layer in range(num_layers):
+                    module = model.get_submodule(pattern.format(layer=layer))
+                    self._handles.append(module.register_forward_pre_hook(
+                        self._hook(name, kind, int(module.heads), head_dim), with_kwargs=True))
+
+    def _hook(self, component: str, kind: str, heads: int, head_dim: int):
+        def record(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            context = args[1] if len(args) > 1 else kwargs.get("encoder_hidden_states")
+            batch, q_tokens = hidden.shape[0], hidden.shape[1]
+            kv_tokens = q_tokens if context is None else context.shape[1]
+            self.per_call.setdefault((component, kind), set()).add(
+                attention_flops(batch, heads, q_tokens, kv_tokens, head_dim))
+        return record
+
+    def flops(self, component: str, kind: str) -> int:
+        """FLOPs of one call of (component, kind); the largest when shapes varied, 0 if it never ran."""
+        return max(self.per_call.get((component, kind), {0}))
+
+    def varied(self) -> list[tuple[str, str]]:
+        return sorted(key for key, values in self.per_call.items() if len(values) > 1)
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def __enter__(self) -> FlopCounter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()

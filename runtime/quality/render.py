@@ -1,0 +1,203 @@
+"""Pictures and markdown of a report: step x layer heatmaps drawn with Pillow, and a summary page.
+
+Both heatmaps share one layout (`heatmap_size`): one row per denoising step (step 0 on top), one column per
+layer, a title above, step labels on the left, layer ticks every 5 layers below, a legend at the bottom.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from qcompiler.numerics import DEFAULT_DTYPE, dtype_label
+
+CELL = 14  # pixels per cell: 40 layers -> 560 px, readable in a markdown viewer without zooming
+LEFT = 70  # room for "step 39" plus the expert name initial
+TOP = 34
+BOTTOM = 56  # layer ticks + legend
+RIGHT = 12
+
+FP8_COLOR = (231, 111, 81)
+NATIVE_COLOR = (42, 157, 143)
+NOT_RUN_COLOR = (235, 235, 235)
+GRID_COLOR = (255, 255, 255)
+TEXT_COLOR = (20, 20, 20)
+
+# Error colour scale: log10(1 - cos_sim) from 1e-6 (lossless, pale) to 1e-2 (cos-sim 0.99, dark red).
+ERROR_LOG_RANGE = (-6.0, -2.0)
+
+
+def heatmap_size(num_steps: int, num_layers: int) -> tuple[int, int]:
+    """(width, height) in pixels of every heatmap of a steps x layers table."""
+    return LEFT + num_layers * CELL + RIGHT, TOP + num_steps * CELL + BOTTOM
+
+
+def _font(size: int = 12) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _frame(title: str, num_steps: int, num_layers: int, schedule: Sequence[str] | None) -> tuple[Image.Image, ImageDraw.ImageDraw]:
+    image = Image.new("RGB", heatmap_size(num_steps, num_layers), "white")
+    draw = ImageDraw.Draw(image)
+    font = _font()
+    draw.text((6, 8), title, fill=TEXT_COLOR, font=_font(13))
+    for step in range(num_steps):
+        label = f"step {step}"
+        draw.text((6, TOP + step * CELL), label, fill=TEXT_COLOR, font=_font(10))
+    for layer in range(0, num_layers, 5):
+        draw.text((LEFT + layer * CELL, TOP + num_steps * CELL + 2), str(layer), fill=TEXT_COLOR, font=_font(10))
+    draw.text((LEFT + num_layers * CELL - 40, TOP + num_steps * CELL + 2), "layer", fill=TEXT_COLOR, font=font)
+    return image, draw
+
+
+def _cell_box(step: int, layer: int) -> tuple[int, int, int, int]:
+    x0, y0 = LEFT + layer * CELL, TOP + step * CELL
+    return x0, y0, x0 + CELL - 1, y0 + CELL - 1
+
+
+def _legend(draw: ImageDraw.ImageDraw, num_steps: int, items: Sequence[tuple[tuple[int, int, int], str]]) -> None:
+    x = LEFT
+    y = TOP + num_steps * CELL + 22
+    font = _font(11)
+    for color, label in items:
+        draw.rectangle((x, y, x + 11, y + 11), fill=color, outline=(120, 120, 120))
+        draw.text((x + 16, y - 1), label, fill=TEXT_COLOR, font=font)
+        x += 22 + int(draw.textlength(label, font=font))
+
+
+def draw_plan_heatmap(
+    path: Path, title: str, table: Sequence[Sequence[bool]], served: Sequence[bool] | None = None
+) -> None:
+    """The plan's table: FP8 or native per cell; steps this component did not run are drawn pale."""
+    num_steps, num_layers = len(table), len(table[0])
+    image, draw = _frame(title, num_steps, num_layers, None)
+    for step, row in enumerate(table):
+        ran = served is None or served[step]
+        for layer, fp8 in enumerate(row):
+            color = FP8_COLOR if fp8 else NATIVE_COLOR
+            if not ran:  # the table still holds a value there; pale so the eye reads what actually ran
+                color = tuple(int(c + (255 - c) * 0.7) for c in color)
+            draw.rectangle(_cell_box(step, layer), fill=color)
+    _legend(draw, num_steps, [(FP8_COLOR, "fp8"), (NATIVE_COLOR, "native"),
+                              (tuple(int(c + (255 - c) * 0.7) for c in FP8_COLOR), "not run (other expert)")])
+    image.save(path, format="PNG")
+
+
+def error_color(cos_sim: float) -> tuple[int, int, int]:
+    """Pale yellow (1 - cos_sim <= 1e-6) to dark red (>= 1e-2), log scale."""
+    low, high = ERROR_LOG_RANGE
+    value = math.log10(max(1.0 - cos_sim, 10**low))
+    t = min(1.0, max(0.0, (value - low) / (high - low)))
+    start, end = (255, 245, 200), (128, 0, 38)
+    return tuple(int(round(a + (b - a) * t)) for a, b in zip(start, end, strict=True))  # type: ignore[return-value]
+
+
+def draw_error_heatmap(
+    path: Path, title: str, num_steps: int, num_layers: int, worst_cos: Mapping[tuple[int, int], float | None]
+) -> None:
+    """Worst per-call cos-sim error per cell: colour for FP8 cells, the native colour for native cells, grey for
+    cells that never ran. `worst_cos[(step, layer)]` is None for a native cell."""
+    image, draw = _frame(title, num_steps, num_layers, None)
+    for step in range(num_steps):
+        for layer in range(num_layers):
+            if (step, layer) not in worst_cos:
+                color = NOT_RUN_COLOR
+            else:
+                value = worst_cos[(step, layer)]
+                color = NATIVE_COLOR if value is None else error_color(value)
+            draw.rectangle(_cell_box(step, layer), fill=color)
+    _legend(draw, num_steps, [(error_color(1.0), "1-cos <= 1e-6"), (error_color(1 - 1e-4), "1e-4"),
+                              (error_color(0.99), ">= 1e-2"), (NATIVE_COLOR, "native"), (NOT_RUN_COLOR, "not run")])
+    image.save(path, format="PNG")
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """A human summary of a report dict (the JSON written beside it)."""
+    summary = report["summary"]
+    measured = report["measured"]
+    plan = report["plan"]
+    e2e = summary["end_to_end"]
+    estimate = summary["estimate"]
+    errors = summary["per_call_error"]
+    if e2e["identical"]:
+        psnr = f"{e2e['psnr_cap_db']:.0f} dB (the cap: frames are bit-identical)"
+    elif e2e["psnr_db"] >= e2e["psnr_cap_db"]:
+        psnr = f">= {e2e['psnr_cap_db']:.0f} dB (capped; largest pixel difference {e2e['max_abs_diff']:.1e})"
+    else:
+        psnr = f"{e2e['psnr_db']:.2f} dB"
+    run_as = plan["run_as_variant"]
+    lines = [
+        f"# qcompile report: {plan['recipe']} on {plan['family']}{' (' + run_as + ' variant)' if run_as else ''}",
+        "",
+    ]
+    if run_as != plan["variant"]:
+        compiled_for = f"the `{plan['variant']}` variant" if plan["variant"] else "the real model"
+        lines += [f"The plan was compiled for {compiled_for}; its tables ran on the `{run_as}` variant "
+                  "(same components, layer counts and attention kinds).", ""]
+    lines += [
+        f"Pipeline `{measured['pipeline']}`, {plan['num_inference_steps']} steps, "
+        f"{dtype_label(plan.get('dtype', DEFAULT_DTYPE))}, seed {measured['seed']}, "
+        f"{measured['width']}x{measured['height']}, {measured['num_frames']} frames, FP8 backend "
+        f"`{measured['backend']}` on `{measured['device']}`. Native run {measured['elapsed_s']['native']:.2f} s, "
+        f"plan run {measured['elapsed_s']['plan']:.2f} s (CPU emulation: not a speed measurement).",
+        "",
+        "## Coverage",
+        "",
+        "| | FP8 | total | share |",
+        "|---|---:|---:|---:|",
+        f"| attention calls | {summary['calls']['fp8']} | {summary['calls']['total']} | {summary['calls']['share']:.1%} |",
+        f"| attention FLOPs (shapes seen) | {summary['flops']['fp8']:.3g} | {summary['flops']['total']:.3g} | "
+        f"{summary['flops']['share']:.1%} |",
+        f"| attention FLOPs (target shapes, estimate) | | | {estimate['target_flop_share']:.1%} |",
+        "",
+        "## Error of FP8 calls against native on the same inputs",
+        "",
+    ]
+    if errors is None:
+        lines.append("No call ran in FP8.")
+    else:
+        lines += [
+            "| metric | mean | worst |",
+            "|---|---:|---:|",
+            f"| cosine similarity | {errors['cos_sim']['mean']:.6f} | {errors['cos_sim']['worst']:.6f} |",
+            f"| relative L1 | {errors['rel_l1']['mean']:.4g} | {errors['rel_l1']['worst']:.4g} |",
+            f"| RMSE | {errors['rmse']['mean']:.4g} | {errors['rmse']['worst']:.4g} |",
+            "",
+            "Worst steps: " + ", ".join(f"step {w['step']} (cos-sim {w['cos_sim_worst']:.6f})" for w in summary["worst_steps"]),
+            "",
+            "Worst layers: " + ", ".join(
+                f"{w['component']}/{w['kind']} layer {w['layer']} (cos-sim {w['cos_sim_worst']:.6f})"
+                for w in summary["worst_layers"]
+            ),
+        ]
+    lines += [
+        "",
+        "## End to end (decoded frames, plan vs native, same seed)",
+        "",
+        f"PSNR {psnr}, SSIM {e2e['ssim']:.4f} over {e2e['frames']} frames.",
+        "",
+        "## Attention time saved on the target: an estimate, not a measurement",
+        "",
+        f"{estimate['attention_time_saved']:.1%} of attention time, assuming FP8 attention takes "
+        f"{estimate['throughput_ratio']:g}x the time of native attention per FLOP "
+        f"({estimate['throughput_ratio_source']}) and attention time proportional to FLOPs at the family's "
+        f"reference shapes ({estimate['target_shapes']}).",
+        "",
+        "## Pictures",
+        "",
+    ]
+    for item in report["files"]["heatmaps"]:
+        lines.append(f"![{item['component']} {item['kind']} {item['what']}]({item['file']})")
+    lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,304 @@
+"""`qcompile report`: what a plan costs in quality and what it should save, from two same-seed pipeline runs.
+
+Run 1 is the stock pipeline (no hooks): the native reference. Run 2 has the plan loaded with an observer: every
+FP8 call also computes native attention on the same q/k/v and records the error (runtime.call_record). So
+per-call errors are errors of the FP8 call itself, while the end-to-end PSNR/SSIM include the compounding
+of all FP8 calls through the denoising loop.
+
+The attention-time saving is an ESTIMATE for the target: FP8 share of attention FLOPs at the real model's
+reference shapes x (1 - FP8/BF16 time ratio). The default ratio comes from the seed's NPU measurement
+(Wan2.2 I2V 1280x720, 61 frames, 4 steps: flash attention 6.81 s -> 5.43 s, i.e. FP8 takes 0.797x the time).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import qcompiler
+from qcompiler.compile.resolve import predict_expert_schedule
+from qcompiler.families import get_family
+from qcompiler.plan.format import Plan, content_sha256
+from qcompiler.plan.io import write_text_atomically
+from qcompiler.schemas import first_violation
+from qcompiler.stats import plan_cost
+from runtime.backends import resolve_fp8_backend
+from runtime.call_record import CallRecord
+from runtime.load import load
+from runtime.numerics import Numerics
+from runtime.quality.metrics import PSNR_CAP_DB, psnr, ssim
+from runtime.quality.pipelines import (
+    DEFAULT_PROMPT,
+    FlopCounter,
+    FrameSettings,
+    PipelineLoadError,
+    call_kwargs,
+    detect_variant,
+    load_pipeline,
+    progress_bar,
+    run_frames,
+    step_callback,
+)
+from runtime.quality.render import draw_error_heatmap, draw_plan_heatmap, render_markdown
+
+REPORT_FORMAT = 1
+SEED_FA_NATIVE_S = 6.81
+SEED_FA_FP8_S = 5.43
+# FP8 attention time / native (BF16) attention time for the same work, from the seed's NPU measurement.
+DEFAULT_THROUGHPUT_RATIO = round(SEED_FA_FP8_S / SEED_FA_NATIVE_S, 3)
+THROUGHPUT_RATIO_SOURCE = (
+    f"default from the seed's NPU measurement (Wan2.2 I2V 1280x720, 61 frames, 4 steps: flash attention "
+    f"{SEED_FA_NATIVE_S} s -> {SEED_FA_FP8_S} s)"
+)
+WORST_STEPS = 3
+WORST_LAYERS = 5
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """How to run a report. `backend`: "auto" (an NPU entry point where present, else the CPU reference),
+    or any name in runtime.backends.registry. `throughput_ratio`: FP8 attention time / BF16 attention time on the target."""
+
+    pipeline: str = "tiny"
+    seed: int = 0
+    prompt: str = DEFAULT_PROMPT
+    backend: str = "auto"
+    throughput_ratio: float = DEFAULT_THROUGHPUT_RATIO
+    frames: FrameSettings = field(default_factory=FrameSettings)
+    progress: bool = True
+
+
+def retarget_plan(plan: Plan, variant: str | None) -> Plan:
+    """The same decisions laid over another variant of the plan's family (e.g. a real-model plan on the tiny
+    pipeline). Sound because a variant keeps the components, layer counts and attention kinds, which are all
+    a table is indexed by; widths, scheduler shift and so the predicted expert schedule are the variant's."""
+    family = get_family(plan.family_name, variant)
+    data = plan.to_dict()
+    for component in family.components:
+        if len(plan.table(component.name, plan.attention_kinds[0])[0]) != component.num_layers:
+            raise PipelineLoadError(f"{component.name} has another layer count in variant {variant!r}; recompile")
+    data["family"] = family.structure()
+    data["expert_schedule"] = predict_expert_schedule(family, plan.num_inference_steps)
+    data["content_sha256"] = content_sha256(data)
+    return Plan.from_dict(data)
+
+
+def pick_backend(requested: str, plan: Plan) -> str:
+    """`auto` means the real kernel where it runs, else the emulation: a report is about numerics."""
+    if requested != "auto":
+        return requested
+    backend, _ = resolve_fp8_backend("auto", Numerics.from_plan(plan))
+    return backend.name if backend is not None else "reference"
+
+
+def _stats(values: Iterable[float], worst: Callable[[Iterable[float]], float]) -> dict[str, float]:
+    values = list(values)
+    return {"mean": sum(values) / len(values), "worst": worst(values)}
+
+
+def _error_stats(records: list[CallRecord]) -> dict[str, dict[str, float]] | None:
+    if not records:
+        return None
+    return {
+        "cos_sim": _stats((r.cos_sim for r in records), min),
+        "rel_l1": _stats((r.rel_l1 for r in records), max),
+        "rmse": _stats((r.rmse for r in records), max),
+    }
+
+
+def target_flop_share(plan: Plan) -> tuple[float, str]:
+    """FP8 share of attention FLOPs at the REAL model's reference shapes (the family without variant)."""
+    cost = plan_cost(plan, get_family(plan.family_name).structure())
+    return cost.flop_share, str(cost.shapes_description)
+
+
+def _cells(plan: Plan, execution: dict, flops_per_call: Callable[[str, str], int], fp8_name: str | None,
+           records: list[CallRecord]) -> list[dict[str, Any]]:
+    by_cell: dict[tuple, list[CallRecord]] = defaultdict(list)
+    for record in records:
+        by_cell[(record.component, record.kind, record.step, record.layer)].append(record)
+    cells = []
+    for component, kinds in execution["cells"].items():
+        for kind, rows in kinds.items():
+            for step, row in enumerate(rows):
+                for layer, backends in enumerate(row):
+                    calls = sum(backends.values())
+                    if not calls:
+                        continue
+                    fp8_calls = backends.get(fp8_name, 0) if fp8_name else 0
+                    cell_records = by_cell.get((component, kind, step, layer), [])
+                    errors = _error_stats(cell_records)
+                    cells.append({
+                        "component": component, "kind": kind, "step": step, "layer": layer,
+                        "planned": "fp8" if plan.is_fp8(component, kind, step, layer) else "native",
+                        "calls": calls, "fp8_calls": fp8_calls,
+                        "flops": calls * flops_per_call(component, kind),
+                        "cos_sim": errors["cos_sim"] if errors else None,
+                        "rel_l1": errors["rel_l1"] if errors else None,
+                        "rmse": errors["rmse"] if errors else None,
+                    })
+    return cells
+
+
+def _worst(records: list[CallRecord], key: Callable[[CallRecord], tuple], fields: tuple[str, ...], count: int) -> list:
+    groups: dict[tuple, list[CallRecord]] = defaultdict(list)
+    for record in records:
+        groups[key(record)].append(record)
+    ranked = sorted(groups.items(), key=lambda item: (min(r.cos_sim for r in item[1]), item[0]))
+    return [
+        {**dict(zip(fields, group, strict=True)),
+         "cos_sim_worst": min(r.cos_sim for r in members), "rel_l1_worst": max(r.rel_l1 for r in members),
+         "calls": len(members)}
+        for group, members in ranked[:count]
+    ]
+
+
+def versions() -> dict[str, str]:
+    import diffusers
+    import transformers
+
+    return {"qcompile": qcompiler.__version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def build_report(plan: Plan, options: ReportOptions, pipe: Any = None) -> dict[str, Any]:
+    """Run native then planned (same seed) and return the report dict (schemas/report.schema.json, minus
+    `files`, which write_report adds). `pipe`: an already loaded pipeline to reuse (tests, benchmarks)."""
+    if options.throughput_ratio <= 0:
+        raise ValueError("the FP8/BF16 throughput ratio must be positive")
+    if pipe is None:
+        pipe = load_pipeline(options.pipeline, plan.family_name)
+    variant = detect_variant(pipe, plan.family_name)
+    compiled = plan
+    if variant != plan.variant:
+        plan = retarget_plan(plan, variant)
+    steps = plan.num_inference_steps
+    backend = pick_backend(options.backend, plan)
+    patterns = {k: v["module"] for k, v in plan.data["family"]["attention_kinds"].items()}
+    components = {c["name"]: c["num_layers"] for c in plan.components}
+
+    records: list[CallRecord] = []
+    with progress_bar(2 * steps, options.progress, "qcompile report") as bar, \
+            FlopCounter(pipe, patterns, components) as counter:
+        kwargs = call_kwargs(pipe, spec=options.pipeline, seed=options.seed, prompt=options.prompt, steps=steps,
+                             frames=options.frames)
+        start = time.perf_counter()
+        native = run_frames(pipe, {**kwargs, "callback_on_step_end": step_callback(bar)})
+        native_s = time.perf_counter() - start
+        kwargs = call_kwargs(pipe, spec=options.pipeline, seed=options.seed, prompt=options.prompt, steps=steps,
+                             frames=options.frames)
+        with load(pipe, plan, backend=backend) as handle:
+            handle.set_observer(records.append)
+            start = time.perf_counter()
+            planned = run_frames(pipe, {**kwargs, "callback_on_step_end": step_callback(bar)})
+            plan_s = time.perf_counter() - start
+            execution = handle.report()
+    execution_dict = execution.to_dict()
+    fp8_name = execution.fp8_backend
+    cells = _cells(plan, execution_dict, counter.flops, fp8_name, records)
+
+    calls_total = sum(c["calls"] for c in cells)
+    calls_fp8 = sum(c["fp8_calls"] for c in cells)
+    flops_total = sum(c["flops"] for c in cells)
+    flops_fp8 = sum(c["fp8_calls"] * counter.flops(c["component"], c["kind"]) for c in cells)
+    share, shapes = target_flop_share(plan)
+    identical = bool(torch.equal(native, planned))
+    value = psnr(planned, native)
+    return {
+        "report_format": REPORT_FORMAT,
+        "producer": {"name": "qcompile", "version": qcompiler.__version__},
+        "plan": {
+            "recipe": (plan.data.get("recipe") or {}).get("name", ""),
+            "content_sha256": compiled.content_hash,
+            "family": plan.family_name,
+            "variant": compiled.variant,
+            "run_as_variant": plan.variant,
+            "num_inference_steps": steps,
+            "dtype": plan.data["dtype"],
+            "numerics": dict(plan.numerics),
+        },
+        "measured": {
+            "pipeline": options.pipeline, "backend": fp8_name or backend, "device": str(pipe.device),
+            "seed": options.seed, "prompt": options.prompt, "height": options.frames.height,
+            "width": options.frames.width, "num_frames": options.frames.num_frames,
+            "guidance_scale": options.frames.guidance_scale, "versions": versions(),
+            "elapsed_s": {"native": native_s, "plan": plan_s},
+            "shapes_varied": [f"{c}/{k}" for c, k in counter.varied()],
+        },
+        "execution": {
+            "matches_plan": execution_dict["matches_plan"],
+            "schedule_matches_plan": execution_dict["schedule_matches_plan"],
+            "observed_schedule": execution_dict["observed_schedule"],
+            "expert_schedule": execution_dict["expert_schedule"],
+            "fallback_calls": execution_dict["fallback_calls"],
+        },
+        "summary": {
+            "calls": {"total": calls_total, "fp8": calls_fp8, "share": calls_fp8 / calls_total if calls_total else 0.0},
+            "flops": {"total": flops_total, "fp8": flops_fp8, "share": flops_fp8 / flops_total if flops_total else 0.0},
+            "per_call_error": _error_stats(records),
+            "worst_steps": _worst(records, lambda r: (r.step,), ("step",), WORST_STEPS),
+            "worst_layers": _worst(records, lambda r: (r.component, r.kind, r.layer),
+                                   ("component", "kind", "layer"), WORST_LAYERS),
+            "end_to_end": {
+                "psnr_db": value, "psnr_cap_db": PSNR_CAP_DB, "identical": identical,
+                "ssim": ssim(planned, native), "max_abs_diff": float((planned - native).abs().max()),
+                "frames": int(native.shape[0] * native.shape[1]),
+            },
+            "estimate": {
+                "kind": "estimate, not measured",
+                "throughput_ratio": options.throughput_ratio,
+                "throughput_ratio_source": (THROUGHPUT_RATIO_SOURCE if options.throughput_ratio == DEFAULT_THROUGHPUT_RATIO
+                                            else "given with --throughput-ratio"),
+                "target_flop_share": share,
+                "target_shapes": shapes,
+                "attention_time_saved": share * (1.0 - options.throughput_ratio),
+            },
+        },
+        "cells": cells,
+    }
+
+
+def report_json(report: dict[str, Any]) -> str:
+    """Validate against schemas/report.schema.json and serialize deterministically (sorted keys, indent 2)."""
+    violation = first_violation("report", report)
+    if violation:  # a bug in this module, not a user error: say where
+        where, message = violation
+        raise AssertionError(f"report does not match schemas/report.schema.json at {where}: {message}")
+    return json.dumps(report, indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+def write_report(report: dict[str, Any], plan: Plan, outdir: Path) -> dict[str, Any]:
+    """Write report.json, report.md and the heatmaps into `outdir`; returns the report with `files` filled."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    steps = plan.num_inference_steps
+    observed = report["execution"]["observed_schedule"]
+    heatmaps = []
+    worst_by_cell: dict[tuple[str, str], dict[tuple[int, int], float | None]] = defaultdict(dict)
+    for cell in report["cells"]:
+        cos = cell["cos_sim"]["worst"] if cell["cos_sim"] is not None else None
+        worst_by_cell[(cell["component"], cell["kind"])][(cell["step"], cell["layer"])] = cos
+    for component in plan.components:
+        name, layers = component["name"], component["num_layers"]
+        served = [bool(seen) and name in seen.split("+") for seen in observed]
+        for kind in plan.attention_kinds:
+            plan_file = f"plan_{name}_{kind}.png"
+            draw_plan_heatmap(outdir / plan_file, f"plan: {name} / {kind} (rows: steps, columns: layers)",
+                              plan.table(name, kind), served)
+            error_file = f"error_{name}_{kind}.png"
+            draw_error_heatmap(outdir / error_file, f"worst per-call 1 - cos-sim: {name} / {kind}", steps, layers,
+                               worst_by_cell[(name, kind)])
+            size = {"steps": steps, "layers": layers}
+            heatmaps.append({"component": name, "kind": kind, "what": "plan", "file": plan_file, **size})
+            heatmaps.append({"component": name, "kind": kind, "what": "error", "file": error_file, **size})
+    report = {**report, "files": {"json": "report.json", "markdown": "report.md", "heatmaps": heatmaps}}
+    write_text_atomically(outdir / "report.md", render_markdown(report))
+    write_text_atomically(outdir / "report.json", report_json(report))
+    return report

@@ -1,0 +1,57 @@
+"""qcompiler.numerics is the one record of formats and defaults: schemas, compiler and runtime agree with it."""
+
+from __future__ import annotations
+
+import qcompiler
+from qcompiler.numerics import (
+    DEFAULT_DTYPE,
+    DEFAULT_INT8_NUMERICS,
+    DEFAULT_NUMERICS,
+    DTYPES,
+    INT8_DTYPE,
+    INT8_ONLY_NUMERICS,
+    INT8_P_SCALE,
+    KV_BLOCK_TOKENS,
+    MAX_ROTATION_SEED,
+    QUERY_BLOCK_TOKENS,
+    plan_numerics,
+)
+from qcompiler.schemas import load_schema
+from tests.conftest import VALID_RECIPE
+
+
+def test_schemas_list_exactly_the_dtypes_of_the_table():
+    assert set(load_schema("recipe")["properties"]["dtype"]["enum"]) == set(DTYPES)
+    assert set(load_schema("plan")["properties"]["dtype"]["enum"]) == set(DTYPES)
+    assert DEFAULT_DTYPE in DTYPES
+
+
+def test_seed_bounds_agree_with_the_schemas():
+    recipe_seed = load_schema("recipe")["properties"]["numerics"]["properties"]["rotation_seed"]
+    plan_seed = load_schema("plan")["properties"]["numerics"]["properties"]["rotation_seed"]
+    assert recipe_seed["maximum"] == plan_seed["maximum"] == MAX_ROTATION_SEED
+    assert recipe_seed["default"] == DEFAULT_NUMERICS["rotation_seed"]
+
+
+def test_compiled_plans_record_the_table_row_and_defaults():
+    plan = qcompiler.compile_recipe_text(VALID_RECIPE)
+    assert plan.data["dtype"] in DTYPES
+    assert plan.numerics["query_block_tokens"] == QUERY_BLOCK_TOKENS == 128
+    assert plan.numerics["kv_block_tokens"] == KV_BLOCK_TOKENS == 256
+    assert plan_numerics(DEFAULT_DTYPE, None)["rotation_seed"] == 425500
+
+
+def test_every_schema_dtype_enum_lists_the_table():
+    assert set(load_schema("report")["properties"]["plan"]["properties"]["dtype"]["enum"]) == set(DTYPES)
+    assert set(load_schema("sensitivity")["properties"]["numerics"]["properties"]["dtype"]["enum"]) == set(DTYPES)
+
+
+def test_int8_numerics_come_from_the_table_not_the_fp8_defaults():
+    assert DTYPES[INT8_DTYPE].quant_attention_precision is None  # MindIE-SD quant_attention has no INT8 mode
+    assert plan_numerics(INT8_DTYPE, None) == DEFAULT_INT8_NUMERICS
+    assert "query_block_tokens" not in plan_numerics(INT8_DTYPE, None)
+    given = plan_numerics(INT8_DTYPE, {"k_mean_subtraction": False, "scale_scope": "head"})
+    assert given["k_mean_subtraction"] is False and given["scale_scope"] == "head" and given["v_rotation"] is True
+    recipe_props = load_schema("recipe")["properties"]["numerics"]["properties"]
+    assert set(INT8_ONLY_NUMERICS) <= set(recipe_props)
+    assert recipe_props["p_scale"]["const"] == INT8_P_SCALE
