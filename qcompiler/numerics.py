@@ -69,6 +69,15 @@ DTYPES: dict[str, QuantDtype] = {
             "(as MindIE-SD 3.1.0's MXFP4QuantFA does it)",
             "mxfp4",
         ),
+        QuantDtype(
+            "int8_per_tensor",
+            "int8",
+            "INT8, per-tensor scales, INT8 softmax (Atlas A2/A3)",
+            "INT8 Q/K/V with one float32 scale per tensor per call (or per head) and INT8 softmax probabilities, "
+            "as torch_npu's FIA v1 full-quant mode computes it: the only quantized attention of Atlas A2/A3 "
+            "(Ascend 910B/910C), which have no FP8 (docs/int8-a2a3.md)",
+            None,  # MindIE-SD's quant_attention has no per-tensor INT8 mode
+        ),
     )
 }
 DEFAULT_DTYPE = "fp8_e4m3_per_block"
@@ -98,15 +107,37 @@ DEFAULT_NUMERICS = {
     "k_mean_subtraction": False,
 }
 
+# --- int8_per_tensor (issue 14) ---
+INT8_DTYPE = "int8_per_tensor"
+# quant_scale1 of the A2/A3 INT8 kernel: P~ = exp(s - max) in [0, 1] becomes an INT8 in [0, 127]; fixed by the
+# INT8 range, so recipes cannot change it (the schemas pin it with `const`).
+INT8_P_SCALE = 127
+INT8_SCALE_SCOPES = ("call", "head")
+# Numerics keys only int8_per_tensor has (a recipe with them and another dtype is refused: QC150).
+INT8_ONLY_NUMERICS = ("v_rotation", "p_scale", "scale_scope")
+# int8_per_tensor's defaults differ from FP8's: all three exact transforms on, since without them per-tensor INT8
+# is useless on video-like inputs (cos-sim 0.495 -> 0.99+, docs/int8-a2a3.md; benchmarks/int8_accuracy.py).
+DEFAULT_INT8_NUMERICS = {
+    "hadamard_rotation": True,
+    "rotation_seed": DEFAULT_ROTATION_SEED,
+    "k_mean_subtraction": True,
+    "v_rotation": True,
+    "p_scale": INT8_P_SCALE,
+    "scale_scope": "call",
+}
+
 
 def plan_numerics(dtype: str, recipe_numerics: dict | None) -> dict:
     """The `numerics` object a plan records for `dtype` and a recipe's (possibly partial) `numerics:` mapping.
 
     `query_block_tokens`/`kv_block_tokens` are the per-block FP8 kernel's constants (the plan schema pins them);
     MX formats block along 32 elements (MX_BLOCK_ELEMENTS), fixed by the format, so they record them unchanged.
+    int8_per_tensor records its own keys instead (DEFAULT_INT8_NUMERICS).
     """
     DTYPES[dtype]  # a KeyError here is a schema bug: the schema's enum lists DTYPES' names
     given = recipe_numerics or {}
+    if dtype == INT8_DTYPE:  # no block sizes: one scale per tensor (or head), its own keys and defaults
+        return {key: given.get(key, default) for key, default in DEFAULT_INT8_NUMERICS.items()}
     numerics = {
         "hadamard_rotation": given.get("hadamard_rotation", DEFAULT_NUMERICS["hadamard_rotation"]),
         "rotation_seed": given.get("rotation_seed", DEFAULT_NUMERICS["rotation_seed"]),

@@ -1,5 +1,7 @@
-"""The numerics a plan fixes (dtype, rotation, seed, block sizes, K mean subtraction), as a small dataclass, and
-the one place that turns BSND attention inputs into what each dtype's kernel computes with."""
+"""The numerics a plan fixes (dtype, rotation, seed, block sizes, K mean subtraction, and for int8_per_tensor the V
+rotation, P scale and scale scope), as a small dataclass, and the one place that turns BSND attention inputs into
+what each dequantize-then-attend dtype's kernel computes with (int8_per_tensor also quantizes the softmax inside
+its kernel, so its reference is runtime/quant/int8.py)."""
 
 from __future__ import annotations
 
@@ -11,14 +13,18 @@ import torch
 
 from qcompiler.numerics import (
     DEFAULT_DTYPE,
+    DEFAULT_INT8_NUMERICS,
     DEFAULT_NUMERICS,
     DEFAULT_PV_PRECISION,
     DEFAULT_ROTATION_SEED,
     DTYPES,
+    INT8_DTYPE,
+    INT8_SCALE_SCOPES,
     KV_BLOCK_TOKENS,
     P_E4M3_SCALE,  # noqa: F401  (re-exported for the reference and Triton backends)
     PV_PRECISIONS,  # noqa: F401
     QUERY_BLOCK_TOKENS,
+    plan_numerics,
 )
 from runtime.quant.mx import mxfp4_attention_inputs, mxfp8_attention_inputs
 from runtime.quant.per_block import dequantize_per_block, quantize_per_block
@@ -32,18 +38,49 @@ class Numerics:
     kv_block_tokens: int = KV_BLOCK_TOKENS
     k_mean_subtraction: bool = DEFAULT_NUMERICS["k_mean_subtraction"]
     dtype: str = DEFAULT_DTYPE
-    pv_precision: str = DEFAULT_PV_PRECISION
+    pv_precision: str = DEFAULT_PV_PRECISION  # fp8_e4m3_per_block only (QC152 refuses it elsewhere)
+    # int8_per_tensor only (ignored for the other dtypes; qcompiler.numerics.DEFAULT_INT8_NUMERICS):
+    v_rotation: bool = DEFAULT_INT8_NUMERICS["v_rotation"]  # V times a second Hadamard, the output times its transpose
+    p_scale: int = DEFAULT_INT8_NUMERICS["p_scale"]  # the factor P~ = exp(s - max) is quantized with
+    scale_scope: str = DEFAULT_INT8_NUMERICS["scale_scope"]  # "call": one scale per tensor per call; "head": per head
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown quantized attention dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         if self.pv_precision not in PV_PRECISIONS:
             raise ValueError(f"pv_precision {self.pv_precision!r} is not one of {', '.join(PV_PRECISIONS)}")
+        if self.scale_scope not in INT8_SCALE_SCOPES:
+            raise ValueError(f"scale scope {self.scale_scope!r}; choose one of {', '.join(INT8_SCALE_SCOPES)}")
+
+    @property
+    def is_int8(self) -> bool:
+        return self.dtype == INT8_DTYPE
+
+    @classmethod
+    def for_dtype(cls, dtype: str, **given: Any) -> Numerics:
+        """`dtype`'s numerics with the recipe defaults (qcompiler.numerics.plan_numerics) for what `given` leaves
+        out: what a recipe with `numerics: {given}` compiles to."""
+        return cls.from_mapping(plan_numerics(dtype, given), dtype=dtype)
+
+    @classmethod
+    def int8(cls, **given: Any) -> Numerics:
+        """int8_per_tensor numerics, recipe defaults for what `given` leaves out (all three transforms on)."""
+        return cls.for_dtype(INT8_DTYPE, **given)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, dtype: str) -> Numerics:
         """From a plan's `numerics` block; `dtype` is the plan's top-level `dtype` (required, so a caller cannot
-        forget it and run an MX plan as per-block FP8)."""
+        forget it and run an MX plan as per-block FP8). int8_per_tensor plans carry no block sizes."""
+        if dtype == INT8_DTYPE:
+            return cls(
+                hadamard_rotation=bool(data["hadamard_rotation"]),
+                rotation_seed=int(data["rotation_seed"]),
+                k_mean_subtraction=bool(data["k_mean_subtraction"]),
+                dtype=dtype,
+                v_rotation=bool(data["v_rotation"]),
+                p_scale=int(data["p_scale"]),
+                scale_scope=str(data["scale_scope"]),
+            )
         return cls(
             hadamard_rotation=bool(data["hadamard_rotation"]),
             rotation_seed=int(data["rotation_seed"]),
@@ -58,6 +95,14 @@ class Numerics:
     def from_plan(cls, plan: Any) -> Numerics:
         """From a loaded qcompiler Plan (its `numerics` block and its `dtype`)."""
         return cls.from_mapping(plan.numerics, dtype=plan.data["dtype"])
+
+    def to_mapping(self) -> dict[str, Any]:
+        """The plan's `numerics` object for this dtype (inverse of from_mapping)."""
+        common = {"hadamard_rotation": self.hadamard_rotation, "rotation_seed": self.rotation_seed,
+                  "k_mean_subtraction": self.k_mean_subtraction}
+        if self.is_int8:
+            return {**common, "v_rotation": self.v_rotation, "p_scale": self.p_scale, "scale_scope": self.scale_scope}
+        return {**common, "query_block_tokens": self.query_block_tokens, "kv_block_tokens": self.kv_block_tokens}
 
 
 @dataclass(frozen=True)

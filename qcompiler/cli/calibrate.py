@@ -9,7 +9,14 @@ import click
 
 from qcompiler.cli.run_options import check_frame_sizes, pipeline_options
 from qcompiler.families import get_family
-from qcompiler.numerics import DEFAULT_DTYPE, DEFAULT_ROTATION_SEED, DTYPE_NAMES, MAX_ROTATION_SEED
+from qcompiler.numerics import (
+    DEFAULT_DTYPE,
+    DEFAULT_ROTATION_SEED,
+    DTYPE_NAMES,
+    INT8_DTYPE,
+    INT8_SCALE_SCOPES,
+    MAX_ROTATION_SEED,
+)
 from qcompiler.plan.io import write_text_atomically
 
 
@@ -46,15 +53,26 @@ def _read_prompts(path: str | None) -> tuple[str, ...] | None:
               help="Quantized format to measure (qcompiler/numerics.py lists them).")
 @click.option("--hadamard/--no-hadamard", default=True, show_default=True, help="Measure with the Q/K Hadamard rotation.")
 @click.option("--rotation-seed", type=click.IntRange(0, MAX_ROTATION_SEED), default=DEFAULT_ROTATION_SEED, show_default=True)
-@click.option("--k-mean-subtraction", is_flag=True, help="Measure with K's token mean subtracted (exact for softmax).")
+@click.option("--k-mean-subtraction/--no-k-mean-subtraction", default=None,
+              help="Measure with K's token mean subtracted (exact for softmax). Default: the recipe default of the "
+                   "dtype (off, on for int8_per_tensor).")
+@click.option("--v-rotation/--no-v-rotation", default=None,
+              help="int8_per_tensor only: rotate V by a second Hadamard and the output back. [default: on]")
+@click.option("--scale-scope", type=click.Choice(INT8_SCALE_SCOPES), default=None,
+              help="int8_per_tensor only: one scale per tensor per call, or per head. [default: call]")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Sensitivity file to write.")
 @pipeline_options
 def command(family: str, steps: int, prompts_file: str | None, seeds: str, dtype: str, hadamard: bool,
-            rotation_seed: int,
-            k_mean_subtraction: bool, output: str, pipeline: str, backend: str, height: int, width: int,
-            num_frames: int, guidance_scale: float, no_progress: bool) -> None:
+            rotation_seed: int, k_mean_subtraction: bool | None, v_rotation: bool | None, scale_scope: str | None,
+            output: str, pipeline: str, backend: str, height: int, width: int, num_frames: int,
+            guidance_scale: float, no_progress: bool) -> None:
     """Measure per-(step, layer) FP8 error in shadow mode and write a sensitivity file for `qcompile suggest`."""
     check_frame_sizes(height, width, num_frames)
+    int8_only = {"v_rotation": v_rotation, "scale_scope": scale_scope}
+    if dtype != INT8_DTYPE and any(value is not None for value in int8_only.values()):
+        raise click.UsageError(f"--v-rotation/--no-v-rotation and --scale-scope apply to --dtype {INT8_DTYPE} only")
+    given = {"hadamard_rotation": hadamard, "rotation_seed": rotation_seed, "k_mean_subtraction": k_mean_subtraction,
+             **int8_only}
     seed_list = _parse_seeds(seeds)
     prompts = _read_prompts(prompts_file)
     get_family(family)
@@ -65,8 +83,7 @@ def command(family: str, steps: int, prompts_file: str | None, seeds: str, dtype
     options = CalibrateOptions(
         family=family, steps=steps, pipeline=pipeline, seeds=seed_list, prompts=prompts or (DEFAULT_PROMPT,),
         backend=backend,
-        numerics=Numerics(hadamard_rotation=hadamard, rotation_seed=rotation_seed,
-                          k_mean_subtraction=k_mean_subtraction, dtype=dtype),
+        numerics=Numerics.for_dtype(dtype, **{key: value for key, value in given.items() if value is not None}),
         frames=FrameSettings(height=height, width=width, num_frames=num_frames, guidance_scale=guidance_scale),
         progress=not no_progress,
     )

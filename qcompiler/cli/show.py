@@ -42,6 +42,12 @@ def command(plan_path: str, component: str | None, kind: str | None) -> None:
     click.echo(f"plan for {plan.family_name}{variant}: {plan.num_inference_steps} steps, {dtype_label(plan.data['dtype'])}, "
                f"fallback={plan.fallback}, rotation={'on' if plan.numerics['hadamard_rotation'] else 'off'}"
                f" (seed {plan.numerics['rotation_seed']}), sha256 {plan.content_hash[:12]}")
+    if plan.data["dtype"] == "int8_per_tensor":  # issue 14: the INT8 numerics and where it runs
+        n = plan.numerics
+        click.echo(f"int8 numerics: k_mean_subtraction={'on' if n['k_mean_subtraction'] else 'off'}, "
+                   f"q/k rotation={'on' if n['hadamard_rotation'] else 'off'}, "
+                   f"v_rotation={'on' if n['v_rotation'] else 'off'}, p_scale={n['p_scale']}, "
+                   f"scale_scope={n['scale_scope']}; '#' cells run INT8, on Atlas A2/A3 only (backend int8-npu)")
     click.echo(f"expert schedule: {', '.join(f'{i}:{c}' for i, c in enumerate(plan.expert_schedule))}")
     for name in plan.component_names:
         if component and name != component:

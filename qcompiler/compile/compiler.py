@@ -10,7 +10,7 @@ from qcompiler import __version__
 from qcompiler.compile.resolve import RuleSelection, predict_expert_schedule, resolve_tables
 from qcompiler.errors import Diagnostic, FamilyError, RecipeError
 from qcompiler.families import Family, get_family
-from qcompiler.numerics import PV_PRECISION_DTYPES, plan_numerics
+from qcompiler.numerics import INT8_DTYPE, INT8_ONLY_NUMERICS, PV_PRECISION_DTYPES, plan_numerics
 from qcompiler.plan.format import PLAN_FORMAT, Plan, content_sha256
 from qcompiler.plan.io import sha256
 from qcompiler.recipe.schema import schema_diagnostics
@@ -79,6 +79,7 @@ def _compile_document(doc: SourceDocument, recipe_sha: str, steps: int | None, v
     _check_names(doc, ("attention_kinds",), scope_kinds, family.attention_kinds, "attention kind", family, findings)
     _check_pv_precision(doc, findings)
     rules = _read_rules(doc, family, num_steps, scope_components, scope_kinds, findings)
+    _check_dtype_numerics(doc, findings)
     if any(d.severity == "error" for d in findings):
         return CompileResult(None, findings)
     resolution = resolve_tables(family, num_steps, scope_components, scope_kinds, data["default"] == "fp8", rules)
@@ -185,6 +186,30 @@ def _select_or_finding(doc: SourceDocument, index: int, key: str, value: Any, le
         rule_name = doc.data["rules"][index].get("name", f"#{index}")
         findings.append(Diagnostic(doc.path, mark.line, column, "error", exc.code, f"rule `{rule_name}`: {exc.message}", exc.hint))
         return None
+
+
+# --- int8_per_tensor (issue 14) ---
+def _check_dtype_numerics(doc: SourceDocument, findings: list[Diagnostic]) -> None:
+    """int8-only numerics keys need dtype int8_per_tensor; an int8 recipe is told where it can run."""
+    data = doc.data
+    numerics = data.get("numerics") or {}
+    if data["dtype"] != INT8_DTYPE:
+        for key in INT8_ONLY_NUMERICS:
+            if key in numerics:
+                mark = doc.mark_for(("numerics", key), key=True)
+                findings.append(Diagnostic(
+                    doc.path, mark.line, mark.column, "error", "QC150",
+                    f"numerics.{key} applies to dtype {INT8_DTYPE} only, the recipe's dtype is {data['dtype']}",
+                    f"remove numerics.{key}, or set `dtype: {INT8_DTYPE}`",
+                ))
+        return
+    mark = doc.mark_for(("dtype",))
+    findings.append(Diagnostic(
+        doc.path, mark.line, mark.column, "warning", "QC151",
+        f"dtype {INT8_DTYPE} runs only on Atlas A2/A3 NPUs (Ascend 910B/910C, backend int8-npu); anywhere else "
+        "its quantized cells follow `fallback`, and no export target (vllm-omni, MindIE-SD, xDiT) runs it",
+        "deploy on 910B/910C with runtime.load, or use dtype fp8_e4m3_per_block for Ascend 950",
+    ))
 
 
 def _plan_data(doc: SourceDocument, data: dict, family: Family, num_steps: int, recipe_sha: str, resolution) -> dict:

@@ -437,6 +437,14 @@ def suggest_recipe(
     )
 
 
+def _int8_numerics_yaml(numerics) -> str:
+    """The int8_per_tensor-only numerics keys of a sensitivity file, as recipe flow-mapping items (issue 14)."""
+    if "v_rotation" not in numerics:
+        return ""
+    return (f", v_rotation: {str(numerics['v_rotation']).lower()}, p_scale: {numerics['p_scale']}, "
+            f"scale_scope: {numerics['scale_scope']}")
+
+
 def _render(sensitivity: Sensitivity, budget: Budget, source_name: str, fallback: str, schema_ref: str,
             scope_components: list[str],
             scope_kinds: list[str], default: str, rules: list[SuggestedRule], fp8_count: int, measured_count: int,
@@ -462,6 +470,7 @@ def _render(sensitivity: Sensitivity, budget: Budget, source_name: str, fallback
         f"hadamard_rotation: {str(numerics['hadamard_rotation']).lower()}, "
         f"rotation_seed: {numerics['rotation_seed']}, "
         f"k_mean_subtraction: {str(numerics['k_mean_subtraction']).lower()}"
+        + _int8_numerics_yaml(numerics) +
         "}",
         f"fallback: {fallback}",
         f"attention_kinds: {_yaml_list(scope_kinds)}",

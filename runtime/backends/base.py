@@ -6,6 +6,7 @@ import torch
 
 from qcompiler.numerics import DTYPES
 from runtime.numerics import Numerics
+from runtime.quant.int8 import int8_head_dim_reason
 
 # Head dims the quantized attention kernels accept (Ascend per-block FP8 contract: 64 or 128; the MX paths are
 # held to the same until an NPU run shows otherwise). The reference backend keeps the same eligibility so a CPU
@@ -61,6 +62,8 @@ class QuantizedBackend(AttentionBackend):
 
     def unsupported_reason(self, head_dim: int) -> str | None:
         reason = self.dtype_reason()
+        if reason is None and self.numerics.is_int8:  # the A2/A3 INT8 kernel's own rule (runtime/quant/int8.py)
+            return int8_head_dim_reason(head_dim, self.numerics)
         if reason is None and head_dim not in QUANTIZED_HEAD_DIMS:
             label = DTYPES[self.numerics.dtype].label
             reason = (f"head dim {head_dim} is not one the {label} attention kernel takes "

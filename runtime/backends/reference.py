@@ -1,6 +1,7 @@
 """Quantized attention emulated in plain PyTorch on any device, for every plan dtype: rotation, quantization
 exactly as the NPU path quantizes (runtime/numerics.py: per-block FP8 or OCP MX), dequantization, attention in
-float32, cast back.
+float32, cast back. int8_per_tensor also quantizes the softmax probabilities inside its kernel, so it runs the
+step-by-step CPU reference of the A2/A3 INT8 kernel instead (runtime/quant/int8.py; float64 tiles, slow).
 
 It reproduces the kernels' quantization, not their bits (accumulation order inside a kernel differs).
 For fp8_e4m3_per_block, P @ V follows the plan's `pv_precision`: with "e4m3" (the NPU kernel's choice) the
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from qcompiler.numerics import DTYPE_NAMES, P_E4M3_SCALE, PV_PRECISION_DTYPES, PV_PRECISIONS
 from runtime.backends.base import QuantizedBackend
 from runtime.numerics import kernel_attention_inputs
+from runtime.quant.int8 import int8_attention_reference
 
 
 class ReferenceBackend(QuantizedBackend):
@@ -31,6 +33,8 @@ class ReferenceBackend(QuantizedBackend):
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rotation: torch.Tensor | None
     ) -> torch.Tensor:
         self.check_inputs(query, key, value)
+        if self.numerics.is_int8:
+            return int8_attention_reference(query, key, value, rotation, self.numerics)
         q, k, v = kernel_attention_inputs(query, key, value, rotation, self.numerics)
         softmax_scale = 1.0 / math.sqrt(query.shape[-1])
         if self.numerics.dtype in PV_PRECISION_DTYPES:

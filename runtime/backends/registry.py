@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from runtime.backends.base import AttentionBackend, QuantizedBackend
 from runtime.backends.fp8_triton import Fp8TritonBackend, gpu_unavailable_reason
+from runtime.backends.int8_npu import Int8NpuBackend
 from runtime.backends.native import NativeBackend
 from runtime.backends.npu_mindiesd_fia import NpuMindiesdFiaBackend
 from runtime.backends.npu_quant_attention import NpuQuantAttentionBackend
@@ -53,6 +54,8 @@ BACKENDS: dict[str, BackendEntry] = {
         BackendEntry("fp8-triton", Fp8TritonBackend, True,
                      "our Triton kernel on NVIDIA sm90+ (Hopper), per-block FP8 as the Ascend kernel",
                      auto_reason=gpu_unavailable_reason),
+        BackendEntry("int8-npu", Int8NpuBackend, True,
+                     "torch_npu npu_fused_infer_attention_score full-quant INT8 (int8_per_tensor; Atlas A2/A3 only)"),
     )
 }
 ALIASES: dict[str, str] = {alias: entry.name for entry in BACKENDS.values() for alias in entry.aliases}
@@ -71,10 +74,10 @@ def canonical_name(name: str) -> str:
 def _capability_reason(backend: AttentionBackend) -> str | None:
     if not backend.is_fp8:
         return f"backend {backend.name!r} is not a quantized backend"
-    reason = backend.unavailable_reason()
-    if reason is None and isinstance(backend, QuantizedBackend):
-        reason = backend.dtype_reason()
-    return reason
+    # The dtype first: "cannot run int8_per_tensor" says more than "torch_npu is not installed" about a backend
+    # that could never serve this plan.
+    reason = backend.dtype_reason() if isinstance(backend, QuantizedBackend) else None
+    return reason if reason is not None else backend.unavailable_reason()
 
 
 def resolve_fp8_backend(

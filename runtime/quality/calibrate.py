@@ -110,14 +110,7 @@ def calibrate(options: CalibrateOptions, pipe: Any = None) -> dict[str, Any]:
             "attention_kinds": list(family.attention_kinds),
         },
         "num_inference_steps": options.steps,
-        "numerics": {
-            "dtype": options.numerics.dtype,
-            "hadamard_rotation": options.numerics.hadamard_rotation,
-            "rotation_seed": options.numerics.rotation_seed,
-            "query_block_tokens": options.numerics.query_block_tokens,
-            "kv_block_tokens": options.numerics.kv_block_tokens,
-            "k_mean_subtraction": options.numerics.k_mean_subtraction,
-        },
+        "numerics": {"dtype": options.numerics.dtype, **options.numerics.to_mapping()},
         "measured": {
             "backend": backend_name, "device": str(pipe.device), "pipeline": options.pipeline,
             "seeds": list(options.seeds), "prompts": list(options.prompts), "samples": len(samples),

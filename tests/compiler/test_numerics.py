@@ -5,8 +5,12 @@ from __future__ import annotations
 import qcompiler
 from qcompiler.numerics import (
     DEFAULT_DTYPE,
+    DEFAULT_INT8_NUMERICS,
     DEFAULT_NUMERICS,
     DTYPES,
+    INT8_DTYPE,
+    INT8_ONLY_NUMERICS,
+    INT8_P_SCALE,
     KV_BLOCK_TOKENS,
     MAX_ROTATION_SEED,
     QUERY_BLOCK_TOKENS,
@@ -51,3 +55,17 @@ def test_pv_precision_is_refused_with_a_dtype_it_does_not_describe():
 def test_pv_precision_is_recorded_only_when_the_recipe_sets_it():
     assert "pv_precision" not in plan_numerics(DEFAULT_DTYPE, None)
     assert plan_numerics(DEFAULT_DTYPE, {"pv_precision": "fp16"})["pv_precision"] == "fp16"
+def test_every_schema_dtype_enum_lists_the_table():
+    assert set(load_schema("report")["properties"]["plan"]["properties"]["dtype"]["enum"]) == set(DTYPES)
+    assert set(load_schema("sensitivity")["properties"]["numerics"]["properties"]["dtype"]["enum"]) == set(DTYPES)
+
+
+def test_int8_numerics_come_from_the_table_not_the_fp8_defaults():
+    assert DTYPES[INT8_DTYPE].quant_attention_precision is None  # MindIE-SD quant_attention has no INT8 mode
+    assert plan_numerics(INT8_DTYPE, None) == DEFAULT_INT8_NUMERICS
+    assert "query_block_tokens" not in plan_numerics(INT8_DTYPE, None)
+    given = plan_numerics(INT8_DTYPE, {"k_mean_subtraction": False, "scale_scope": "head"})
+    assert given["k_mean_subtraction"] is False and given["scale_scope"] == "head" and given["v_rotation"] is True
+    recipe_props = load_schema("recipe")["properties"]["numerics"]["properties"]
+    assert set(INT8_ONLY_NUMERICS) <= set(recipe_props)
+    assert recipe_props["p_scale"]["const"] == INT8_P_SCALE
