@@ -209,8 +209,8 @@ def test_notes_say_what_vllm_omni_cannot_honour():
 def family_schedule(num_steps: int) -> list[str]:
     """The family's own expert schedule at this step count, where vllm-omni's scheduler agrees with it (a
     pinned export is exact on the routing vllm-omni takes; unserved rows are noise below)."""
-    from qcompiler.families import get_family
     from qcompiler.compile.resolve import predict_expert_schedule
+    from qcompiler.families import get_family
 
     from .routings import vllm_omni_unipc
 

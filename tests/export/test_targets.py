@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qcompiler.targets.vllm_omni import export_vllm_omni
 from qcompiler.plan.format import Plan, content_sha256, load_plan
 from qcompiler.targets.cells import NotExpressibleError, UnsupportedDtypeError
 from qcompiler.targets.mindiesd import export_mindiesd
+from qcompiler.targets.vllm_omni import export_vllm_omni
 from qcompiler.targets.xdit import export_xdit
 
 from . import mindiesd_decoder as mindiesd

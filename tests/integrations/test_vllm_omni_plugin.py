@@ -17,9 +17,9 @@ import pytest
 
 from qcompiler.compile.compiler import compile_source, raise_for_findings
 from qcompiler.errors import PlanError
-from qcompiler.targets.vllm_omni import NotExpressibleError, export_vllm_omni
 from qcompiler.families import get_family
 from qcompiler.plan.format import Plan, content_sha256, load_plan, write_plan
+from qcompiler.targets.vllm_omni import NotExpressibleError, export_vllm_omni
 from runtime.integrations import vllm_omni as plugin
 from runtime.integrations.vllm_omni import vllm_omni_private as omni
 from runtime.integrations.vllm_omni.plugin import CellGate

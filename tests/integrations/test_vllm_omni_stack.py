@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from qcompiler.targets.vllm_omni import NotExpressibleError, export_vllm_omni
 from qcompiler.families import get_family
 from qcompiler.plan.format import write_plan
+from qcompiler.targets.vllm_omni import NotExpressibleError, export_vllm_omni
 from tests.export.conftest import build_plan
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -16,7 +16,7 @@ import torch
 pytest.importorskip("triton", reason="triton is not installed (the dev extra pins it)")
 
 import runtime  # noqa: E402 (after the importorskip)
-from runtime.backends import ReferenceBackend, Fp8TritonBackend, resolve_fp8_backend  # noqa: E402
+from runtime.backends import Fp8TritonBackend, ReferenceBackend, resolve_fp8_backend  # noqa: E402
 from runtime.backends.fp8_triton import fp8_triton_attention  # noqa: E402
 from runtime.kernels import triton_fp8_attention as kernel  # noqa: E402
 from runtime.numerics import Numerics, quantize_attention_inputs  # noqa: E402

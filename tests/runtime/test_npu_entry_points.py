@@ -16,7 +16,6 @@ import torch.nn.functional as F
 import runtime
 from qcompiler.cli.run_options import QUANTIZED_BACKEND_NAMES
 from qcompiler.numerics import DTYPES
-from runtime.backends.reference import attention_with_pv_precision
 from runtime.backends import (
     BACKEND_NAMES,
     NpuMindiesdFiaBackend,
@@ -25,6 +24,7 @@ from runtime.backends import (
     ReferenceBackend,
     resolve_fp8_backend,
 )
+from runtime.backends.reference import attention_with_pv_precision
 from runtime.errors import BackendUnavailableError
 from runtime.numerics import KERNEL_INPUTS, Numerics
 from runtime.quant.per_block import dequantize_per_block

@@ -8,7 +8,7 @@ import torch
 from qcompiler import compile_recipe_text
 from qcompiler.errors import RecipeError
 from qcompiler.targets.vllm_omni import export_vllm_omni
-from runtime.backends import NpuTorchFiaBackend, ReferenceBackend, Fp8TritonBackend
+from runtime.backends import Fp8TritonBackend, NpuTorchFiaBackend, ReferenceBackend
 from runtime.numerics import DEFAULT_PV_PRECISION, Numerics
 from tests.runtime.conftest import T2V, recipe
 

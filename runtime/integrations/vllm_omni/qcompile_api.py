@@ -4,10 +4,10 @@ When those modules move, only these imports follow them.
 """
 
 from qcompiler.errors import FamilyError, PlanError, QcompileError
-from qcompiler.targets.vllm_omni import numerics_notes as vllm_omni_numerics_notes
 from qcompiler.families import get_family
 from qcompiler.plan.format import Plan, load_plan, table_to_rows, thaw
 from qcompiler.plan.io import write_text_atomically
+from qcompiler.targets.vllm_omni import numerics_notes as vllm_omni_numerics_notes
 from runtime.execution_report import FP8, NATIVE, CellCounts, ExecutionReport, executed_char
 
 plan_family_dict = thaw  # a loaded plan's (frozen) family mapping as plain dicts, to compare with the registry
