@@ -21,6 +21,7 @@ import torch
 
 from qcompiler.numerics import INT8_DTYPE
 from runtime.backends.base import QuantizedBackend
+from runtime.backends.npu_device import visible_npu
 from runtime.numerics import Numerics
 from runtime.quant.int8 import DEFAULT_SEMANTICS, KernelSemantics, prepare_int8_inputs, undo_v_rotation
 
@@ -40,15 +41,9 @@ def is_a2a3_soc(name: str) -> bool:
 
 def int8_npu_unavailable_reason() -> str | None:
     """None when torch_npu imports, an NPU is visible and it is an Atlas A2/A3, else why not."""
-    if importlib.util.find_spec("torch_npu") is None:
-        return "torch_npu is not installed (pip install the project's npu extra on an Ascend machine with CANN)"
-    try:
-        torch_npu = importlib.import_module("torch_npu")
-    except Exception as exc:  # an import failure without CANN is an environment fact, not a bug of ours
-        return f"torch_npu failed to import: {exc}"
-    if not torch.npu.is_available():  # type: ignore[attr-defined]
-        return "torch_npu is installed but no NPU is visible"
-    name = torch_npu.npu.get_device_name(0)
+    torch_npu, name, reason = visible_npu()
+    if reason is not None:
+        return reason
     if not is_a2a3_soc(name):
         return f"{name} is not an Atlas A2/A3 (910B/910C): int8_per_tensor attention runs only there"
     if not hasattr(torch_npu, OP_NAME):

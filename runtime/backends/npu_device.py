@@ -32,17 +32,25 @@ FIA_INPUT_LAYOUT = "BNSD"
 PROBE_SHAPE = (1, 256, 1, 128)
 
 
-def ascend_fp8_reason() -> str | None:
-    """None when torch_npu imports, an NPU is visible and it is an Ascend 950, else why not."""
+def visible_npu() -> tuple[Any | None, str, str | None]:
+    """(torch_npu, the SoC name of NPU 0, None) when torch_npu imports and an NPU is visible, else
+    (None, "", why not). The SoC name is what decides support (an op being registered is not support)."""
     if importlib.util.find_spec("torch_npu") is None:
-        return "torch_npu is not installed (pip install the project's npu extra on an Ascend machine with CANN)"
+        return None, "", "torch_npu is not installed (pip install the project's npu extra on an Ascend machine with CANN)"
     try:
         torch_npu = importlib.import_module("torch_npu")
     except Exception as exc:  # an import failure without CANN is an environment fact, not a bug of ours
-        return f"torch_npu failed to import: {exc}"
+        return None, "", f"torch_npu failed to import: {exc}"
     if not torch.npu.is_available():  # type: ignore[attr-defined]
-        return "torch_npu is installed but no NPU is visible"
-    name = torch_npu.npu.get_device_name(0)
+        return None, "", "torch_npu is installed but no NPU is visible"
+    return torch_npu, torch_npu.npu.get_device_name(0), None
+
+
+def ascend_fp8_reason() -> str | None:
+    """None when torch_npu imports, an NPU is visible and it is an Ascend 950, else why not."""
+    _torch_npu, name, reason = visible_npu()
+    if reason is not None:
+        return reason
     if FP8_SOC_MARKER not in name:
         return f"{name} has no FP8 attention (FP8/MX attention needs an Ascend 950PR/950DT; A2/A3 offer INT8 only)"
     return None
