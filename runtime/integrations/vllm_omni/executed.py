@@ -21,6 +21,7 @@ from runtime.integrations.vllm_omni.qcompile_api import (
     ExecutionReport,
     Plan,
     executed_char,
+    report_from_dict,
     table_to_rows,
     write_text_atomically,
 )
@@ -173,24 +174,6 @@ class RequestLog:
             history.write(json.dumps(document, sort_keys=True) + "\n")
         logger.info("qcompile plan: executed table written to %s", path)
         return path
-
-
-def report_from_dict(document: dict[str, Any]) -> ExecutionReport:
-    """An ExecutionReport back from a written executed table (its `to_dict()` keys)."""
-    return ExecutionReport(
-        plan_rows=document["plan"],
-        executed=document["executed"],
-        cells=document["cells"],
-        call_counts=document["call_counts"],
-        fallback_calls=document["fallback_calls"],
-        fallback_reasons=document["fallback_reasons"],
-        pipeline_calls=document["pipeline_calls"],
-        expert_schedule=document["expert_schedule"],
-        observed_schedule=document["observed_schedule"],
-        fp8_backend=document["fp8_backend"],
-        counted=document["counted"],
-        notes=document["notes"],
-    )
 
 
 def read_executed(path: str | os.PathLike[str]) -> tuple[ExecutionReport, dict[str, Any]]:

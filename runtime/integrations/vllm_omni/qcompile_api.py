@@ -8,7 +8,7 @@ from qcompiler.families import get_family
 from qcompiler.plan.format import Plan, load_plan, table_to_rows, thaw
 from qcompiler.plan.io import write_text_atomically
 from qcompiler.targets.vllm_omni import numerics_notes as vllm_omni_numerics_notes
-from runtime.execution_report import FP8, NATIVE, CellCounts, ExecutionReport, executed_char
+from runtime.execution_report import FP8, NATIVE, CellCounts, ExecutionReport, executed_char, report_from_dict
 
 plan_family_dict = thaw  # a loaded plan's (frozen) family mapping as plain dicts, to compare with the registry
 
@@ -21,6 +21,7 @@ __all__ = [
     "Plan",
     "PlanError",
     "QcompileError",
+    "report_from_dict",
     "executed_char",
     "get_family",
     "load_plan",
