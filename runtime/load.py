@@ -17,6 +17,7 @@ import torch
 
 from qcompiler.plan.format import Plan, load_plan, table_to_rows
 from runtime.backends import AttentionBackend, NativeBackend, resolve_fp8_backend
+from runtime.backends.registry import component_refusal
 from runtime.call_record import CallRecord
 from runtime.checks import check_structure, transformer_components
 from runtime.dispatch import PLAN, ComponentState
@@ -207,12 +208,13 @@ def _serving_backends(
 ) -> tuple[dict[str, AttentionBackend | None], dict[str, str]]:
     """Per component, the backend serving its FP8 cells (None: native), and why FP8 falls back where it does.
     Raises BackendUnavailableError where the plan wants FP8, nothing can serve it and the policy is `error`."""
-    fp8_backend, reason = resolve_fp8_backend(backend, Numerics.from_plan(plan))
+    numerics = Numerics.from_plan(plan)
+    fp8_backend, reason = resolve_fp8_backend(backend, numerics)
     served: dict[str, AttentionBackend | None] = {}
     fallbacks: dict[str, str] = {}
     for component in plan.components:
         name = component["name"]
-        why = reason if fp8_backend is None else fp8_backend.unsupported_reason(component["head_dim"])
+        why, remedy = component_refusal(backend, fp8_backend, reason, numerics, component["head_dim"]) or ("", "")
         wants_fp8 = any(any(row) for kind in plan.attention_kinds for row in plan.table(name, kind))
         served[name] = None if why else fp8_backend
         if not why or not wants_fp8 or backend == "native" or isinstance(backend, NativeBackend):
@@ -220,8 +222,7 @@ def _serving_backends(
         if plan.fallback == "error":
             raise BackendUnavailableError(
                 f"the plan asks for FP8 attention in {name} but nothing here can serve it: {why}. Its fallback "
-                "policy is 'error'. Run where the FP8 kernel is available, pass backend='reference' to emulate "
-                "FP8 in PyTorch, or set `fallback: native` in the recipe and recompile."
+                f"policy is 'error'. {remedy}"
             )
         fallbacks[name] = why
     if fallbacks:
