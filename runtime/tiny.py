@@ -86,7 +86,10 @@ def _image_encoder():
 
 
 def _image_processor():
-    from transformers import CLIPImageProcessor
+    try:  # transformers >= 5 warns that CLIPImageProcessor without torchvision falls back to this one
+        from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+    except ImportError:
+        from transformers import CLIPImageProcessor
 
     return CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
 
