@@ -80,3 +80,17 @@ def test_mxfp4_report_says_quantized_and_borrows_no_fp8_speed_factor(tiny_pipe, 
     assert "## Error of quantized (mxfp4_e2m1) calls" in markdown and "| | quantized (mxfp4_e2m1) |" in markdown
     assert "No estimate: no measured speed factor for mxfp4_e2m1" in markdown
     assert "FP8" not in markdown
+
+
+@pytest.mark.parametrize("dtype", ["fp8_e4m3_per_block", "mxfp4_e2m1"])
+def test_a_suggested_recipe_comments_name_its_format(dtype) -> None:
+    from qcompiler.suggest.cover import Budget, suggest_recipe
+    from qcompiler.suggest.sensitivity import sensitivity_from_dict
+    from tests.quality.synthetic import synthetic_sensitivity
+
+    data = dict(synthetic_sensitivity(steps=4, seed=0).data)
+    data["numerics"] = {**data["numerics"], "dtype": dtype}
+    text = suggest_recipe(sensitivity_from_dict(data), Budget("min_cos", 0.99)).text
+    result = next(line for line in text.splitlines() if line.startswith("# Result:"))
+    name = "FP8" if dtype == "fp8_e4m3_per_block" else f"quantized ({dtype})"
+    assert f"measured cells on {name} (" in result and f"worst {name} call" in result
