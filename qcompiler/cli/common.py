@@ -34,7 +34,7 @@ def needs_runtime_extra(command: str) -> Iterator[None]:
             raise
         fail(f"`qcompile {command}` runs a diffusers pipeline and needs the runtime extra, which is not installed "
              f"(no module named {exc.name!r}). From the qcompile checkout: pip install torch==2.13.0 (or your "
-             "accelerator's torch build) && pip install -e '.[runtime]' (README, docs/install.md)")
+             "accelerator's torch build) && pip install '.[runtime]' (docs/install.md)")
 
 
 def load_plan_or_recipe(path: str, *, steps: int | None = None, variant: str | None = None) -> Plan:
