@@ -1,7 +1,9 @@
 """`qcompile check RECIPE...`: recompile recipes and fail when a committed plan is stale or missing.
 
 The committed plan of `recipes/x.yaml` is `recipes/x.plan.json` unless `--plan` names it. Plans compare by
-content_sha256 (the meaning), so a new qcompile version that compiles the same tables is not "stale".
+content_sha256 (the meaning), so a new qcompile version that compiles the same tables is not "stale". A plan
+compiled for a variant (`--variant tiny`) is checked against the recipe compiled for that variant, which the plan
+records (family.variant).
 """
 
 from __future__ import annotations
@@ -36,18 +38,25 @@ def command(recipes: tuple[str, ...], plan_path: str | None, write: bool) -> Non
     problems = 0
     for recipe in paths:
         target = Path(plan_path) if plan_path else committed_plan_path(recipe)
-        result = compile_path(recipe)
+        committed, unreadable = None, None
+        try:
+            committed = load_plan(target)
+        except PlanError as exc:
+            unreadable = str(exc)
+        variant = committed.variant if committed is not None else None
+        result = compile_path(recipe, variant=variant)
         if result.errors or result.plan is None:
             click.echo(format_text(result.diagnostics), err=True, nl=False)
-            click.echo(f"{recipe}: does not compile", err=True)
+            click.echo(f"{recipe}: does not compile{f' (variant {variant})' if variant else ''}", err=True)
             problems += 1
             continue
         fresh = result.plan
-        try:
-            committed = load_plan(target)
-            stale_reason = None if committed.content_hash == fresh.content_hash else "differs from what the recipe compiles to now"
-        except PlanError as exc:
-            stale_reason = str(exc)
+        if committed is None:
+            stale_reason = unreadable
+        elif committed.content_hash != fresh.content_hash:
+            stale_reason = "differs from what the recipe compiles to now"
+        else:
+            stale_reason = None
         if stale_reason is None:
             click.echo(f"{recipe}: {target} is up to date")
             continue
@@ -56,6 +65,8 @@ def command(recipes: tuple[str, ...], plan_path: str | None, write: bool) -> Non
             click.echo(f"{recipe}: wrote {target}")
             continue
         problems += 1
-        click.echo(f"{recipe}: {target} is stale: {stale_reason}\n  fix: qcompile {recipe} -o {target}", err=True)
+        variant_option = f" --variant {variant}" if variant else ""
+        click.echo(f"{recipe}: {target} is stale: {stale_reason}\n  fix: qcompile {recipe}{variant_option} -o {target}",
+                   err=True)
     if problems:
         raise SystemExit(1)

@@ -13,7 +13,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from qcompiler.numerics import DEFAULT_DTYPE, dtype_label
+from qcompiler.numerics import DEFAULT_DTYPE, dtype_label, quantized_name
 
 CELL = 14  # pixels per cell: 40 layers -> 560 px, readable in a markdown viewer without zooming
 LEFT = 70  # room for "step 39" plus the expert name initial
@@ -137,6 +137,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     else:
         psnr = f"{e2e['psnr_db']:.2f} dB"
     run_as = plan["run_as_variant"]
+    quantized = quantized_name(plan.get("dtype", DEFAULT_DTYPE))
     lines = [
         f"# qcompile report: {plan['recipe']} on {plan['family']}{' (' + run_as + ' variant)' if run_as else ''}",
         "",
@@ -148,24 +149,24 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines += [
         f"Pipeline `{measured['pipeline']}`, {plan['num_inference_steps']} steps, "
         f"{dtype_label(plan.get('dtype', DEFAULT_DTYPE))}, seed {measured['seed']}, "
-        f"{measured['width']}x{measured['height']}, {measured['num_frames']} frames, FP8 backend "
+        f"{measured['width']}x{measured['height']}, {measured['num_frames']} frames, {quantized} backend "
         f"`{measured['backend']}` on `{measured['device']}`. Native run {measured['elapsed_s']['native']:.2f} s, "
         f"plan run {measured['elapsed_s']['plan']:.2f} s (CPU emulation: not a speed measurement).",
         "",
         "## Coverage",
         "",
-        "| | FP8 | total | share |",
+        f"| | {quantized} | total | share |",
         "|---|---:|---:|---:|",
         f"| attention calls | {summary['calls']['fp8']} | {summary['calls']['total']} | {summary['calls']['share']:.1%} |",
         f"| attention FLOPs (shapes seen) | {summary['flops']['fp8']:.3g} | {summary['flops']['total']:.3g} | "
         f"{summary['flops']['share']:.1%} |",
         f"| attention FLOPs (target shapes, estimate) | | | {estimate['target_flop_share']:.1%} |",
         "",
-        "## Error of FP8 calls against native on the same inputs",
+        f"## Error of {quantized} calls against native on the same inputs",
         "",
     ]
     if errors is None:
-        lines.append("No call ran in FP8.")
+        lines.append(f"No call ran {'in FP8' if quantized == 'FP8' else quantized}.")
     else:
         lines += [
             "| metric | mean | worst |",
@@ -189,10 +190,13 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "",
         "## Attention time saved on the target: an estimate, not a measurement",
         "",
-        f"{estimate['attention_time_saved']:.1%} of attention time, assuming FP8 attention takes "
-        f"{estimate['throughput_ratio']:g}x the time of native attention per FLOP "
-        f"({estimate['throughput_ratio_source']}) and attention time proportional to FLOPs at the family's "
-        f"reference shapes ({estimate['target_shapes']}).",
+        (f"{estimate['attention_time_saved']:.1%} of attention time, assuming {quantized} attention takes "
+         f"{estimate['throughput_ratio']:g}x the time of native attention per FLOP "
+         f"({estimate['throughput_ratio_source']}) and attention time proportional to FLOPs at the family's "
+         f"reference shapes ({estimate['target_shapes']}).") if estimate["attention_time_saved"] is not None else
+        (f"No estimate: {estimate['throughput_ratio_source']} (qcompiler/numerics.py); pass --throughput-ratio R "
+         f"from a measurement on the target. {estimate['target_flop_share']:.1%} of attention FLOPs run {quantized} "
+         f"at the family's reference shapes ({estimate['target_shapes']})."),
         "",
         "## Pictures",
         "",

@@ -6,8 +6,9 @@ per-call errors are errors of the FP8 call itself, while the end-to-end PSNR/SSI
 of all FP8 calls through the denoising loop.
 
 The attention-time saving is an ESTIMATE for the target: FP8 share of attention FLOPs at the real model's
-reference shapes x (1 - FP8/BF16 time ratio). The default ratio comes from the seed's NPU measurement
-(Wan2.2 I2V 1280x720, 61 frames, 4 steps: flash attention 6.81 s -> 5.43 s, i.e. FP8 takes 0.797x the time).
+reference shapes x (1 - quantized/BF16 time ratio). The default ratio is the plan dtype's measured speed factor
+(qcompiler/numerics.py): for FP8 the seed's NPU measurement (Wan2.2 I2V 1280x720, 61 frames, 4 steps: flash
+attention 6.81 s -> 5.43 s, i.e. FP8 takes 0.797x the time); MX and INT8 have none yet, so no estimate is made.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 import qcompiler
 from qcompiler.compile.resolve import predict_expert_schedule
 from qcompiler.families import get_family
+from qcompiler.numerics import DEFAULT_DTYPE, DTYPES, speed_factor
 from qcompiler.plan.format import Plan, content_sha256
 from qcompiler.plan.io import write_text_atomically
 from qcompiler.schemas import first_violation
@@ -50,14 +52,9 @@ from runtime.quality.pipelines import (
 from runtime.quality.render import draw_error_heatmap, draw_plan_heatmap, render_markdown
 
 REPORT_FORMAT = 1
-SEED_FA_NATIVE_S = 6.81
-SEED_FA_FP8_S = 5.43
-# FP8 attention time / native (BF16) attention time for the same work, from the seed's NPU measurement.
-DEFAULT_THROUGHPUT_RATIO = round(SEED_FA_FP8_S / SEED_FA_NATIVE_S, 3)
-THROUGHPUT_RATIO_SOURCE = (
-    f"default from the seed's NPU measurement (Wan2.2 I2V 1280x720, 61 frames, 4 steps: flash attention "
-    f"{SEED_FA_NATIVE_S} s -> {SEED_FA_FP8_S} s)"
-)
+# FP8 attention time / native (BF16) attention time for the same work: the FP8 row of qcompiler/numerics.py.
+DEFAULT_THROUGHPUT_RATIO = speed_factor(DEFAULT_DTYPE)
+THROUGHPUT_RATIO_SOURCE = f"default from {DTYPES[DEFAULT_DTYPE].speed_factor_source}"
 WORST_STEPS = 3
 WORST_LAYERS = 5
 
@@ -65,13 +62,14 @@ WORST_LAYERS = 5
 @dataclass(frozen=True)
 class ReportOptions:
     """How to run a report. `backend`: "auto" (an NPU entry point where present, else the CPU reference),
-    or any name in runtime.backends.registry. `throughput_ratio`: FP8 attention time / BF16 attention time on the target."""
+    or any name in runtime.backends.registry. `throughput_ratio`: quantized attention time / BF16 attention time on
+    the target; None: the plan dtype's measured factor (qcompiler/numerics.py), no estimate where none is known."""
 
     pipeline: str = "tiny"
     seed: int = 0
     prompt: str = DEFAULT_PROMPT
     backend: str = "auto"
-    throughput_ratio: float = DEFAULT_THROUGHPUT_RATIO
+    throughput_ratio: float | None = None
     frames: FrameSettings = field(default_factory=FrameSettings)
     progress: bool = True
 
@@ -112,6 +110,17 @@ def _error_stats(records: list[CallRecord]) -> dict[str, dict[str, float]] | Non
         "rel_l1": _stats((r.rel_l1 for r in records), max),
         "rmse": _stats((r.rmse for r in records), max),
     }
+
+
+def throughput_ratio(given: float | None, dtype: str) -> tuple[float | None, str]:
+    """The ratio of the estimate and where it comes from: the one given, else the dtype's measured speed factor
+    (never another format's: an unmeasured dtype gets no ratio and so no estimate)."""
+    if given is not None:
+        return given, "given with --throughput-ratio"
+    factor = speed_factor(dtype)
+    if factor is None:
+        return None, f"no measured speed factor for {dtype}"
+    return factor, f"default from {DTYPES[dtype].speed_factor_source}"
 
 
 def target_flop_share(plan: Plan) -> tuple[float, str]:
@@ -172,8 +181,8 @@ def versions() -> dict[str, str]:
 def build_report(plan: Plan, options: ReportOptions, pipe: Any = None) -> dict[str, Any]:
     """Run native then planned (same seed) and return the report dict (schemas/report.schema.json, minus
     `files`, which write_report adds). `pipe`: an already loaded pipeline to reuse (tests, benchmarks)."""
-    if options.throughput_ratio <= 0:
-        raise ValueError("the FP8/BF16 throughput ratio must be positive")
+    if options.throughput_ratio is not None and options.throughput_ratio <= 0:
+        raise ValueError("the quantized/BF16 throughput ratio must be positive")
     if pipe is None:
         pipe = load_pipeline(options.pipeline, plan.family_name)
     variant = detect_variant(pipe, plan.family_name)
@@ -210,6 +219,7 @@ def build_report(plan: Plan, options: ReportOptions, pipe: Any = None) -> dict[s
     flops_total = sum(c["flops"] for c in cells)
     flops_fp8 = sum(c["fp8_calls"] * counter.flops(c["component"], c["kind"]) for c in cells)
     share, shapes = target_flop_share(plan)
+    ratio, ratio_source = throughput_ratio(options.throughput_ratio, plan.data["dtype"])
     identical = bool(torch.equal(native, planned))
     value = psnr(planned, native)
     return {
@@ -254,12 +264,11 @@ def build_report(plan: Plan, options: ReportOptions, pipe: Any = None) -> dict[s
             },
             "estimate": {
                 "kind": "estimate, not measured",
-                "throughput_ratio": options.throughput_ratio,
-                "throughput_ratio_source": (THROUGHPUT_RATIO_SOURCE if options.throughput_ratio == DEFAULT_THROUGHPUT_RATIO
-                                            else "given with --throughput-ratio"),
+                "throughput_ratio": ratio,
+                "throughput_ratio_source": ratio_source,
                 "target_flop_share": share,
                 "target_shapes": shapes,
-                "attention_time_saved": share * (1.0 - options.throughput_ratio),
+                "attention_time_saved": None if ratio is None else share * (1.0 - ratio),
             },
         },
         "cells": cells,
