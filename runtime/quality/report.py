@@ -27,7 +27,7 @@ import torch
 import qcompiler
 from qcompiler.compile.resolve import predict_expert_schedule
 from qcompiler.families import get_family
-from qcompiler.numerics import DEFAULT_DTYPE, DTYPES, speed_factor
+from qcompiler.numerics import DEFAULT_DTYPE, DTYPES, MXFP4_SEQUENCE_MULTIPLE, speed_factor
 from qcompiler.plan.format import Plan, content_sha256
 from qcompiler.plan.io import write_text_atomically
 from qcompiler.schemas import first_violation
@@ -57,6 +57,10 @@ DEFAULT_THROUGHPUT_RATIO = speed_factor(DEFAULT_DTYPE)
 THROUGHPUT_RATIO_SOURCE = f"default from {DTYPES[DEFAULT_DTYPE].speed_factor_source}"
 WORST_STEPS = 3
 WORST_LAYERS = 5
+# The dtype whose kernel attends to zero padding (MindIE-SD 3.1.0 MXFP4QuantFA; runtime/quant/mx.py), and the
+# padded share of the keys above which the report says the error mostly comes from that padding.
+PADDED_DTYPE = "mxfp4_e2m1"
+PADDING_NOTE_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,61 @@ def _worst(records: list[CallRecord], key: Callable[[CallRecord], tuple], fields
     ]
 
 
+class SequenceLengths:
+    """The longest query and key/value token counts each (component, kind) attention module sees (forward
+    pre-hooks, as FlopCounter reads them): the MXFP4 padding note needs them."""
+
+    def __init__(self, pipe, attention_kinds: dict[str, str], components: dict[str, int]):
+        self.tokens: dict[str, dict[str, int]] = {}
+        self._handles = []
+        for name, num_layers in components.items():
+            model = getattr(pipe, name)
+            for kind, pattern in attention_kinds.items():
+                for layer in range(num_layers):
+                    module = model.get_submodule(pattern.format(layer=layer))
+                    self._handles.append(module.register_forward_pre_hook(self._hook(f"{name}/{kind}"),
+                                                                          with_kwargs=True))
+
+    def _hook(self, key: str):
+        def record(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            context = args[1] if len(args) > 1 else kwargs.get("encoder_hidden_states")
+            seen = self.tokens.setdefault(key, {"query": 0, "kv": 0})
+            seen["query"] = max(seen["query"], int(hidden.shape[1]))
+            seen["kv"] = max(seen["kv"], int((hidden if context is None else context).shape[1]))
+        return record
+
+    def __enter__(self) -> SequenceLengths:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def padding_note(dtype: str, tokens: dict[str, dict[str, int]]) -> str | None:
+    """Why an MXFP4 report on short sequences shows large errors: the kernel attends to its zero padding."""
+    if dtype != PADDED_DTYPE or not tokens:
+        return None
+    multiple = MXFP4_SEQUENCE_MULTIPLE
+    padded = {key: (-seen["kv"]) % multiple / (seen["kv"] + (-seen["kv"]) % multiple)
+              for key, seen in tokens.items() if seen["kv"]}
+    heavy = {key: share for key, share in padded.items() if share > PADDING_NOTE_SHARE}
+    if not heavy:
+        return None
+    listed = ", ".join(f"{key} {tokens[key]['kv']} keys ({share:.0%} padding)" for key, share in sorted(heavy.items()))
+    return (f"MXFP4 zero-pads every sequence to a multiple of {multiple} tokens and attends to the padded zero "
+            f"keys, as MindIE-SD 3.1.0's MXFP4QuantFA does (runtime/quant/mx.py). This run's sequences are far "
+            f"shorter than {multiple} ({listed}), so most of the error of its MXFP4 calls comes from that "
+            f"padding, not from MXFP4 rounding; at the real model's sequence lengths (thousands of tokens) the "
+            f"padding is a small share of the keys.")
+
+
+def threads() -> dict[str, int]:
+    """torch's CPU thread counts: results on CPU depend on them (reduction order), so a report records them."""
+    return {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()}
+
+
 def versions() -> dict[str, str]:
     import diffusers
     import transformers
@@ -196,7 +255,7 @@ def build_report(plan: Plan, options: ReportOptions, pipe: Any = None) -> dict[s
 
     records: list[CallRecord] = []
     with progress_bar(2 * steps, options.progress, "qcompile report") as bar, \
-            FlopCounter(pipe, patterns, components) as counter:
+            FlopCounter(pipe, patterns, components) as counter, SequenceLengths(pipe, patterns, components) as lengths:
         kwargs = call_kwargs(pipe, spec=options.pipeline, seed=options.seed, prompt=options.prompt, steps=steps,
                              frames=options.frames)
         start = time.perf_counter()
@@ -239,7 +298,8 @@ def build_report(plan: Plan, options: ReportOptions, pipe: Any = None) -> dict[s
             "pipeline": options.pipeline, "backend": fp8_name or backend, "device": str(pipe.device),
             "seed": options.seed, "prompt": options.prompt, "height": options.frames.height,
             "width": options.frames.width, "num_frames": options.frames.num_frames,
-            "guidance_scale": options.frames.guidance_scale, "versions": versions(),
+            "guidance_scale": options.frames.guidance_scale, "versions": versions(), "threads": threads(),
+            "attention_tokens": lengths.tokens,
             "elapsed_s": {"native": native_s, "plan": plan_s},
             "shapes_varied": [f"{c}/{k}" for c, k in counter.varied()],
         },
@@ -254,6 +314,9 @@ def build_report(plan: Plan, options: ReportOptions, pipe: Any = None) -> dict[s
             "calls": {"total": calls_total, "fp8": calls_fp8, "share": calls_fp8 / calls_total if calls_total else 0.0},
             "flops": {"total": flops_total, "fp8": flops_fp8, "share": flops_fp8 / flops_total if flops_total else 0.0},
             "per_call_error": _error_stats(records),
+            "notes": [note for note in (padding_note(plan.data["dtype"], {
+                key: seen for key, seen in lengths.tokens.items()
+                if key in {f"{r.component}/{r.kind}" for r in records}}),) if note],
             "worst_steps": _worst(records, lambda r: (r.step,), ("step",), WORST_STEPS),
             "worst_layers": _worst(records, lambda r: (r.component, r.kind, r.layer),
                                    ("component", "kind", "layer"), WORST_LAYERS),
@@ -294,20 +357,32 @@ def write_report(report: dict[str, Any], plan: Plan, outdir: Path) -> dict[str, 
     for cell in report["cells"]:
         cos = cell["cos_sim"]["worst"] if cell["cos_sim"] is not None else None
         worst_by_cell[(cell["component"], cell["kind"])][(cell["step"], cell["layer"])] = cos
+    omitted = []
     for component in plan.components:
         name, layers = component["name"], component["num_layers"]
         served = [bool(seen) and name in seen.split("+") for seen in observed]
         for kind in plan.attention_kinds:
+            table = plan.table(name, kind)
+            size = {"steps": steps, "layers": layers}
+            # An all-native table, or one with no quantized call run, draws a panel of one colour: say it instead.
+            if not any(any(row) for row in table):
+                omitted.append({"component": name, "kind": kind, "what": ["plan", "error"],
+                                "reason": "native on every step and layer"})
+                continue
             plan_file = f"plan_{name}_{kind}.png"
             draw_plan_heatmap(outdir / plan_file, f"plan: {name} / {kind} (rows: steps, columns: layers)",
-                              plan.table(name, kind), served)
+                              table, served)
+            heatmaps.append({"component": name, "kind": kind, "what": "plan", "file": plan_file, **size})
+            if not any(cos is not None for cos in worst_by_cell[(name, kind)].values()):
+                omitted.append({"component": name, "kind": kind, "what": ["error"],
+                                "reason": "no quantized call ran (its quantized cells are on steps it did not serve)"})
+                continue
             error_file = f"error_{name}_{kind}.png"
             draw_error_heatmap(outdir / error_file, f"worst per-call 1 - cos-sim: {name} / {kind}", steps, layers,
                                worst_by_cell[(name, kind)])
-            size = {"steps": steps, "layers": layers}
-            heatmaps.append({"component": name, "kind": kind, "what": "plan", "file": plan_file, **size})
             heatmaps.append({"component": name, "kind": kind, "what": "error", "file": error_file, **size})
-    report = {**report, "files": {"json": "report.json", "markdown": "report.md", "heatmaps": heatmaps}}
+    report = {**report, "files": {"json": "report.json", "markdown": "report.md", "heatmaps": heatmaps,
+                                  "omitted": omitted}}
     write_text_atomically(outdir / "report.md", render_markdown(report))
     write_text_atomically(outdir / "report.json", report_json(report))
     return report
