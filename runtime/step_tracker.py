@@ -74,11 +74,20 @@ class StepTracker:
             if self._depth == 0:
                 self._owner = None
 
-    def begin_forward(self, component: str) -> int:
-        """Called by a component hook before each transformer forward; returns the step. Raises on misalignment."""
+    def check_thread(self) -> None:
+        """Refuse a transformer forward from another thread while a call of the pipeline runs (before the
+        component hook changes anything)."""
         owner = self._owner
         if owner is not None and owner is not threading.current_thread():
             raise ConcurrentCallError(_concurrent_message(owner, "ran its transformer"))
+
+    def foreign_thread(self) -> bool:
+        """Whether a call of the pipeline runs in another thread than this one."""
+        owner = self._owner
+        return owner is not None and owner is not threading.current_thread()
+
+    def begin_forward(self, component: str) -> int:
+        """Called by a component hook before each transformer forward; returns the step. Raises on misalignment."""
         scheduler = self.pipe.scheduler
         timesteps = scheduler.timesteps
         if timesteps is not self._timesteps or self._fresh_call:
