@@ -114,8 +114,10 @@ class PlanHandle:
 
     def unload(self) -> None:
         """Restore the stock processors' backends and remove the hooks; the pipeline then runs exactly as never
-        patched (with whatever parallel config it has). The report stays readable. Calling it twice is harmless."""
+        patched (with whatever parallel config it has). The report stays readable. Calling it twice is harmless.
+        Refused (ConcurrentCallError) from another thread while a call of the pipeline runs."""
         if self._active:
+            self._tracker.check_unload()
             self._installation.remove()
             unmark_installed(self.pipe, self)
             self._active = False

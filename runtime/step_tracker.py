@@ -81,6 +81,12 @@ class StepTracker:
         if owner is not None and owner is not threading.current_thread():
             raise ConcurrentCallError(_concurrent_message(owner, "ran its transformer"))
 
+    def check_unload(self) -> None:
+        """Refuse to unload from another thread while a call runs (its remaining forwards would run stock)."""
+        owner = self._owner
+        if owner is not None and owner is not threading.current_thread():
+            raise ConcurrentCallError(_concurrent_message(owner, "tried to unload the plan"))
+
     def foreign_thread(self) -> bool:
         """Whether a call of the pipeline runs in another thread than this one."""
         owner = self._owner

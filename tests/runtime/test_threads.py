@@ -90,9 +90,11 @@ def test_a_second_thread_entering_a_running_pipeline_is_refused(t2v_pipe, compil
             try_in_thread("intruder-forward", lambda: pipe.transformer(
                 hidden_states=latents, timestep=timestep.expand(latents.shape[0]),
                 encoder_hidden_states=callback_kwargs["prompt_embeds"], return_dict=False))
+            try_in_thread("intruder-unload", handle.unload)
         return {}
 
-    with runtime.load(pipe, plan, backend="reference") as handle:
+    handle = runtime.load(pipe, plan, backend="reference")
+    with handle:
         expected = run_tiny(pipe)
         expected_report = _report_facts(handle.report())
         handle.reset_report()
@@ -107,7 +109,8 @@ def test_a_second_thread_entering_a_running_pipeline_is_refused(t2v_pipe, compil
         owner_thread.start()
         owner_thread.join()
 
-        for name, what in (("intruder-call", "called the pipeline"), ("intruder-forward", "ran its transformer")):
+        for name, what in (("intruder-call", "called the pipeline"), ("intruder-forward", "ran its transformer"),
+                           ("intruder-unload", "tried to unload the plan")):
             error = refused[name]
             assert isinstance(error, runtime.ConcurrentCallError) and isinstance(error, QcompileError), repr(error)
             message = str(error)
@@ -117,6 +120,7 @@ def test_a_second_thread_entering_a_running_pipeline_is_refused(t2v_pipe, compil
         # The running call went on unharmed: its output and its report are those of an undisturbed call.
         assert torch.equal(outputs["owner"], expected)
         assert _report_facts(handle.report()) == expected_report
+        assert handle.active
 
         # The call is over: another thread may now call the pipeline.
         handle.reset_report()
