@@ -21,7 +21,7 @@ from runtime.backends.registry import component_refusal
 from runtime.call_record import CallRecord
 from runtime.checks import check_structure, transformer_components
 from runtime.dispatch import PLAN, ComponentState
-from runtime.errors import BackendUnavailableError, PlanMismatchError
+from runtime.errors import BackendUnavailableError, PlanMismatchError, UnknownBackendError
 from runtime.execution_report import (
     FALLBACK,
     FALLBACK_BACKEND,
@@ -115,8 +115,10 @@ class PlanHandle:
 
     def unload(self) -> None:
         """Restore the stock processors' backends and remove the hooks; the pipeline then runs exactly as never
-        patched (with whatever parallel config it has). The report stays readable. Calling it twice is harmless."""
+        patched (with whatever parallel config it has). The report stays readable. Calling it twice is harmless.
+        Refused (ConcurrentCallError) from another thread while a call of the pipeline runs."""
         if self._active:
+            self._tracker.check_unload()
             self._installation.remove()
             unmark_installed(self.pipe, self)
             self._active = False
@@ -203,6 +205,22 @@ def _rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+def check_backend_argument(backend: object) -> None:
+    """Refuse a `backend=` that is neither a registry name (runtime.backends.registry) nor an AttentionBackend."""
+    from runtime.backends.registry import BACKEND_NAMES
+
+    if isinstance(backend, AttentionBackend) or (isinstance(backend, str) and backend in BACKEND_NAMES):
+        return
+    choices = ", ".join(repr(name) for name in BACKEND_NAMES)
+    if isinstance(backend, str):
+        close = [name for name in BACKEND_NAMES if name.lower() == backend.strip().lower()]
+        hint = f" (names are lower case: did you mean {close[0]!r}?)" if close else ""
+        raise UnknownBackendError(f"unknown attention backend {backend!r}{hint}; backend= takes one of {choices}, "
+                                  "or an AttentionBackend object")
+    raise UnknownBackendError(f"backend= takes one backend name (a str) or an AttentionBackend object, not a "
+                              f"{type(backend).__name__} ({backend!r}); the names are {choices}")
+
+
 def _serving_backends(
     plan: Plan, backend: str | AttentionBackend, models: dict[str, torch.nn.Module]
 ) -> tuple[dict[str, AttentionBackend | None], dict[str, str]]:
@@ -246,8 +264,11 @@ def load(pipe: Any, plan: str | os.PathLike[str] | Mapping[str, Any] | Plan | No
     then run after the Ulysses all-to-all. Raises PlanError (bad/edited plan), PlanMismatchError (plan does not
     fit the pipeline), ParallelLayoutError (ring or Ulysses-anything with FP8 cells; also raised by the first
     forward when that layout is enabled after load), BackendUnavailableError (FP8 needed, none available,
-    fallback policy `error`).
+    fallback policy `error`), UnknownBackendError (`backend` is not a registry name or a backend object).
+    The pipeline then runs one call at a time: a second thread entering it during a call gets
+    ConcurrentCallError (use one pipeline per thread).
     """
+    check_backend_argument(backend)
     loaded = _embedded_plan(pipe) if plan is None else load_plan(plan)
     models = check_structure(pipe, loaded)
     served, fallbacks = _serving_backends(loaded, backend, models)

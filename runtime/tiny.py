@@ -177,9 +177,24 @@ def text_tokens(pipe) -> int:
     return WAN21_I2V_TEXT_TOKENS if getattr(pipe, "image_encoder", None) is not None else TEXT_TOKENS
 
 
+def build_tiny_video_to_video_pipeline(family_name: str = "wan2.1-t2v-1.3b", *, seed: int = 0):
+    """diffusers' WanVideoToVideoPipeline over the tiny text-to-video pipeline's components (it takes a video
+    and `strength`; strength < 1 runs only the last steps of the schedule)."""
+    from diffusers import WanVideoToVideoPipeline
+
+    base = build_tiny_pipeline(family_name, seed=seed)
+    if base.transformer_2 is not None or base.config.expand_timesteps:
+        raise ValueError(f"no tiny video-to-video builder for {family_name}: WanVideoToVideoPipeline runs one "
+                         "transformer with one timestep per frame")
+    pipe = WanVideoToVideoPipeline(tokenizer=base.tokenizer, text_encoder=base.text_encoder,
+                                   transformer=base.transformer, vae=base.vae, scheduler=base.scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def tiny_inputs(pipe, *, num_inference_steps: int = 4, guidance_scale: float = 5.0, seed: int = 0, **extra: Any) -> dict:
     """Call arguments for a tiny pipeline: 16x16, 9 frames, 16 text tokens (512 for Wan2.1 I2V), latent output."""
-    from diffusers import WanImageToVideoPipeline
+    from diffusers import WanImageToVideoPipeline, WanVideoToVideoPipeline
 
     tokens = text_tokens(pipe)
     prompt_embeds, negative_prompt_embeds = encode_prompts(pipe, "a red cube on a table", "blurry", tokens)
@@ -199,6 +214,11 @@ def tiny_inputs(pipe, *, num_inference_steps: int = 4, guidance_scale: float = 5
         from PIL import Image
 
         kwargs["image"] = Image.new("RGB", (WIDTH, HEIGHT), (120, 60, 200))
+    if isinstance(pipe, WanVideoToVideoPipeline):
+        from PIL import Image
+
+        del kwargs["num_frames"]  # the input video sets it
+        kwargs["video"] = [Image.new("RGB", (WIDTH, HEIGHT), (120, 60, 200 - 10 * i)) for i in range(NUM_FRAMES)]
     kwargs.update(extra)
     return kwargs
 
