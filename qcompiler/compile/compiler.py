@@ -172,15 +172,15 @@ def _read_rules(doc: SourceDocument, family: Family, num_steps: int | None, scop
     rules = []
     seen: dict[str, int] = {}
     for index, rule in enumerate(doc.data.get("rules") or []):
-        if not all(clean("rules", index, key) for key in ("name", "precision", "components", "attention_kinds")) \
-                or not isinstance(rule, dict):
+        if not isinstance(rule, dict) or not clean("rules", index, "components") or not clean("rules", index, "attention_kinds"):
             continue
-        name = rule["name"]
-        if name in seen:
-            mark = doc.mark_for(("rules", index, "name"))
-            findings.append(Diagnostic(doc.path, mark.line, mark.column, "error", "QC140",
-                                       f"rule name `{name}` is used twice (first by rule {seen[name]})", "give each rule its own name"))
-        seen.setdefault(name, index)
+        name = rule.get("name")
+        if clean("rules", index, "name"):
+            if name in seen:
+                mark = doc.mark_for(("rules", index, "name"))
+                findings.append(Diagnostic(doc.path, mark.line, mark.column, "error", "QC140",
+                                           f"rule name `{name}` is used twice (first by rule {seen[name]})", "give each rule its own name"))
+            seen.setdefault(name, index)
         components = tuple(rule.get("components") or scope_components)
         kinds = tuple(rule.get("attention_kinds") or scope_kinds)
         _check_scope(doc, index, "components", components, scope_components, family.component_names, "component", family, findings)
@@ -191,7 +191,7 @@ def _read_rules(doc: SourceDocument, family: Family, num_steps: int | None, scop
                           default=min(c.num_layers for c in family.components))
         layers = (_select_or_finding(doc, index, "layers", rule.get("layers", "all"), layer_count, findings)
                   if clean("rules", index, "layers") else None)
-        if steps is not None and layers is not None:
+        if steps is not None and layers is not None and clean("rules", index, "name") and clean("rules", index, "precision"):
             rules.append(RuleSelection(name, rule["precision"], components, kinds, steps, layers))
     return rules
 
@@ -214,7 +214,7 @@ def _check_scope(doc: SourceDocument, index: int, key: str, chosen: tuple[str, .
         if item in scope:
             continue
         mark = doc.mark_for(("rules", index, key, position))
-        rule_name = doc.data["rules"][index]["name"]
+        rule_name = _rule_label(doc, index)
         if item not in valid:  # not the family's: adding it to the top-level list would only move the error
             close = close_matches(item, list(valid), n=1)
             findings.append(Diagnostic(
@@ -230,6 +230,13 @@ def _check_scope(doc: SourceDocument, index: int, key: str, chosen: tuple[str, .
             ))
 
 
+def _rule_label(doc: SourceDocument, index: int) -> str:
+    """The rule's name for messages, or `#INDEX` when the name itself is at fault (a line break would split the
+    message's line)."""
+    name = doc.data["rules"][index].get("name")
+    return name if isinstance(name, str) and name and name == name.strip() else f"#{index}"
+
+
 def _select_or_finding(doc: SourceDocument, index: int, key: str, value: Any, length: int,
                        findings: list[Diagnostic]) -> frozenset[int] | None:
     try:
@@ -238,7 +245,7 @@ def _select_or_finding(doc: SourceDocument, index: int, key: str, value: Any, le
         path = ("rules", index, key) if exc.list_index is None else ("rules", index, key, exc.list_index)
         mark = doc.mark_for(path)
         column = mark.column + (1 if mark.quoted else 0) + exc.offset if exc.list_index is None else mark.column
-        rule_name = doc.data["rules"][index].get("name", f"#{index}")
+        rule_name = _rule_label(doc, index)
         findings.append(Diagnostic(doc.path, mark.line, column, "error", exc.code, f"rule `{rule_name}`: {exc.message}", exc.hint))
         return None
 

@@ -270,3 +270,11 @@ def test_a_killed_compile_leaves_a_temp_file_the_next_compile_removes(tmp_path):
     assert len(left) == 1 and not target.exists()
     assert run(str(RECIPES_DIR / "wan22_i2v.yaml"), "-o", str(target)).exit_code == 0
     assert [p for p in os.listdir(tmp_path) if TEMP_MARKER in p] == [] and target.exists()
+
+
+def test_a_rule_whose_name_is_wrong_still_has_its_selectors_checked():
+    text = VALID_RECIPE.replace("- name: edge-steps", "- name: |\n      edge-steps").replace('"0, last 1"', '"0-9"')
+    errors = compile_source(text, name="r.yaml").errors
+    assert sorted(d.code for d in errors) == ["QC114", "QC131"]
+    assert all("\n" not in d.message.split(":")[0] for d in errors)
+    assert any(d.message.startswith("rule `#0`: steps index 9") for d in errors)
