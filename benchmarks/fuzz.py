@@ -171,14 +171,54 @@ def diff_outcome(plan_a: Path, plan_b: Path) -> str | None:
         return f"diff: {type(result.exception).__name__}: {result.exception}"
     if result.exit_code not in (0, 1, 2):
         return f"diff exit {result.exit_code}"
-    if result.exit_code == 2 and re.search(r"\bNone\b|Traceback", result.output):
+    if re.search(r"\bNone\b|Traceback", result.output):
         return f"diff message: {result.output.strip()[:120]}"
+    if "cannot compare" in result.output and result.exit_code != 2:
+        return f"diff exit {result.exit_code} for plans it cannot compare (2 expected)"
     return None
+
+
+def hostile_partners(plan: dict) -> list[dict]:
+    """Loadable plans of the same family, variant and steps as `plan` but another structure (no cross-attention;
+    3 layers in the first component), re-hashed: what `qcompile diff` must refuse with exit 2, not a KeyError."""
+    no_cross = json.loads(json.dumps(plan))
+    del no_cross["family"]["attention_kinds"]["cross"]
+    for planes in no_cross["tables"].values():
+        planes.pop("cross")
+    for rule in no_cross["rules"]:
+        for planes in rule["changed"].values():
+            rule["cells_changed"] -= planes.pop("cross", 0)
+    fewer_layers = json.loads(json.dumps(plan))
+    first = fewer_layers["family"]["components"][0]
+    first["num_layers"] = 3
+    fewer_layers["tables"][first["name"]] = {kind: [row[:3] for row in rows]
+                                             for kind, rows in fewer_layers["tables"][first["name"]].items()}
+    fewer_layers["rules"] = []
+    for data in (no_cross, fewer_layers):
+        data["content_sha256"] = content_sha256(data)
+    return [no_cross, fewer_layers]
+
+
+# Targeted hostile sensitivity files (besides random values at random paths): sizes no recipe can have, families
+# and structures qcompile does not know.
+SENSITIVITY_ATTACKS = [
+    lambda d: d.update(num_inference_steps=10**12),
+    lambda d: d["family"].update(name="wan9-nothing"),
+    lambda d: d["family"].update(variant="huge"),
+    lambda d: d["family"]["components"][0].update(num_layers=10**9),
+    lambda d: d["family"]["components"].pop(),
+    lambda d: d["family"].update(attention_kinds=["self"]),
+]
 
 
 def suggest_outcome(rng: random.Random, base: dict) -> tuple[str, str | None]:
     """(outcome, failure) of a mutated sensitivity file through `qcompile suggest`'s steps."""
     data = mutate_json(rng, base, SENSITIVITY_VALUES)
+    if rng.random() < 0.3 and isinstance(data.get("family"), dict) and data["family"].get("components"):
+        try:
+            rng.choice(SENSITIVITY_ATTACKS)(data)
+        except (AttributeError, TypeError, KeyError, IndexError):
+            pass  # the random mutation already broke the part the attack edits
     try:
         sensitivity = load_sensitivity(data)
         budget = Budget("min_cos", rng.choice([0.5, 0.99, 0.999, 1.0]))
@@ -249,6 +289,10 @@ def main() -> int:
             partner = Path(tmp) / f"partner{number}.json"
             partner.write_text(compile_source((REPO / "recipes" / name).read_text(encoding="utf-8"), name=name,
                                               **options).plan.to_json(), encoding="utf-8")
+            partners.append(partner)
+        for number, data in enumerate(hostile_partners(base_plan)):
+            partner = Path(tmp) / f"hostile{number}.json"
+            partner.write_text(json.dumps(data), encoding="utf-8")
             partners.append(partner)
         for index in range(args.mutants):
             kind = "sensitivity" if index % 10 == 9 else "recipe" if index % 2 == 0 else "plan"
