@@ -44,9 +44,10 @@ def command(sensitivity: str, min_cos: float | None, max_rel_l1: float | None, f
     suggestion = suggest_recipe(data, Budget(*chosen[0]), source_name=Path(sensitivity).name, fallback=fallback,
                                 schema_ref=Path(schema).as_posix(), dtype=dtype)
     result = compile_source(suggestion.text, name=output, variant=data.variant)
-    if result.errors or result.plan is None:  # a bug in the generator, never the user's fault; say so
-        click.echo(format_text(result.diagnostics), err=True, nl=False)
-        fail("internal error: the generated recipe does not compile; please report this with the sensitivity file")
+    if result.errors or result.plan is None:  # a bug in the generator (the file was checked first); say so
+        click.echo(format_text(result.diagnostics, texts={output: suggestion.text}), err=True, nl=False)
+        fail(f"internal error: the recipe generated from {sensitivity} does not compile ({output} was not written); "
+             "please report this with the sensitivity file")
     verify_suggestion(suggestion, data, dict(result.plan.tables))
     write_text_atomically(output, suggestion.text)
     worst = (f"worst FP8 call cos-sim {suggestion.worst_fp8_cos_sim:.6f}, rel-L1 {suggestion.worst_fp8_rel_l1:.4g}"

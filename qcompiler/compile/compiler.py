@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from qcompiler import __version__
 from qcompiler.backend_table import no_backend_reason, rotates, serving_backends
 from qcompiler.compile.resolve import RuleSelection, predict_expert_schedule, resolve_tables
-from qcompiler.errors import Diagnostic, FamilyError, RecipeError
+from qcompiler.errors import Diagnostic, FamilyError, RecipeError, close_matches
 from qcompiler.families import Family, get_family
 from qcompiler.numerics import DTYPE_NAMES, INT8_DTYPE, INT8_ONLY_NUMERICS, PV_PRECISION_DTYPES, plan_numerics
 from qcompiler.plan.format import PLAN_FORMAT, Plan, content_sha256
 from qcompiler.plan.io import sha256
-from qcompiler.recipe.schema import schema_diagnostics
+from qcompiler.recipe.schema import schema_findings
 from qcompiler.recipe.selectors import SelectorError, select
 from qcompiler.recipe.source import SourceDocument, YamlLoadError, decode_recipe_bytes, parse_yaml, read_recipe_text
 
@@ -68,21 +69,41 @@ def compile_path(path: str | os.PathLike[str], *, steps: int | None = None, vari
 
 def _compile_document(doc: SourceDocument, recipe_sha: str, steps: int | None, variant: str | None,
                       build_plan: bool) -> CompileResult:
-    findings = list(schema_diagnostics(doc))
+    not_a_recipe = _not_a_recipe(doc)
+    if not_a_recipe:
+        return CompileResult(None, [not_a_recipe])
+    # Every independent finding at once: the YAML reading's recoverable ones, every schema violation, and the
+    # semantic checks of each part whose own values passed (a part with a finding is not checked again).
+    findings = list(doc.errors)
+    bad: set[tuple] = set(doc.invalid_paths)
+    for path, diagnostic in schema_findings(doc):
+        findings.append(diagnostic)
+        bad.add(path)
+
+    def clean(*path: Any) -> bool:
+        return not any(b[:len(path)] == path or path[:len(b)] == b for b in bad)
+
     data: dict[str, Any] = doc.data
-    family = _family_or_finding(doc, variant, findings)
-    if family is None or any(d.severity == "error" for d in findings):
+    family = _family_or_finding(doc, variant, findings) if clean("family") else None
+    if family is None:
         return CompileResult(None, findings)
-    num_steps = steps if steps is not None else data["num_inference_steps"]
-    scope_components = tuple(data.get("components") or family.component_names)
-    scope_kinds = tuple(data["attention_kinds"])
-    _check_names(doc, ("components",), scope_components, family.component_names, "component", family, findings)
-    _check_names(doc, ("attention_kinds",), scope_kinds, family.attention_kinds, "attention kind", family, findings)
-    _check_pv_precision(doc, findings)
-    rules = _read_rules(doc, family, num_steps, scope_components, scope_kinds, findings)
-    _check_dtype_numerics(doc, findings)
+    num_steps = steps if steps is not None else (data["num_inference_steps"] if clean("num_inference_steps") else None)
+    scope_components = tuple(data.get("components") or family.component_names) if clean("components") else family.component_names
+    scope_kinds = tuple(data["attention_kinds"]) if clean("attention_kinds") else family.attention_kinds
+    if clean("components"):
+        _check_names(doc, ("components",), scope_components, family.component_names, "component", family, findings)
+    if clean("attention_kinds"):
+        _check_names(doc, ("attention_kinds",), scope_kinds, family.attention_kinds, "attention kind", family, findings)
+    settings_clean = clean("dtype") and clean("numerics")
+    if settings_clean:
+        _check_pv_precision(doc, findings)
+    rules = (_read_rules(doc, family, num_steps, scope_components, scope_kinds, findings, clean)
+             if isinstance(data.get("rules") or [], list) else [])
+    if settings_clean:
+        _check_dtype_numerics(doc, findings)
     if any(d.severity == "error" for d in findings):
         return CompileResult(None, findings)
+    assert num_steps is not None
     resolution = resolve_tables(family, num_steps, scope_components, scope_kinds, data["default"] == "fp8", rules)
     for index, effect in enumerate(resolution.effects):
         if effect.cells_changed == 0:
@@ -101,6 +122,24 @@ def _compile_document(doc: SourceDocument, recipe_sha: str, steps: int | None, v
         return CompileResult(None, findings)
     plan_data = _plan_data(doc, data, family, num_steps, recipe_sha, resolution)
     return CompileResult(Plan.from_dict(plan_data, trusted=True), findings)
+
+
+_OTHER_DOCUMENTS = {
+    "plan_format": "a qcompile plan, not a recipe (use qcompile show or qcompile check on plans; lint and compile read recipes)",
+    "sensitivity_format": "a qcompile sensitivity file, not a recipe (use qcompile suggest on it to write a recipe)",
+}
+
+
+def _not_a_recipe(doc: SourceDocument) -> Diagnostic | None:
+    """A plan or sensitivity file given where a recipe is expected: one finding, not one per unknown key."""
+    if not isinstance(doc.data, dict) or "version" in doc.data:
+        return None
+    for key, what in _OTHER_DOCUMENTS.items():
+        if key in doc.data:
+            mark = doc.mark_for((key,), key=True)
+            return Diagnostic(doc.path, mark.line, mark.column, "error", "QC011", f"this is {what}",
+                              "pass a recipe (.yaml), e.g. recipes/wan22_i2v.yaml")
+    return None
 
 
 def _family_or_finding(doc: SourceDocument, variant: str | None, findings: list[Diagnostic]) -> Family | None:
@@ -129,26 +168,32 @@ def _check_names(doc: SourceDocument, path: tuple, names: tuple[str, ...], valid
             ))
 
 
-def _read_rules(doc: SourceDocument, family: Family, num_steps: int, scope_components: tuple[str, ...],
-                scope_kinds: tuple[str, ...], findings: list[Diagnostic]) -> list[RuleSelection]:
+def _read_rules(doc: SourceDocument, family: Family, num_steps: int | None, scope_components: tuple[str, ...],
+                scope_kinds: tuple[str, ...], findings: list[Diagnostic], clean: Callable[..., bool]) -> list[RuleSelection]:
+    """The rules' selections; a rule with a finding of its own (schema, YAML) is skipped, the others checked."""
     rules = []
     seen: dict[str, int] = {}
     for index, rule in enumerate(doc.data.get("rules") or []):
-        name = rule["name"]
-        if name in seen:
-            mark = doc.mark_for(("rules", index, "name"))
-            findings.append(Diagnostic(doc.path, mark.line, mark.column, "error", "QC140",
-                                       f"rule name `{name}` is used twice (first by rule {seen[name]})", "give each rule its own name"))
-        seen.setdefault(name, index)
+        if not isinstance(rule, dict) or not clean("rules", index, "components") or not clean("rules", index, "attention_kinds"):
+            continue
+        name = rule.get("name")
+        if clean("rules", index, "name"):
+            if name in seen:
+                mark = doc.mark_for(("rules", index, "name"))
+                findings.append(Diagnostic(doc.path, mark.line, mark.column, "error", "QC140",
+                                           f"rule name `{name}` is used twice (first by rule {seen[name]})", "give each rule its own name"))
+            seen.setdefault(name, index)
         components = tuple(rule.get("components") or scope_components)
         kinds = tuple(rule.get("attention_kinds") or scope_kinds)
-        _check_scope(doc, index, "components", components, scope_components, "component", findings)
-        _check_scope(doc, index, "attention_kinds", kinds, scope_kinds, "attention kind", findings)
-        steps = _select_or_finding(doc, index, "steps", rule.get("steps", "all"), num_steps, findings)
+        _check_scope(doc, index, "components", components, scope_components, family.component_names, "component", family, findings)
+        _check_scope(doc, index, "attention_kinds", kinds, scope_kinds, family.attention_kinds, "attention kind", family, findings)
+        steps = (_select_or_finding(doc, index, "steps", rule.get("steps", "all"), num_steps, findings)
+                 if num_steps is not None and clean("rules", index, "steps") else None)
         layer_count = min((family.component(c).num_layers for c in components if c in family.component_names),
                           default=min(c.num_layers for c in family.components))
-        layers = _select_or_finding(doc, index, "layers", rule.get("layers", "all"), layer_count, findings)
-        if steps is not None and layers is not None:
+        layers = (_select_or_finding(doc, index, "layers", rule.get("layers", "all"), layer_count, findings)
+                  if clean("rules", index, "layers") else None)
+        if steps is not None and layers is not None and clean("rules", index, "name") and clean("rules", index, "precision"):
             rules.append(RuleSelection(name, rule["precision"], components, kinds, steps, layers))
     return rules
 
@@ -165,16 +210,33 @@ def _check_pv_precision(doc: SourceDocument, findings: list[Diagnostic]) -> None
         ))
 
 
-def _check_scope(doc: SourceDocument, index: int, key: str, chosen: tuple[str, ...], scope: tuple[str, ...], what: str,
-                 findings: list[Diagnostic]) -> None:
+def _check_scope(doc: SourceDocument, index: int, key: str, chosen: tuple[str, ...], scope: tuple[str, ...],
+                 valid: tuple[str, ...], what: str, family: Family, findings: list[Diagnostic]) -> None:
     for position, item in enumerate(chosen):
-        if item not in scope:
-            mark = doc.mark_for(("rules", index, key, position))
+        if item in scope:
+            continue
+        mark = doc.mark_for(("rules", index, key, position))
+        rule_name = _rule_label(doc, index)
+        if item not in valid:  # not the family's: adding it to the top-level list would only move the error
+            close = close_matches(item, list(valid), n=1)
             findings.append(Diagnostic(
                 doc.path, mark.line, mark.column, "error", "QC121",
-                f"rule `{doc.data['rules'][index]['name']}` selects {what} `{item}`, which is not in the recipe's `{key}` ({', '.join(scope)})",
+                f"rule `{rule_name}` selects {what} `{item}`, which {family.display_name} does not have",
+                (f"did you mean `{close[0]}`? " if close else "") + f"{family.display_name}'s {what}s: {', '.join(valid)}",
+            ))
+        else:
+            findings.append(Diagnostic(
+                doc.path, mark.line, mark.column, "error", "QC121",
+                f"rule `{rule_name}` selects {what} `{item}`, which is not in the recipe's `{key}` ({', '.join(scope)})",
                 f"add `{item}` to the top-level `{key}`, or remove it from the rule",
             ))
+
+
+def _rule_label(doc: SourceDocument, index: int) -> str:
+    """The rule's name for messages, or `#INDEX` when the name itself is at fault (a line break would split the
+    message's line)."""
+    name = doc.data["rules"][index].get("name")
+    return name if isinstance(name, str) and name and name == name.strip() else f"#{index}"
 
 
 def _select_or_finding(doc: SourceDocument, index: int, key: str, value: Any, length: int,
@@ -185,7 +247,7 @@ def _select_or_finding(doc: SourceDocument, index: int, key: str, value: Any, le
         path = ("rules", index, key) if exc.list_index is None else ("rules", index, key, exc.list_index)
         mark = doc.mark_for(path)
         column = mark.column + (1 if mark.quoted else 0) + exc.offset if exc.list_index is None else mark.column
-        rule_name = doc.data["rules"][index].get("name", f"#{index}")
+        rule_name = _rule_label(doc, index)
         findings.append(Diagnostic(doc.path, mark.line, column, "error", exc.code, f"rule `{rule_name}`: {exc.message}", exc.hint))
         return None
 

@@ -10,8 +10,8 @@ import tempfile
 from hashlib import sha256
 from typing import Any
 
-__all__ = ["InputRefused", "parse_json", "read_json_file", "read_regular_file", "sha256", "write_bytes_atomically",
-           "write_text_atomically"]
+__all__ = ["InputRefused", "parse_json", "read_json_file", "read_regular_file", "remove_stale_temp_files", "sha256",
+           "write_bytes_atomically", "write_text_atomically"]
 
 
 def _default_mode(path: str) -> int:
@@ -24,17 +24,68 @@ def _default_mode(path: str) -> int:
         return 0o666 & ~umask
 
 
+# Temp files of an atomic write are `.NAME.qcompile-tmp-PID.RANDOM.tmp` beside the target: a write killed
+# before its rename (SIGKILL, power loss) leaves one, and the next write to the same target removes those whose
+# process is gone. Only names of this form are touched, so other programs' temp files are never removed.
+TEMP_MARKER = "qcompile-tmp"
+_TEMP_NAME = re.compile(rf"^\.(?P<name>.+)\.{TEMP_MARKER}-(?P<pid>[0-9]{{1,10}})\.[A-Za-z0-9_]+\.tmp\Z", re.S)
+
+
+def _temp_prefix(name: str, pid: int) -> str:
+    return f".{name}.{TEMP_MARKER}-{pid}."
+
+
+def _process_alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a pid we wrote; leave it alone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # exists but is another user's (or cannot be asked): not ours to judge
+    return True
+
+
+def remove_stale_temp_files(path: str | os.PathLike[str]) -> list[str]:
+    """Remove the temp files that killed atomic writes to `path` left (see TEMP_MARKER); returns their paths.
+    A temp file whose writer is still running (the pid is alive) is kept; failures to list or remove are ignored
+    (cleaning up is a courtesy, never a reason for a write to fail)."""
+    target = os.fspath(path)
+    folder, name = os.path.split(target)
+    prefix = f".{name}.{TEMP_MARKER}-"
+    removed = []
+    try:
+        entries = [entry for entry in os.listdir(folder or ".") if entry.startswith(prefix)]
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_NAME.match(entry)
+        if not match or match.group("name") != name or _process_alive(int(match.group("pid"))):
+            continue
+        stale = os.path.join(folder, entry)
+        try:
+            if os.path.isfile(stale) and not os.path.islink(stale):
+                os.unlink(stale)
+                removed.append(stale)
+        except OSError:
+            pass
+    return removed
+
+
 def write_bytes_atomically(path: str | os.PathLike[str], data: bytes, *, mode: int | None = None) -> None:
     """Write `data` to a temp file beside `path`, fsync it, then os.replace it over `path`.
 
-    An interrupted write leaves no temp file behind. An OSError names `path` (not the temp file), so the
+    An interrupted write leaves no temp file behind; a killed one leaves one that the next write to `path`
+    removes (remove_stale_temp_files). An OSError names `path` (not the temp file), so the
     message a user sees is about the file they asked for.
     """
     target = os.fspath(path)
     folder, name = os.path.split(target)
+    remove_stale_temp_files(target)
     try:
         mode = _default_mode(target) if mode is None else mode
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder or ".")
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(name, os.getpid()), suffix=".tmp", dir=folder or ".")
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror, target) from exc
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -9,8 +10,13 @@ from jsonschema.exceptions import ValidationError
 
 from qcompiler.errors import Diagnostic, close_matches
 from qcompiler.recipe.source import SourceDocument
-from qcompiler.schemas import schema_errors
+from qcompiler.schemas import load_schema, schema_errors
 
+# The most denoising steps a recipe (and so a plan compiled from one, or a sensitivity file a recipe is suggested
+# from) may have: the recipe schema's bound, read from it so the two cannot drift.
+MAX_STEPS: int = load_schema("recipe")["properties"]["num_inference_steps"]["maximum"]
+
+_RULE_NAME = re.compile(load_schema("recipe")["properties"]["rules"]["items"]["properties"]["name"]["pattern"])
 SELECTOR_KEYS = ("steps", "layers")  # checked by qcompiler.recipe.selectors, which gives better messages
 
 _TYPE_NAMES = {"string": "a string", "integer": "an integer", "number": "a number", "boolean": "true or false",
@@ -35,33 +41,71 @@ def _subschema_description(schema: dict) -> str:
     return schema.get("description", "")
 
 
+def _under(path: tuple, prefixes: set) -> bool:
+    return any(path[:len(prefix)] == prefix for prefix in prefixes)
+
+
 def schema_diagnostics(doc: SourceDocument) -> Iterator[Diagnostic]:
+    for _, diagnostic in schema_findings(doc):
+        yield diagnostic
+
+
+def schema_findings(doc: SourceDocument) -> Iterator[tuple[tuple, Diagnostic]]:
+    """(path of the value at fault, diagnostic) for each schema violation. Values the YAML reading already
+    reported (doc.invalid_paths) are not reported again; selectors are left to qcompiler.recipe.selectors."""
     for error in schema_errors("recipe", doc.data):
         path = tuple(error.absolute_path)
         if path and path[-1] in SELECTOR_KEYS or (len(path) >= 2 and path[-2] in SELECTOR_KEYS):
             continue
+        if _under(path, doc.invalid_paths):
+            continue
         yield from _diagnose(doc, error, path)
+    yield from _rule_name_line_breaks(doc)
 
 
-def _diagnose(doc: SourceDocument, error: ValidationError, path: tuple) -> Iterator[Diagnostic]:
+def _rule_name_line_breaks(doc: SourceDocument) -> Iterator[tuple[tuple, Diagnostic]]:
+    """jsonschema matches `pattern` with Python's re.search, whose `$` also matches before a final line break,
+    so the schema alone lets `name: |` (a block scalar ending in a newline) through."""
+    rules = doc.data.get("rules") if isinstance(doc.data, dict) else None
+    for index, rule in enumerate(rules if isinstance(rules, list) else []):
+        name = rule.get("name") if isinstance(rule, dict) else None
+        if isinstance(name, str) and name.endswith("\n") and _RULE_NAME.search(name):
+            path = ("rules", index, "name")
+            mark = doc.mark_for(path)
+            yield path, Diagnostic(doc.path, mark.line, mark.column, "error", "QC114",
+                                   f"`rules[{index}].name` {name!r} ends in a line break",
+                                   "write the name on the key's line (`name: my-rule`); a `|` block keeps the line break")
+
+
+def _diagnose(doc: SourceDocument, error: ValidationError, path: tuple) -> Iterator[tuple[tuple, Diagnostic]]:
     where = _dotted(path)
     validator = error.validator
     if validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         extras = [key for key in error.instance if key not in error.schema.get("properties", {})]
         for key in extras:
+            if _under((*path, key), doc.invalid_paths):
+                continue
             mark = doc.mark_for((*path, key), key=True)
             close = close_matches(str(key), allowed, n=1, cutoff=0.6)
             hint = f"did you mean `{close[0]}`?" if close else f"allowed keys{' in ' + where if where else ''}: {', '.join(allowed)}"
-            yield Diagnostic(doc.path, mark.line, mark.column, "error", "QC110", f"unknown key `{key}`{' in ' + where if where else ''}", hint)
+            yield (*path, key), Diagnostic(doc.path, mark.line, mark.column, "error", "QC110",
+                                           f"unknown key `{key}`{' in ' + where if where else ''}", hint)
         return
     mark = doc.mark_for(path)
     if validator == "required":
         missing = error.message.split("'")[1] if "'" in error.message else error.message
         description = _subschema_description(error.schema.get("properties", {}).get(missing, {}))
-        yield Diagnostic(doc.path, mark.line, mark.column, "error", "QC113",
-                         f"missing required key `{missing}`{' in ' + where if where else ''}", description)
-    elif validator == "type":
+        yield (*path, missing), Diagnostic(doc.path, mark.line, mark.column, "error", "QC113",
+                                           f"missing required key `{missing}`{' in ' + where if where else ''}", description)
+        return
+    for diagnostic in _diagnose_value(doc, error, path, where, mark):
+        yield path, diagnostic
+
+
+def _diagnose_value(doc: SourceDocument, error: ValidationError, path: tuple, where: str, mark) -> Iterator[Diagnostic]:
+    validator = error.validator
+    if validator == "type":
         expected = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
         wanted = " or ".join(_TYPE_NAMES.get(t, t) for t in expected)
         yield Diagnostic(doc.path, mark.line, mark.column, "error", "QC111",

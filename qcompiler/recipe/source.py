@@ -55,6 +55,14 @@ class SourceDocument:
         self.data = data
         self.value_marks: dict[PathKey, Mark] = {}
         self.key_marks: dict[PathKey, Mark] = {}
+        # Recoverable findings of the YAML reading (duplicate keys, YAML 1.1 traps): reported together with every
+        # other finding, and the values they are about (`invalid_paths`) are not checked again.
+        self.errors: list[Diagnostic] = []
+        self.invalid_paths: set[PathKey] = set()
+        self._lines = text.splitlines()
+
+    def clamp(self, line: int, column: int) -> tuple[int, int]:
+        return clamp_position(self._lines, line, column)
 
     def mark_for(self, path: PathKey, *, key: bool = False) -> Mark:
         """The closest known mark for `path` (walking up to the parent when the exact one is unknown)."""
@@ -81,6 +89,18 @@ class YamlLoadError(Exception):
 
 def _fail(path: str, line: int, column: int, code: str, message: str, hint: str = "") -> YamlLoadError:
     return YamlLoadError(Diagnostic(path, line, column, "error", code, message, hint))
+
+
+def clamp_position(lines: list[str], line: int, column: int) -> tuple[int, int]:
+    """(line, column) moved back onto the text: YAML reports an error at the end of a truncated file one line
+    past the last one (or past the end of a line), where no editor can go; the last real position is used."""
+    if line <= 0:
+        return line, column
+    if not lines:
+        return 1, 1
+    if line > len(lines):
+        line, column = len(lines), len(lines[-1]) + 1
+    return line, max(1, min(column, len(lines[line - 1]) + 1))
 
 
 def read_recipe_text(path: Path, display: str) -> str:
@@ -114,7 +134,19 @@ def decode_recipe_bytes(raw: bytes, display: str) -> str:
 
 
 def parse_yaml(text: str, display: str) -> SourceDocument:
-    """Parse recipe text into a SourceDocument or raise YamlLoadError with file, line and column."""
+    """Parse recipe text into a SourceDocument or raise YamlLoadError with file, line and column (always a
+    position inside the text). Recoverable findings are in the document's `errors`."""
+    try:
+        return _parse_yaml(text, display)
+    except YamlLoadError as exc:
+        d = exc.diagnostic
+        line, column = clamp_position(text.splitlines(), d.line, d.column)
+        if (line, column) == (d.line, d.column):
+            raise
+        raise YamlLoadError(Diagnostic(d.path, line, column, d.severity, d.code, d.message, d.hint)) from None
+
+
+def _parse_yaml(text: str, display: str) -> SourceDocument:
     if text.startswith("\ufeff"):
         raise _fail(display, 1, 1, "QC003", "text starts with a byte-order mark (BOM)", "save the file as UTF-8 without BOM")
     if not text.strip() or all(line.lstrip().startswith("#") or not line.strip() for line in text.splitlines()):
@@ -191,13 +223,20 @@ def _check_tokens(text: str, display: str) -> None:
             )
 
 
-def _mark(node: yaml.Node) -> Mark:
+def _mark(node: yaml.Node, doc: SourceDocument) -> Mark:
     quoted = isinstance(node, yaml.ScalarNode) and node.style in ("'", '"')
-    return Mark(node.start_mark.line + 1, node.start_mark.column + 1, quoted)
+    return Mark(*doc.clamp(node.start_mark.line + 1, node.start_mark.column + 1), quoted)
+
+
+def _recover(doc: SourceDocument, path: PathKey, exc: YamlLoadError) -> None:
+    d = exc.diagnostic
+    line, column = doc.clamp(d.line, d.column)
+    doc.errors.append(Diagnostic(d.path, line, column, d.severity, d.code, d.message, d.hint))
+    doc.invalid_paths.add(path)
 
 
 def _convert(node: yaml.Node, path: PathKey, doc: SourceDocument) -> Any:
-    doc.value_marks[path] = _mark(node)
+    doc.value_marks[path] = _mark(node, doc)
     if len(path) >= MAX_NESTING and isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
         raise _fail(doc.path, node.start_mark.line + 1, node.start_mark.column + 1, "QC009",
                     f"nested more than {MAX_NESTING} levels deep; a recipe nests 4 levels at most",
@@ -205,20 +244,31 @@ def _convert(node: yaml.Node, path: PathKey, doc: SourceDocument) -> Any:
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = _convert_scalar_key(key_node, doc.path)
+            try:
+                key = _convert_scalar_key(key_node, doc.path)
+            except YamlLoadError as exc:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    raise
+                key = key_node.value  # a YAML 1.1 boolean word: reported, then read as the word
+                _recover(doc, (*path, key), exc)
             if key in result:
                 first = doc.key_marks[(*path, key)]
-                raise _fail(
+                _recover(doc, (*path, key), _fail(
                     doc.path, key_node.start_mark.line + 1, key_node.start_mark.column + 1, "QC006",
                     f"duplicate key {key!r} (first written on line {first.line})",
                     "YAML would silently keep only the last one; remove one of them",
-                )
-            doc.key_marks[(*path, key)] = _mark(key_node)
+                ))
+                continue
+            doc.key_marks[(*path, key)] = _mark(key_node, doc)
             result[key] = _convert(value_node, (*path, key), doc)
         return result
     if isinstance(node, yaml.SequenceNode):
         return [_convert(item, (*path, index), doc) for index, item in enumerate(node.value)]
-    return _convert_scalar(node, doc.path)
+    try:
+        return _convert_scalar(node, doc.path)
+    except YamlLoadError as exc:  # a YAML 1.1 trap or a huge number: reported; the value is not checked again
+        _recover(doc, path, exc)
+        return node.value
 
 
 def _convert_scalar_key(node: yaml.Node, display: str) -> str:

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qcompiler.errors import QcompileError
+from qcompiler.errors import FamilyError, QcompileError
+from qcompiler.families import get_family
 from qcompiler.numerics import DEFAULT_DTYPE
 from qcompiler.plan.format import FamilyDocument
 from qcompiler.plan.io import InputRefused, read_json_file
+from qcompiler.recipe.schema import MAX_STEPS
 from qcompiler.schemas import check_versioned_document
 
 # A sensitivity file holds one small record per measured cell; 64 MB is far above 1,000 steps x 100 layers.
@@ -75,6 +77,7 @@ def sensitivity_from_dict(data: Any) -> Sensitivity:
     check_versioned_document(data, name="sensitivity", format_key="sensitivity_format", version=SENSITIVITY_FORMAT,
                              error=SensitivityError, what="a sensitivity file",
                              redo="re-run qcompile calibrate with this qcompile")
+    _check_family(data)
     layers = {c["name"]: c["num_layers"] for c in data["family"]["components"]}
     kinds = set(data["family"]["attention_kinds"])
     steps = data["num_inference_steps"]
@@ -98,6 +101,35 @@ def sensitivity_from_dict(data: Any) -> Sensitivity:
             raise SensitivityError(f"cells/{index}: cell {cell.key} is listed twice")
         cells[cell.key] = cell
     return Sensitivity(data=data, cells=cells)
+
+
+def _check_family(data: Mapping[str, Any]) -> None:
+    """The step count within what a recipe can say (MAX_STEPS), and the family one qcompile knows, with the
+    components, layer counts and attention kinds it has: a recipe is written from these numbers, so a file
+    that breaks them is refused here, where the file can be named, not in the recipe compiled from it."""
+    steps = data["num_inference_steps"]
+    if steps > MAX_STEPS:
+        raise SensitivityError(f"$.num_inference_steps is {steps}; a recipe has at most {MAX_STEPS} steps "
+                               "(is this a file qcompile calibrate wrote?)")
+    declared = data["family"]
+    try:
+        family = get_family(declared["name"], declared["variant"])
+    except FamilyError as exc:
+        raise SensitivityError(f"$.family: {exc}; the file must name a family `qcompile families` lists") from None
+    found = [(c["name"], c["num_layers"]) for c in declared["components"]]
+    expected = [(c.name, c.num_layers) for c in family.components]
+    if found != expected:
+        raise SensitivityError(
+            f"$.family.components is {_layout(found)}, but {family.display_name} has {_layout(expected)}; "
+            "re-run qcompile calibrate for this family")
+    if sorted(declared["attention_kinds"]) != sorted(family.attention_kinds):
+        raise SensitivityError(
+            f"$.family.attention_kinds is {', '.join(declared['attention_kinds'])}, but {family.display_name} has "
+            f"{', '.join(family.attention_kinds)}; re-run qcompile calibrate for this family")
+
+
+def _layout(components: list[tuple[str, int]]) -> str:
+    return ", ".join(f"{name} ({layers} layers)" for name, layers in components)
 
 
 def load_sensitivity(source: str | os.PathLike[str] | Mapping[str, Any]) -> Sensitivity:

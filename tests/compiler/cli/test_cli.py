@@ -100,7 +100,7 @@ def test_diff_reports_changed_cells(tmp_path, repo_root, write_recipe):
     assert "transformer/self step 1: fp8 -> native layers 1-2" in result.output
     assert run("diff", str(base), str(base)).exit_code == 0
     mismatch = run("diff", str(base), str(repo_root / "recipes/wan22_t2v.yaml"))
-    assert mismatch.exit_code == 1 and "cannot compare" in mismatch.output
+    assert mismatch.exit_code == 2 and "cannot compare" in mismatch.output
 
 
 def test_check_detects_stale_and_missing_plans(tmp_path, repo_root):
