@@ -19,6 +19,7 @@ from qcompiler.numerics import (
     MAX_ROTATION_SEED,
 )
 from qcompiler.plan.io import write_text_atomically
+from qcompiler.recipe.schema import MAX_STEPS
 
 
 def _parse_seeds(text: str) -> tuple[int, ...]:
@@ -46,7 +47,7 @@ def _read_prompts(path: str | None) -> tuple[str, ...] | None:
 
 @click.command(name="calibrate")
 @click.option("--family", required=True, help="Model family of the pipeline (see `qcompile families`).")
-@click.option("--steps", type=click.IntRange(1, 1000), required=True, help="Denoising steps to measure.")
+@click.option("--steps", type=click.IntRange(1, MAX_STEPS), required=True, help="Denoising steps to measure.")
 @click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False),
               help="Text file, one prompt per line (# comments). Default: one built-in prompt.")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds; every prompt runs every seed.")

@@ -8,9 +8,8 @@ from qcompiler.cli.diagnostics_format import FORMATS, format_diagnostics
 from qcompiler.compile.compiler import compile_path
 from qcompiler.numerics import quantized_name
 from qcompiler.plan.format import write_plan
+from qcompiler.recipe.schema import MAX_STEPS
 from qcompiler.stats import plan_cost
-
-MAX_STEPS = 1000  # the recipe schema's bound on num_inference_steps
 
 
 @click.command(name="compile")
