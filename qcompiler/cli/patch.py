@@ -58,21 +58,26 @@ def command(pipeline_dir: str, plan_path: str | None, remove: bool) -> None:
     """
     if remove == (plan_path is not None):
         raise click.UsageError("give PLAN to patch, or --remove without PLAN to undo a patch")
+    done: list[bool] = []
     try:
         with _signals_roll_back():
             if remove:
-                _remove(pipeline_dir)
+                _remove(pipeline_dir, done)
             else:
-                _patch(pipeline_dir, plan_path)
+                _patch(pipeline_dir, plan_path, done)
     except _Interrupted as stopped:
         name = signal.Signals(stopped.signum).name
-        click.echo(f"error: interrupted by {name}; nothing was left half done (an unfinished change to "
-                   f"{pipeline_dir} was undone): run the command again", err=True)
+        if getattr(stopped, "qcompile_undone", not done):
+            click.echo(f"error: interrupted by {name}; nothing was changed in {pipeline_dir} (an unfinished change "
+                       "is undone): run the command again", err=True)
+        else:
+            click.echo(f"error: interrupted by {name} after the change to {pipeline_dir} was complete", err=True)
         sys.exit(128 + stopped.signum)
 
 
-def _remove(pipeline_dir: str) -> None:
+def _remove(pipeline_dir: str, done: list[bool]) -> None:
     removed = remove_patch(pipeline_dir)
+    done.append(True)
     if removed.recovered:
         click.echo(f"{removed.recovered}")
     for name in removed.restored:
@@ -83,8 +88,9 @@ def _remove(pipeline_dir: str) -> None:
         click.echo(f"{name}/{CONFIG_NAME}{BACKUP_SUFFIX}: deleted, a leftover identical to {CONFIG_NAME}")
 
 
-def _patch(pipeline_dir: str, plan_path: str | None) -> None:
+def _patch(pipeline_dir: str, plan_path: str | None, done: list[bool]) -> None:
     result = patch_pipeline_dir(pipeline_dir, plan_path)
+    done.append(True)
     if result.recovered:
         click.echo(f"{result.recovered}")
     for name in result.patched:

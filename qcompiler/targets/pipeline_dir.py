@@ -240,26 +240,31 @@ def _op(folder: Path, path: Path, before: bytes | None, after: bytes | None, mod
 
 def _change(folder: Path, operation: str, ops: list[dict[str, Any]], *, commit: int) -> None:
     """Apply `ops` in order under a journal; on any exception put every file back, then re-raise."""
-    _check_writable(folder, ops)
     journal = folder / JOURNAL_NAME
     record = {"qcompile_patch_journal": JOURNAL_FORMAT, "operation": operation, "commit": commit, "ops": ops}
     try:
+        _check_writable(folder, ops)
         write_bytes_atomically(journal, (json.dumps(record, indent=1) + "\n").encode("utf-8"))
         for op in ops:
             _set(folder, op, "after")
         journal.unlink()
     except BaseException as exc:
-        if journal.exists():  # unfinished: an OSError, or an interrupt (KeyboardInterrupt, the CLI's SIGTERM)
-            try:
+        unfinished = journal.exists()  # else the change was complete when the interrupt came
+        if not isinstance(exc, Exception):
+            exc.qcompile_undone = unfinished  # type: ignore[attr-defined]  # read by qcompiler/cli/patch.py
+        try:
+            if unfinished:  # an OSError, or an interrupt (KeyboardInterrupt, the CLI's SIGTERM): put files back
                 _roll(folder, ops, forward=False, journal=journal)
                 journal.unlink()
-            except OSError as again:
-                raise PatchError(
-                    f"could not {operation} {folder}: {_os_message(exc) if isinstance(exc, OSError) else exc!r}, "
-                    f"and putting the files back failed too: {_os_message(again)}. The folder still loads as it "
-                    f"did before; once that is fixed, `qcompile patch {folder} --remove` (or patching again) "
-                    f"finishes the job from {journal}"
-                ) from None
+        except OSError as again:
+            raise PatchError(
+                f"could not {operation} {folder}: {_os_message(exc) if isinstance(exc, OSError) else exc!r}, "
+                f"and putting the files back failed too: {_os_message(again)}. The folder still loads as it "
+                f"did before; once that is fixed, `qcompile patch {folder} --remove` (or patching again) "
+                f"finishes the job from {journal}"
+            ) from None
+        finally:
+            _delete_temp_files(folder)  # an interrupt can land inside mkstemp, before its caller knows the name
         if isinstance(exc, OSError):
             raise PatchError(
                 f"could not {operation} {folder}: {_os_message(exc)}; every file was put back as it was"
@@ -267,12 +272,16 @@ def _change(folder: Path, operation: str, ops: list[dict[str, Any]], *, commit: 
         raise
 
 
-def _recover(folder: Path) -> str | None:
-    """Finish (commit point written) or undo (not written) the change a killed run left; say which, or None."""
+def _delete_temp_files(folder: Path) -> None:
     for sub in (folder, *(p for p in folder.iterdir() if p.is_dir())):
         for leftover in sub.iterdir():
             if _OUR_TEMP_FILE.fullmatch(leftover.name) and leftover.is_file():
                 leftover.unlink(missing_ok=True)
+
+
+def _recover(folder: Path) -> str | None:
+    """Finish (commit point written) or undo (not written) the change a killed run left; say which, or None."""
+    _delete_temp_files(folder)
     journal = folder / JOURNAL_NAME
     if not journal.exists():
         return None
@@ -364,8 +373,10 @@ def _check_writable(folder: Path, ops: list[dict[str, Any]]) -> None:
     for directory in dict.fromkeys([folder, *((folder / op["path"]).parent for op in ops)]):
         try:
             fd, probe = tempfile.mkstemp(prefix=".qcompile-probe.", suffix=".tmp", dir=directory)
-            os.close(fd)
-            os.unlink(probe)
+            try:
+                os.close(fd)
+            finally:
+                os.unlink(probe)
         except OSError as exc:
             problems.append(f"  {directory}/: cannot create files there ({exc.strerror})")
     for op in ops:
