@@ -242,16 +242,18 @@ def _change(folder: Path, operation: str, ops: list[dict[str, Any]], *, commit: 
     """Apply `ops` in order under a journal; on any exception put every file back, then re-raise."""
     journal = folder / JOURNAL_NAME
     record = {"qcompile_patch_journal": JOURNAL_FORMAT, "operation": operation, "commit": commit, "ops": ops}
+    journal_written = False
     try:
         _check_writable(folder, ops)
         write_bytes_atomically(journal, (json.dumps(record, indent=1) + "\n").encode("utf-8"))
+        journal_written = True
         for op in ops:
             _set(folder, op, "after")
         journal.unlink()
     except BaseException as exc:
-        unfinished = journal.exists()  # else the change was complete when the interrupt came
+        unfinished = journal.exists()  # a journal written and then gone: the change was complete
         if not isinstance(exc, Exception):
-            exc.qcompile_undone = unfinished  # type: ignore[attr-defined]  # read by qcompiler/cli/patch.py
+            exc.qcompile_undone = unfinished or not journal_written  # type: ignore[attr-defined]  # for the CLI
         try:
             if unfinished:  # an OSError, or an interrupt (KeyboardInterrupt, the CLI's SIGTERM): put files back
                 _roll(folder, ops, forward=False, journal=journal)
