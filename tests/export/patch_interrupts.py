@@ -135,7 +135,7 @@ def random_interrupt_loop(folder: Path, plan_path: Path, count: int, seed: int,
         nothing_to_remove = fixed.returncode == 1 and "nothing to remove" in fixed.stderr and final == stock
         if (fixed.returncode != 0 and not nothing_to_remove) or final not in (stock, patched) or leftovers(folder):
             counts["failure: repair"] += 1
-            _log(log, f"#{i} repair {repair[2:]} exit {fixed.returncode}: {fixed.stderr.strip()} {leftovers(folder)}")
+            _log(log, f"#{i} repair {repair[2:]} exit {fixed.returncode}: {fixed.stderr.strip()[-300:]} {leftovers(folder)}")
         state = "stock" if final == stock else "patched"
         counts["_seconds"] += round(time.perf_counter() - started, 3)
     return counts
