@@ -7,31 +7,59 @@ as `pipe.transformer.config["_qcompile_plan"]` after `from_pretrained` and is wr
 reserves it for weight quantizers and refuses to load an unknown `quant_method`. Keys added to
 `model_index.json` and extra files in the folder are dropped by a re-save, so neither is used.
 
-Every write is atomic (temp file in the same folder + os.replace, file mode kept) and the original bytes are kept
-next to the config as `config.json.qcompile-backup`, so `remove_patch` restores the folder byte for byte.
-Pure JSON editing: never imports torch.
+All or nothing across the folder's files, whatever interrupts it (SIGKILL included):
+- the commit point is one file, the config of the first transformer by name (`transformer/`): a patch writes it
+  last, a removal first, and a reader (`embedded_plan_from_configs`) takes a pipeline whose first transformer
+  carries no plan as not patched, so every state a killed run can leave loads as before or fully patched;
+- before changing anything, a journal (`.qcompile-patch-journal.json` in the folder) is written atomically with
+  every file's bytes before and after; each file is then replaced atomically (temp file + os.replace, mode
+  kept); the journal is deleted last. The next `patch` or `patch --remove` finds a leftover journal and
+  completes the change if its commit point was written, else puts every file back; an exception in the
+  running process (OSError, KeyboardInterrupt, the CLI's SIGTERM) puts every file back at once;
+- every file and folder to be written is probed before the journal is written, so an unwritable one (read-only,
+  immutable, a read-only folder) is refused with nothing changed.
+The original bytes are kept next to each config as `config.json.qcompile-backup`, so `remove_patch` restores
+the folder byte for byte. Pure JSON editing: never imports torch.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+import re
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from qcompiler.errors import PlanError, QcompileError
-from qcompiler.plan.format import Plan, load_plan
-from qcompiler.plan.io import write_bytes_atomically
+from qcompiler.plan.format import MAX_PLAN_BYTES, Plan, load_plan
+from qcompiler.plan.io import InputRefused, parse_json, read_regular_file, write_bytes_atomically
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; concurrent runs on one folder are then the user's to avoid
+    fcntl = None  # type: ignore[assignment]
 
 PLAN_KEY = "_qcompile_plan"
 CONFIG_NAME = "config.json"
 BACKUP_SUFFIX = ".qcompile-backup"
 MODEL_INDEX = "model_index.json"
+JOURNAL_NAME = ".qcompile-patch-journal.json"
+JOURNAL_FORMAT = 1
+# A transformer config is its model's settings (under a kilobyte) plus at most one embedded plan.
+MAX_CONFIG_BYTES = MAX_PLAN_BYTES + 1024 * 1024
 
 # config.json key -> plan component key: what the plan's tables and kernels depend on.
 _STRUCTURE_KEYS = (("num_layers", "num_layers"), ("num_attention_heads", "num_heads"), ("attention_head_dim", "head_dim"))
+# Temp files of write_bytes_atomically (".NAME.xxxxxxxx.tmp") and of the writability probe that a killed run of
+# ours can leave; found only in the folders we write, and deleted only while holding the folder's lock.
+_OUR_TEMP_FILE = re.compile(
+    r"\.(?:config\.json(?:\.qcompile-backup)?|\.qcompile-patch-journal\.json|qcompile-probe)\.[a-z0-9_]{8}\.tmp"
+)
+_JOURNAL_PATH = re.compile(r"[^/\\]+/config\.json(?:\.qcompile-backup)?")
 
 
 class PatchError(QcompileError):
@@ -44,6 +72,7 @@ class PatchResult:
     plan_sha256: str
     patched: tuple[str, ...]  # components written now
     already: tuple[str, ...]  # components that already carried this very plan
+    recovered: str | None = None  # what was done with a change an interrupted earlier run left unfinished
 
 
 @dataclass(frozen=True)
@@ -51,6 +80,8 @@ class RemoveResult:
     pipeline_dir: Path
     restored: tuple[str, ...]  # config.json put back byte for byte from the backup
     key_removed: tuple[str, ...]  # no usable backup (re-saved or edited since patching): only the key was taken out
+    recovered: str | None = None  # what was done with a change an interrupted earlier run left unfinished
+    stale_backups: tuple[str, ...] = ()  # leftover backups identical to their config (an interrupted older run)
 
 
 def embedded_plan_from_config(config: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -73,107 +104,315 @@ def embedded_plan_from_config(config: Mapping[str, Any]) -> dict[str, Any] | Non
 def embedded_plan_from_configs(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
     """The plan embedded in a pipeline's transformer configs (component name -> config), or None if none has one.
 
-    Refuses a half-patched pipeline or components carrying different plans: the runtime must not guess.
+    The first component by name is the commit point (`qcompile patch` writes it last, `--remove` first): when it
+    carries no plan, the pipeline is not patched, whatever an interrupted patch or removal left in the others.
+    Refuses components carrying different plans, or a plan in the first but not in all: the runtime must not guess.
     """
     found = {name: embedded_plan_from_config(config) for name, config in configs.items()}
-    hashes = {name: (plan or {}).get("content_sha256") for name, plan in found.items()}
-    if not any(plan is not None for plan in found.values()):
+    if not found or found[min(found)] is None:
         return None
+    hashes = {name: (plan or {}).get("content_sha256") for name, plan in found.items()}
     if len(set(hashes.values())) != 1:
         listing = ", ".join(f"{name}: {str(h)[:12] if h else 'none'}" for name, h in sorted(hashes.items()))
         raise PlanError(
             f"the pipeline's transformers carry different embedded plans ({listing}); re-patch the saved folder "
             "with one plan: qcompile patch PIPELINE_DIR --remove, then qcompile patch PIPELINE_DIR plan.json"
         )
-    return next(iter(found.values()))
+    return found[min(found)]
 
 
 def patch_pipeline_dir(pipeline_dir: str | os.PathLike[str], plan: str | os.PathLike[str] | Plan) -> PatchResult:
-    """Embed `plan` in every transformer config of the saved pipeline at `pipeline_dir`.
+    """Embed `plan` in every transformer config of the saved pipeline at `pipeline_dir`, all or nothing.
 
-    Checks everything before writing anything; re-patching with the same plan is a no-op.
+    Checks everything (plan, pipeline structure, that every file can be written) before writing anything;
+    re-patching with the same plan is a no-op. Finishes or undoes a change an interrupted earlier run left.
     """
     folder = _pipeline_folder(pipeline_dir)
     loaded = load_plan(plan)
-    configs = {name: _read_config(folder, name) for name in _transformer_components(folder, loaded)}
-    _check_structure(folder, loaded, configs)
-    already: list[str] = []
-    todo: list[str] = []
-    for name, (_, config) in configs.items():
-        embedded = embedded_plan_from_config(config)
-        backup = _backup_path(folder, name)
-        if embedded is not None:
-            if embedded.get("content_sha256") != loaded.content_hash:
-                raise PatchError(
-                    f"{folder / name / CONFIG_NAME} already carries qcompile plan "
-                    f"{str(embedded.get('content_sha256'))[:12]}, not {loaded.content_hash[:12]}. "
-                    f"Remove it first: qcompile patch {folder} --remove"
-                )
-            already.append(name)
-        elif backup.exists():
-            raise PatchError(
-                f"{backup} exists but {folder / name / CONFIG_NAME} carries no plan: config.json was replaced "
-                "after an earlier patch. Delete the backup if the current config.json is the one to keep "
-                "(or move the backup over config.json to get the original back), then patch again"
-            )
-        else:
-            todo.append(name)
-    written: list[str] = []
-    try:
-        for name in todo:
+    with _locked(folder):
+        recovered = _recover(folder)
+        names = _transformer_components(folder, loaded)
+        configs = {name: _read_config(folder, name) for name in names}
+        _check_structure(folder, loaded, configs)
+        already: list[str] = []
+        ops: list[dict[str, Any]] = []
+        primary = min(names)
+        # The first transformer by name is the commit point: written last (embedded_plan_from_configs).
+        for name in sorted(names, key=lambda n: n == primary):
             raw, config = configs[name]
             config_path = folder / name / CONFIG_NAME
-            _replace_bytes(_backup_path(folder, name), raw, mode_of=config_path)
-            _replace_bytes(config_path, _config_bytes({**config, PLAN_KEY: loaded.to_dict()}), mode_of=config_path)
-            written.append(name)
-    except OSError as exc:
-        # Leave no half-patched pipeline behind. No `todo` component had a backup before, so every backup
-        # there now is ours and holds the original bytes.
-        for name in todo:
+            embedded = embedded_plan_from_config(config)
+            if embedded is not None:
+                if embedded.get("content_sha256") != loaded.content_hash:
+                    raise PatchError(
+                        f"{config_path} already carries qcompile plan "
+                        f"{str(embedded.get('content_sha256'))[:12]}, not {loaded.content_hash[:12]}. "
+                        f"Remove it first: qcompile patch {folder} --remove"
+                    )
+                already.append(name)
+                continue
             backup = _backup_path(folder, name)
-            if backup.exists():
-                _replace_bytes(folder / name / CONFIG_NAME, backup.read_bytes(), mode_of=folder / name / CONFIG_NAME)
-                backup.unlink()
-        raise PatchError(f"could not patch {folder}: {exc}; the folder was left as it was") from None
-    return PatchResult(folder, loaded.content_hash, tuple(written), tuple(already))
+            old_backup = _read_backup(backup)
+            if old_backup is not None and not _same_config(old_backup, config):
+                raise PatchError(
+                    f"{backup} exists but {config_path} carries no plan: config.json was replaced "
+                    "after an earlier patch. Delete the backup if the current config.json is the one to keep "
+                    "(or move the backup over config.json to get the original back), then patch again"
+                )
+            mode = _mode(config_path)
+            if old_backup != raw:  # a leftover backup of this very config is simply refreshed
+                ops.append(_op(folder, backup, old_backup, raw, mode))
+            ops.append(_op(folder, config_path, raw, _config_bytes({**config, PLAN_KEY: loaded.to_dict()}), mode))
+        if ops:
+            _change(folder, "patch", ops, commit=len(ops) - 1)
+    patched = tuple(name for name in names if name not in already)
+    return PatchResult(folder, loaded.content_hash, patched, tuple(n for n in names if n in already), recovered)
 
 
 def remove_patch(pipeline_dir: str | os.PathLike[str]) -> RemoveResult:
-    """Undo `patch_pipeline_dir`: restore each patched config.json from its backup (byte-identical).
+    """Undo `patch_pipeline_dir`, all or nothing: restore each patched config.json from its backup (byte-identical).
 
     A config.json changed since patching (or a re-saved copy with no backup) keeps its other changes and loses
-    only the `_qcompile_plan` key.
+    only the `_qcompile_plan` key. Finishes or undoes a change an interrupted earlier run left, and deletes
+    leftover backups that are identical to their config.
     """
     folder = _pipeline_folder(pipeline_dir)
-    restored: list[str] = []
-    key_removed: list[str] = []
-    planned: list[tuple[str, bytes, dict[str, Any], bytes | None]] = []
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
-        config_path, backup = sub / CONFIG_NAME, sub / (CONFIG_NAME + BACKUP_SUFFIX)
-        if not config_path.is_file():
-            continue
-        raw, config = _read_config(folder, sub.name)
-        has_key = PLAN_KEY in config
-        if backup.exists() and not has_key:
+    with _locked(folder):
+        recovered = _recover(folder)
+        planned: list[tuple[str, bytes, dict[str, Any], bytes | None]] = []
+        stale: list[tuple[str, bytes]] = []
+        for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+            config_path, backup = sub / CONFIG_NAME, _backup_path(folder, sub.name)
+            if not config_path.is_file():
+                continue
+            raw, config = _read_config(folder, sub.name)
+            original = _read_backup(backup)
+            if PLAN_KEY in config:
+                planned.append((sub.name, raw, config, original))
+            elif original is not None:
+                if not _same_config(original, config):
+                    raise PatchError(
+                        f"{backup} exists but {config_path} carries no plan: config.json was replaced after "
+                        "patching. Move the backup over config.json to get the original back, or delete it to keep "
+                        "the current one"
+                    )
+                stale.append((sub.name, original))
+        if not planned and not stale and recovered is None:
             raise PatchError(
-                f"{backup} exists but {config_path} carries no plan: config.json was replaced after patching. "
-                "Move the backup over config.json to get the original back, or delete it to keep the current one"
+                f"{folder} carries no qcompile plan (no {CONFIG_NAME} has {PLAN_KEY}); nothing to remove"
             )
-        if has_key:
-            planned.append((sub.name, raw, config, backup.read_bytes() if backup.exists() else None))
-    if not planned:
-        raise PatchError(f"{folder} carries no qcompile plan (no {CONFIG_NAME} has {PLAN_KEY}); nothing to remove")
-    for name, _, config, original in planned:
-        config_path = folder / name / CONFIG_NAME
-        without_key = {k: v for k, v in config.items() if k != PLAN_KEY}
-        if original is not None and _parses_to(original, without_key):
-            _replace_bytes(config_path, original, mode_of=config_path)
-            restored.append(name)
-        else:
-            _replace_bytes(config_path, _config_bytes(without_key), mode_of=config_path)
-            key_removed.append(name)
-        _backup_path(folder, name).unlink(missing_ok=True)
-    return RemoveResult(folder, tuple(restored), tuple(key_removed))
+        restored: list[str] = []
+        key_removed: list[str] = []
+        ops: list[dict[str, Any]] = []
+        # The first transformer by name is the commit point: written first (embedded_plan_from_configs).
+        for name, raw, config, original in planned:
+            config_path = folder / name / CONFIG_NAME
+            without_key = {k: v for k, v in config.items() if k != PLAN_KEY}
+            if original is not None and _parses_to(original, without_key):
+                new, kind = original, restored
+            else:
+                new, kind = _config_bytes(without_key), key_removed
+            ops.append(_op(folder, config_path, raw, new, _mode(config_path)))
+            kind.append(name)
+        for name, _, _, original in planned:
+            if original is not None:
+                ops.append(_op(folder, _backup_path(folder, name), original, None, _mode(_backup_path(folder, name))))
+        for name, original in stale:
+            ops.append(_op(folder, _backup_path(folder, name), original, None, _mode(_backup_path(folder, name))))
+        if ops:
+            _change(folder, "remove", ops, commit=0)
+    return RemoveResult(folder, tuple(restored), tuple(key_removed), recovered, tuple(name for name, _ in stale))
+
+
+# -- all or nothing: journal, probe, lock ------------------------------------------------------------------
+# A journal op is one file's content before and after (None: the file does not exist) and the mode to write it
+# with. Contents are kept as text: every file we write is a UTF-8 JSON file we parsed.
+
+
+def _op(folder: Path, path: Path, before: bytes | None, after: bytes | None, mode: int | None) -> dict[str, Any]:
+    return {
+        "path": path.relative_to(folder).as_posix(),
+        "before": None if before is None else before.decode("utf-8"),
+        "after": None if after is None else after.decode("utf-8"),
+        "mode": mode,
+    }
+
+
+def _change(folder: Path, operation: str, ops: list[dict[str, Any]], *, commit: int) -> None:
+    """Apply `ops` in order under a journal; on any exception put every file back, then re-raise."""
+    journal = folder / JOURNAL_NAME
+    record = {"qcompile_patch_journal": JOURNAL_FORMAT, "operation": operation, "commit": commit, "ops": ops}
+    journal_written = False
+    try:
+        _check_writable(folder, ops)
+        write_bytes_atomically(journal, (json.dumps(record, indent=1) + "\n").encode("utf-8"))
+        journal_written = True
+        for op in ops:
+            _set(folder, op, "after")
+        journal.unlink()
+    except BaseException as exc:
+        unfinished = journal.exists()  # a journal written and then gone: the change was complete
+        if not isinstance(exc, Exception):
+            exc.qcompile_undone = unfinished or not journal_written  # type: ignore[attr-defined]  # for the CLI
+        try:
+            if unfinished:  # an OSError, or an interrupt (KeyboardInterrupt, the CLI's SIGTERM): put files back
+                _roll(folder, ops, forward=False, journal=journal)
+                journal.unlink()
+        except OSError as again:
+            raise PatchError(
+                f"could not {operation} {folder}: {_os_message(exc) if isinstance(exc, OSError) else exc!r}, "
+                f"and putting the files back failed too: {_os_message(again)}. The folder still loads as it "
+                f"did before; once that is fixed, `qcompile patch {folder} --remove` (or patching again) "
+                f"finishes the job from {journal}"
+            ) from None
+        finally:
+            _delete_temp_files(folder)  # an interrupt can land inside mkstemp, before its caller knows the name
+        if isinstance(exc, OSError):
+            raise PatchError(
+                f"could not {operation} {folder}: {_os_message(exc)}; every file was put back as it was"
+            ) from None
+        raise
+
+
+def _delete_temp_files(folder: Path) -> None:
+    for sub in (folder, *(p for p in folder.iterdir() if p.is_dir())):
+        for leftover in sub.iterdir():
+            if _OUR_TEMP_FILE.fullmatch(leftover.name) and leftover.is_file():
+                leftover.unlink(missing_ok=True)
+
+
+def _recover(folder: Path) -> str | None:
+    """Finish (commit point written) or undo (not written) the change a killed run left; say which, or None."""
+    _delete_temp_files(folder)
+    journal = folder / JOURNAL_NAME
+    if not journal.exists():
+        return None
+    record = _read_journal(journal)
+    ops = record["ops"]
+    committed = _state(folder, ops[record["commit"]], journal) == "after"
+    _roll(folder, ops, forward=committed, journal=journal)
+    journal.unlink()
+    command = "qcompile patch" + (" --remove" if record["operation"] == "remove" else "")
+    done = "finished" if committed else "undone (every file put back)"
+    return f"an interrupted earlier `{command}` was {done}"
+
+
+def _roll(folder: Path, ops: list[dict[str, Any]], *, forward: bool, journal: Path) -> None:
+    states = [_state(folder, op, journal) for op in ops]
+    if forward:
+        for op, state in zip(ops, states, strict=True):
+            if state == "before":
+                _set(folder, op, "after")
+    else:
+        for op, state in reversed(list(zip(ops, states, strict=True))):
+            if state == "after":
+                _set(folder, op, "before")
+
+
+def _state(folder: Path, op: Mapping[str, Any], journal: Path) -> str:
+    """"after" when the op's file holds its new content, "before" when it holds its old content."""
+    path = folder / op["path"]
+    try:
+        current: str | None = read_regular_file(path, max_bytes=MAX_CONFIG_BYTES).decode("utf-8")
+    except FileNotFoundError:
+        current = None
+    except (OSError, InputRefused, UnicodeDecodeError):
+        current = "\0unreadable"
+    if current == op["after"]:
+        return "after"
+    if current == op["before"]:
+        return "before"
+    raise PatchError(
+        f"{path} holds neither its content from before nor from after the change recorded in {journal} (something "
+        "else changed it since), so that change cannot be finished or undone safely. Check each transformer's "
+        f"config.json by hand (a config.json.qcompile-backup beside it holds the original), then delete {journal}"
+    )
+
+
+def _set(folder: Path, op: Mapping[str, Any], which: str) -> None:
+    path, content = folder / op["path"], op[which]
+    if content is None:
+        path.unlink(missing_ok=True)
+    else:
+        write_bytes_atomically(path, content.encode("utf-8"), mode=op["mode"])
+
+
+def _read_journal(path: Path) -> dict[str, Any]:
+    """The journal, checked: it names files to overwrite, so anything but our own format is refused."""
+    try:
+        record = parse_json(read_regular_file(path, max_bytes=4 * MAX_CONFIG_BYTES).decode("utf-8"))
+    except (OSError, InputRefused, UnicodeDecodeError) as exc:
+        reason = exc.located(str(path)) if isinstance(exc, InputRefused) else f"{path}: {exc}"
+        raise PatchError(f"{reason}: not a readable qcompile patch journal; {_JOURNAL_HINT}") from None
+    ops = record.get("ops") if isinstance(record, dict) else None
+    valid = (
+        isinstance(ops, list) and ops
+        and record.get("qcompile_patch_journal") == JOURNAL_FORMAT
+        and record.get("operation") in ("patch", "remove")
+        and isinstance(record.get("commit"), int) and 0 <= record["commit"] < len(ops)
+        and all(
+            isinstance(op, dict) and isinstance(op.get("path"), str) and _JOURNAL_PATH.fullmatch(op["path"])
+            and op["path"].split("/")[0] not in (".", "..")
+            and all(op.get(k) is None or isinstance(op.get(k), str) for k in ("before", "after"))
+            and (op.get("mode") is None or isinstance(op.get("mode"), int))
+            for op in ops
+        )
+    )
+    if not valid:
+        raise PatchError(f"{path}: not a qcompile patch journal of format {JOURNAL_FORMAT}; {_JOURNAL_HINT}")
+    return record
+
+
+_JOURNAL_HINT = (
+    "it is left by an interrupted `qcompile patch`. Check each transformer's config.json by hand (a "
+    "config.json.qcompile-backup beside it holds the original), then delete the journal"
+)
+
+
+def _check_writable(folder: Path, ops: list[dict[str, Any]]) -> None:
+    """Refuse, before anything changes, a file or folder the change would fail to write."""
+    problems = []
+    for directory in dict.fromkeys([folder, *((folder / op["path"]).parent for op in ops)]):
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".qcompile-probe.", suffix=".tmp", dir=directory)
+            try:
+                os.close(fd)
+            finally:
+                os.unlink(probe)
+        except OSError as exc:
+            problems.append(f"  {directory}/: cannot create files there ({exc.strerror})")
+    for op in ops:
+        path = folder / op["path"]
+        if op["before"] is None:
+            continue
+        try:  # opening for writing without truncating changes nothing, and fails as a write would
+            os.close(os.open(path, os.O_WRONLY))
+        except OSError as exc:
+            problems.append(f"  {path}: cannot be written ({exc.strerror})")
+    if problems:
+        raise PatchError(
+            f"nothing was changed in {folder}: these cannot be written\n" + "\n".join(problems)
+            + "\nMake them writable (chmod u+w; chattr -i for an immutable file) and run the command again"
+        )
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the folder itself (no lock file to leave behind), or refuse at once."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PatchError(
+                f"another `qcompile patch` is changing {folder} right now; wait for it to finish and run this again"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 # -- checks -------------------------------------------------------------------------------------------
@@ -250,37 +489,59 @@ def _read_config(folder: Path, component: str) -> tuple[bytes, dict[str, Any]]:
     path = folder / component / CONFIG_NAME
     if not path.is_file():
         raise PatchError(f"{path} is missing: the pipeline in {folder} has no saved {component}")
-    raw = path.read_bytes()
+    raw = _read_bytes(path)
     return raw, _parse(raw, path)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    return _parse(path.read_bytes(), path)
+    return _parse(_read_bytes(path), path)
+
+
+def _read_backup(path: Path) -> bytes | None:
+    return _read_bytes(path) if path.exists() else None
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return read_regular_file(path, max_bytes=MAX_CONFIG_BYTES)
+    except InputRefused as exc:
+        raise PatchError(f"{exc.located(str(path))}; re-save the pipeline with save_pretrained") from None
+    except OSError as exc:
+        raise PatchError(f"{path}: cannot read it ({exc.strerror or exc})") from None
 
 
 def _parse(raw: bytes, path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PatchError(f"{path}: not valid JSON ({exc}); re-save the pipeline with save_pretrained") from None
+        data = parse_json(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise PatchError(f"{path}: byte {exc.start} is not valid UTF-8; re-save the pipeline with save_pretrained") from None
+    except InputRefused as exc:
+        raise PatchError(f"{exc.located(str(path))}; re-save the pipeline with save_pretrained") from None
     if not isinstance(data, dict):
         raise PatchError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data
 
 
+def _same_config(raw: bytes, config: Mapping[str, Any]) -> bool:
+    """Whether a backup holds the same settings as a config carrying no plan (a leftover, safe to replace)."""
+    return _parses_to(raw, config)
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o7777
+
+
+def _os_message(exc: OSError) -> str:
+    return f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
+
+
 def _parses_to(raw: bytes, expected: Mapping[str, Any]) -> bool:
     try:
-        return json.loads(raw.decode("utf-8")) == expected
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        return parse_json(raw.decode("utf-8")) == expected
+    except (UnicodeDecodeError, InputRefused):
         return False
 
 
 def _config_bytes(config: Mapping[str, Any]) -> bytes:
     # The layout diffusers' save_pretrained writes, so a patched file diffs cleanly against a re-saved one.
     return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")
-
-
-def _replace_bytes(path: Path, data: bytes, *, mode_of: Path) -> None:
-    """Atomic write that keeps `mode_of`'s permissions."""
-    mode = mode_of.stat().st_mode & 0o7777 if mode_of.exists() else None
-    write_bytes_atomically(path, data, mode=mode)

@@ -163,3 +163,158 @@ def test_embedded_plan_readers():
     assert embedded_plan_from_configs({"transformer": {}, "transformer_2": {}}) is None
     with pytest.raises(PlanError, match="transformer: aaaaaaaaaaaa, transformer_2: none"):
         embedded_plan_from_configs({"transformer": same, "transformer_2": {}})
+
+
+# -- all or nothing: unwritable files, older half patches, leftovers, hostile files ---------------------------
+
+
+@pytest.fixture
+def unwritable():
+    """Make a path unwritable for real: immutable (chattr +i) as root, read-only otherwise; undone after the test."""
+    import shutil
+    import subprocess
+
+    made: list[Path] = []
+
+    def make(path: Path) -> None:
+        if os.geteuid() == 0:
+            if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
+                pytest.skip("running as root without chattr +i: nothing can be made unwritable")
+        else:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        made.append(path)
+
+    yield make
+    for path in made:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(path)], check=False)
+        else:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+@pytest.mark.parametrize("target", ["transformer_2/config.json", "transformer_2"])
+def test_an_unwritable_file_is_found_before_anything_changes(config_only_pipeline_dir, tiny_plan_path, unwritable,
+                                                             target):
+    folder = config_only_pipeline_dir
+    before = snapshot(folder)
+    unwritable(folder / target)
+    with pytest.raises(PatchError, match=r"nothing was changed in .*: these cannot be written\n  .*transformer_2"):
+        patch_pipeline_dir(folder, tiny_plan_path)
+    assert snapshot(folder) == before  # no backup, no journal, no temp file left behind
+
+
+def test_remove_with_an_unwritable_file_changes_nothing(config_only_pipeline_dir, tiny_plan_path, unwritable):
+    folder = config_only_pipeline_dir
+    patch_pipeline_dir(folder, tiny_plan_path)
+    before = snapshot(folder)
+    unwritable(folder / "transformer_2" / f"config.json{BACKUP_SUFFIX}")
+    with pytest.raises(PatchError, match="cannot be written"):
+        remove_patch(folder)
+    assert snapshot(folder) == before
+
+
+def _older_half_patch(folder: Path, plan_path: Path, kind: str) -> None:
+    """The states an interrupted patch of an older qcompile left (it wrote transformer first, backup first)."""
+    patch_pipeline_dir(folder, plan_path)
+    second = folder / "transformer_2"
+    if kind == "stale backup":  # killed after writing transformer_2's backup, before its config
+        (second / "config.json").write_bytes((second / f"config.json{BACKUP_SUFFIX}").read_bytes())
+    else:  # killed between the two components
+        (second / "config.json").write_bytes((second / f"config.json{BACKUP_SUFFIX}").read_bytes())
+        (second / f"config.json{BACKUP_SUFFIX}").unlink()
+
+
+@pytest.mark.parametrize("kind", ["stale backup", "no second backup"])
+def test_patch_and_remove_repair_a_folder_an_older_version_left_half_patched(config_only_pipeline_dir,
+                                                                              tiny_plan_path, tmp_path, kind):
+    folder = config_only_pipeline_dir
+    stock = snapshot(folder)
+    patch_pipeline_dir(folder, tiny_plan_path)
+    patched = snapshot(folder)
+    remove_patch(folder)
+    _older_half_patch(folder, tiny_plan_path, kind)
+    with pytest.raises(PlanError, match="transformer_2: none"):  # what runtime.load(pipe) sees: refused, not guessed
+        embedded_plan_from_configs({c: config(folder, c) for c in COMPONENTS})
+    half = snapshot(folder)
+    result = patch_pipeline_dir(folder, tiny_plan_path)
+    assert result.patched == ("transformer_2",) and result.already == ("transformer",)
+    assert snapshot(folder) == patched
+    for name, data in half.items():  # back to the half state, then remove
+        (folder / name).write_bytes(data[0])
+    for extra in set(snapshot(folder)) - set(half):
+        (folder / extra).unlink()
+    removed = remove_patch(folder)
+    assert removed.restored == ("transformer",)
+    assert removed.stale_backups == (("transformer_2",) if kind == "stale backup" else ())
+    assert snapshot(folder) == stock
+
+
+def test_a_reader_takes_a_folder_whose_first_transformer_has_no_plan_as_not_patched():
+    # The first transformer is the commit point: what an interrupted patch or removal leaves loads as stock.
+    same = {PLAN_KEY: {"content_sha256": "a" * 64}}
+    assert embedded_plan_from_configs({"transformer": {}, "transformer_2": same}) is None
+    assert embedded_plan_from_configs({"transformer_2": same, "transformer": {}}) is None
+
+
+def test_leftover_temp_files_of_ours_are_deleted_and_others_kept(config_only_pipeline_dir, tiny_plan_path):
+    folder = config_only_pipeline_dir
+    ours = [folder / "transformer" / ".config.json.ab3_x9z0.tmp", folder / "..qcompile-patch-journal.json.abcdefgh.tmp",
+            folder / "transformer_2" / ".config.json.qcompile-backup.12345678.tmp"]
+    theirs = [folder / "transformer" / ".config.json.keep.tmp", folder / "transformer" / "notes.tmp"]
+    for path in ours + theirs:
+        path.write_text("{")
+    patch_pipeline_dir(folder, tiny_plan_path)
+    assert not any(p.exists() for p in ours) and all(p.exists() for p in theirs)
+
+
+def test_a_hostile_journal_is_refused_not_followed(config_only_pipeline_dir, tiny_plan_path):
+    folder = config_only_pipeline_dir
+    (folder / ".qcompile-patch-journal.json").write_text(json.dumps({
+        "qcompile_patch_journal": 1, "operation": "patch", "commit": 0,
+        "ops": [{"path": "../outside/config.json", "before": None, "after": "{}", "mode": 420}]}))
+    before = snapshot(folder)
+    with pytest.raises(PatchError, match="not a qcompile patch journal of format 1"):
+        patch_pipeline_dir(folder, tiny_plan_path)
+    assert snapshot(folder) == before and not (folder.parent / "outside").exists()
+
+
+def test_a_second_patch_at_the_same_time_is_refused(config_only_pipeline_dir, tiny_plan_path):
+    fcntl = pytest.importorskip("fcntl")
+    fd = os.open(config_only_pipeline_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(PatchError, match="another `qcompile patch` is changing"):
+            patch_pipeline_dir(config_only_pipeline_dir, tiny_plan_path)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("name", ["model_index.json", "transformer_2/config.json"])
+@pytest.mark.parametrize("hostile", ["deep", "long number"])
+def test_hostile_json_is_a_located_error(config_only_pipeline_dir, tiny_plan_path, name, hostile):
+    path = config_only_pipeline_dir / name
+    if hostile == "deep":
+        path.write_text("[" * 100_000 + "]" * 100_000)
+        expected = rf"{path}:1:65: nested more than 64 levels deep"
+    else:
+        text = path.read_text()
+        path.write_text(text.replace('"_class_name"', '"x": ' + "9" * 100_000 + ', "_class_name"', 1))
+        expected = rf"{path}:2:\d+: number with 100000 digits"
+    before = snapshot(config_only_pipeline_dir)
+    with pytest.raises(PatchError, match=expected):
+        patch_pipeline_dir(config_only_pipeline_dir, tiny_plan_path)
+    with pytest.raises(PatchError, match=expected if name != "model_index.json" else "carries no qcompile plan"):
+        remove_patch(config_only_pipeline_dir)  # --remove reads only the components' configs
+    assert snapshot(config_only_pipeline_dir) == before
+
+
+def test_cli_hostile_config_and_unwritable_file_are_errors_not_tracebacks(config_only_pipeline_dir, tiny_plan_path):
+    from click.testing import CliRunner
+
+    from qcompiler.cli.main import cli
+
+    (config_only_pipeline_dir / "transformer" / "config.json").write_text("{" * 50_000)
+    result = CliRunner().invoke(cli, ["patch", str(config_only_pipeline_dir), str(tiny_plan_path)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert "transformer/config.json:1:65: nested more than 64 levels deep" in result.output
+    assert "Traceback" not in result.output
