@@ -13,7 +13,7 @@ def table_differences(a: Plan, b: Plan) -> list[str]:
     """One line per (component, kind, step) whose row differs: layers turned fp8 and turned native."""
     lines = []
     for component in a.component_names:
-        for kind in a.attention_kinds:
+        for kind in a.family.kinds:
             for step, (row_a, row_b) in enumerate(zip(a.table(component, kind), b.table(component, kind), strict=True)):
                 to_fp8 = [layer for layer, (x, y) in enumerate(zip(row_a, row_b, strict=True)) if not x and y]
                 to_native = [layer for layer, (x, y) in enumerate(zip(row_a, row_b, strict=True)) if x and not y]
@@ -36,6 +36,16 @@ def setting_differences(a: Plan, b: Plan) -> list[str]:
     return lines
 
 
+def _layout(plan: Plan) -> dict[tuple[str, str], int]:
+    """(component, kind) -> row length: what two plans must share to be compared cell by cell."""
+    family = plan.family
+    return {(c, k): family.num_layers(c, k) for c in family.component_names for k in family.kinds}
+
+
+def _describe(layout: dict[tuple[str, str], int]) -> str:
+    return ", ".join(f"{c}/{k}: {n}" for (c, k), n in sorted(layout.items()))
+
+
 @click.command(name="diff")
 @click.argument("a")
 @click.argument("b")
@@ -45,6 +55,10 @@ def command(a: str, b: str) -> None:
     if (plan_a.family_name, plan_a.variant, plan_a.num_inference_steps) != (plan_b.family_name, plan_b.variant, plan_b.num_inference_steps):
         fail(f"cannot compare cell by cell: {a} is {plan_a.family_name} x {plan_a.num_inference_steps} steps, "
              f"{b} is {plan_b.family_name} x {plan_b.num_inference_steps} steps (variants {plan_a.variant}, {plan_b.variant})")
+    layout_a, layout_b = _layout(plan_a), _layout(plan_b)
+    if layout_a != layout_b:
+        fail(f"cannot compare cell by cell: {a} and {b} lay their tables out differently (component/kind: layers "
+             f"{_describe(layout_a)} vs {_describe(layout_b)}); compile both with the same family data")
     lines = setting_differences(plan_a, plan_b) + table_differences(plan_a, plan_b)
     if not lines:
         click.echo("plans are equal: same tables and numerics")

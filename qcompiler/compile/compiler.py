@@ -8,7 +8,7 @@ from typing import Any
 
 from qcompiler import __version__
 from qcompiler.compile.resolve import RuleSelection, predict_expert_schedule, resolve_tables
-from qcompiler.errors import Diagnostic, FamilyError, RecipeError
+from qcompiler.errors import Diagnostic, FamilyError, RecipeError, close_matches
 from qcompiler.families import Family, get_family
 from qcompiler.numerics import INT8_DTYPE, INT8_ONLY_NUMERICS, PV_PRECISION_DTYPES, plan_numerics
 from qcompiler.plan.format import PLAN_FORMAT, Plan, content_sha256
@@ -76,7 +76,7 @@ def _compile_document(doc: SourceDocument, recipe_sha: str, steps: int | None, v
     scope_components = tuple(data.get("components") or family.component_names)
     scope_kinds = tuple(data["attention_kinds"])
     _check_names(doc, ("components",), scope_components, family.component_names, "component", family, findings)
-    _check_names(doc, ("attention_kinds",), scope_kinds, family.attention_kinds, "attention kind", family, findings)
+    _check_names(doc, ("attention_kinds",), scope_kinds, family.kinds, "attention kind", family, findings)
     _check_pv_precision(doc, findings)
     rules = _read_rules(doc, family, num_steps, scope_components, scope_kinds, findings)
     _check_dtype_numerics(doc, findings)
@@ -142,13 +142,53 @@ def _read_rules(doc: SourceDocument, family: Family, num_steps: int, scope_compo
         kinds = tuple(rule.get("attention_kinds") or scope_kinds)
         _check_scope(doc, index, "components", components, scope_components, "component", findings)
         _check_scope(doc, index, "attention_kinds", kinds, scope_kinds, "attention kind", findings)
+        lists = _rule_block_lists(doc, index, family, findings)
+        if lists is not None:
+            kinds = tuple(k for k in kinds if k in family.kinds_in(lists))
         steps = _select_or_finding(doc, index, "steps", rule.get("steps", "all"), num_steps, findings)
-        layer_count = min((family.component(c).num_layers for c in components if c in family.component_names),
-                          default=min(c.num_layers for c in family.components))
-        layers = _select_or_finding(doc, index, "layers", rule.get("layers", "all"), layer_count, findings)
+        layers = _layers_per_block_list(doc, index, family, components, kinds, rule.get("layers", "all"), findings)
         if steps is not None and layers is not None:
             rules.append(RuleSelection(name, rule["precision"], components, kinds, steps, layers))
     return rules
+
+
+def _rule_block_lists(doc: SourceDocument, index: int, family: Family,
+                      findings: list[Diagnostic]) -> tuple[str, ...] | None:
+    """The rule's `block_lists` (None when it has none); a name the family lacks is QC122."""
+    chosen = doc.data["rules"][index].get("block_lists")
+    if chosen is None:
+        return None
+    known = family.block_list_names
+    for position, item in enumerate(chosen):
+        if item not in known:
+            mark = doc.mark_for(("rules", index, "block_lists", position))
+            close = close_matches(item, list(known), n=1)
+            findings.append(Diagnostic(
+                doc.path, mark.line, mark.column, "error", "QC122",
+                f"rule `{doc.data['rules'][index]['name']}` selects block list `{item}`, which "
+                f"{family.display_name} does not have" + (f" (did you mean `{close[0]}`?)" if close else ""),
+                f"block lists of {family.name}: {', '.join(known)}",
+            ))
+    return tuple(chosen)
+
+
+def _layers_per_block_list(doc: SourceDocument, index: int, family: Family, components: tuple[str, ...],
+                           kinds: tuple[str, ...], value: Any,
+                           findings: list[Diagnostic]) -> dict[str, frozenset[int]] | None:
+    """The rule's `layers`, read against each block list its kinds live in (its length: the shortest among
+    the rule's components). One finding at most, for the first list the selector does not fit."""
+    names = [c for c in components if c in family.component_names] or list(family.component_names)
+    lists = sorted({family.kind(k).block_list for k in kinds if k in family.kinds})
+    if not lists:  # no kind selected (or only unknown ones, reported already): read against the first list
+        lists = [family.kind_specs[0].block_list]
+    selected: dict[str, frozenset[int]] = {}
+    for block_list in lists:
+        length = min(family.block_list(c, block_list).length for c in names)
+        layers = _select_or_finding(doc, index, "layers", value, length, findings)
+        if layers is None:
+            return None
+        selected[block_list] = layers
+    return selected
 
 
 def _check_pv_precision(doc: SourceDocument, findings: list[Diagnostic]) -> None:

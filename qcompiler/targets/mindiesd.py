@@ -176,7 +176,7 @@ def export_mindiesd(plan: Plan, *, conservative: bool = False, routing: str = PI
     strategy = target_dtype(plan, TARGET, DTYPE_STRATEGIES, DTYPE_REFUSALS)
     reach = reachable_experts(plan, routing, extra=[diffusers_expert_schedule(plan)])
     kinds = plan.attention_kinds
-    width = max(c["num_layers"] for c in plan.components)
+    width = max(num_layers(plan, c, k) for c in plan.component_names for k in kinds)
 
     def column(kind: str, layer: int) -> int:
         return kinds.index(kind) * width + layer
@@ -185,7 +185,7 @@ def export_mindiesd(plan: Plan, *, conservative: bool = False, routing: str = PI
         return (component, kinds[col // width], step, col % width)
 
     def columns_of(component: str) -> frozenset[int]:
-        return frozenset(column(k, layer) for k in kinds for layer in range(num_layers(plan, component)))
+        return frozenset(column(k, layer) for k in kinds for layer in range(num_layers(plan, component, k)))
 
     rows = {(step, c): frozenset(column(k, layer) for k in kinds for layer in fp8_layers(plan, c, k, step))
             for step, cs in enumerate(reach) for c in cs}
@@ -202,12 +202,12 @@ def export_mindiesd(plan: Plan, *, conservative: bool = False, routing: str = PI
     else:
         chosen_steps, chosen_cols = frozenset(steps_on), union
     quantized = bool(chosen_steps) and bool(chosen_cols)
-    module_patterns = {k: plan.data["family"]["attention_kinds"][k]["module"] for k in kinds}
+    first = plan.component_names[0]  # fa_layers name modules once for every component (same paths)
     fp8_cells = sum(len(chosen_cols & columns_of(c)) for s in chosen_steps for c in reach[s]) if quantized else 0
     settings = MindieSdSettings(
         quantized=quantized,
         strategy=strategy,
-        fa_layers=tuple(module_patterns[kinds[col // width]].format(layer=col % width) for col in sorted(chosen_cols))
+        fa_layers=tuple(plan.family.module_path(first, kinds[col // width], col % width) for col in sorted(chosen_cols))
         if quantized else (),
         quantized_steps=tuple(sorted(chosen_steps)) if quantized else (),
         components=plan.component_names,

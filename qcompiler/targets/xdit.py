@@ -135,7 +135,7 @@ def export_xdit(plan: Plan, *, conservative: bool = False, routing: str = PINNED
 
     def whole(kind: str, step: int) -> tuple[bool, bool]:
         """(any quantized cell, every cell quantized) of `kind` at `step` over the reachable experts."""
-        sizes = [(len(fp8_layers(plan, c, kind, step)), num_layers(plan, c)) for c in reach[step]]
+        sizes = [(len(fp8_layers(plan, c, kind, step)), num_layers(plan, c, kind)) for c in reach[step]]
         return any(n for n, _ in sizes), all(n == total for n, total in sizes)
 
     state = {k: [whole(k, s) for s in range(steps)] for k in kinds}
@@ -166,11 +166,11 @@ def export_xdit(plan: Plan, *, conservative: bool = False, routing: str = PINNED
     schedule = tuple(fp8_backend if s in self_steps else native_backend for s in range(steps) for _ in range(multiplier))
     fp8_cells = _cells(plan, reach, self_steps, cross_mode, steps)
     quantized = fp8_cells > 0
-    family = plan.data["family"]
-    pinned = routing == PINNED and len(plan.component_names) > 1 and family["boundary_ratio"] is not None
+    family = plan.family
+    pinned = routing == PINNED and len(plan.component_names) > 1 and family.boundary_ratio is not None
     notes = routing_lines(plan, routing)
     if pinned:
-        notes.append(f"routing assumes the checkpoint's model_index.json has boundary_ratio={family['boundary_ratio']} "
+        notes.append(f"routing assumes the checkpoint's model_index.json has boundary_ratio={family.boundary_ratio} "
                      "(xDiT reads it from there) and that --flow_shift is not changed")
     if quantized and fp8_backend in BACKEND_NOTES:
         notes.append("note: " + BACKEND_NOTES[fp8_backend])
@@ -181,7 +181,7 @@ def export_xdit(plan: Plan, *, conservative: bool = False, routing: str = PINNED
         use_cfg_parallel=use_cfg_parallel,
         forwards_per_step=multiplier,
         num_inference_steps=steps,
-        flow_shift=family["flow_shift"] if pinned and quantized else None,
+        flow_shift=family.flow_shift if pinned and quantized else None,
         family=family_label(plan),
         plan_sha256=plan.content_hash,
         routing=routing,
@@ -198,7 +198,7 @@ def export_xdit(plan: Plan, *, conservative: bool = False, routing: str = PINNED
 def _forced_cells(plan: Plan, reach, kind: str, steps_on: set[int]) -> tuple[Cell, ...]:
     """Native cells of `kind` on steps that must run the quantized backend (all of a forward is one backend)."""
     return tuple((c, kind, s, layer) for s in sorted(steps_on) for c in sorted(reach[s])
-                 for layer in range(num_layers(plan, c)) if layer not in fp8_layers(plan, c, kind, s))
+                 for layer in range(num_layers(plan, c, kind)) if layer not in fp8_layers(plan, c, kind, s))
 
 
 def _cross_mode(cross_any: set[int], steps: int) -> str:
@@ -216,11 +216,10 @@ def _cells(plan: Plan, reach, self_steps: set[int], cross_mode: str, steps: int)
     total = 0
     for s in range(steps):
         for c in reach[s]:
-            layers = num_layers(plan, c)
             if SELF in plan.attention_kinds and s in self_steps:
-                total += layers
+                total += num_layers(plan, c, SELF)
             if CROSS in plan.attention_kinds and (cross_mode == "quantized" or (cross_mode == "follow" and s in self_steps)):
-                total += layers
+                total += num_layers(plan, c, CROSS)
     return total
 
 

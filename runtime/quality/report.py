@@ -116,7 +116,7 @@ def _error_stats(records: list[CallRecord]) -> dict[str, dict[str, float]] | Non
 
 def target_flop_share(plan: Plan) -> tuple[float, str]:
     """FP8 share of attention FLOPs at the REAL model's reference shapes (the family without variant)."""
-    cost = plan_cost(plan, get_family(plan.family_name).structure())
+    cost = plan_cost(plan, get_family(plan.family_name))
     return cost.flop_share, str(cost.shapes_description)
 
 
