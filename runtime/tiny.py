@@ -118,7 +118,8 @@ def build_tiny_pipeline(family_name: str, *, seed: int = 0, family: Family | Non
     # I2V conditions on 4 mask channels + 16 image-latent channels next to the 16 noise channels.
     in_channels = LATENT_CHANNELS + (LATENT_CHANNELS + 4 if image_to_video else 0)
     models = {
-        c.name: _transformer(c.num_layers, c.num_heads, c.head_dim, in_channels) for c in family.components
+        # a Wan transformer has one block list
+        c.name: _transformer(c.block_lists[0].length, c.num_heads, c.head_dim, in_channels) for c in family.components
     }
     scheduler = UniPCMultistepScheduler(
         prediction_type="flow_prediction",

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from qcompiler.errors import QcompileError
-from qcompiler.families import get_family
+from qcompiler.families import Component, Family, get_family
 from qcompiler.stats import attention_flops
 from runtime import tiny
 
@@ -78,10 +78,10 @@ def detect_variant(pipe, family_name: str) -> str | None:
     base = get_family(family_name)
     for variant in (None, *base.variants):
         family = get_family(family_name, variant)
-        if all(_matches(getattr(pipe, c.name, None), c.num_layers, c.num_heads, c.head_dim) for c in family.components):
+        if all(_shape_of(getattr(pipe, c.name, None), c) == _wanted(c) for c in family.components):
             return variant
     seen = {
-        c.name: _shape_of(getattr(pipe, c.name, None)) for c in base.components
+        c.name: _shape_of(getattr(pipe, c.name, None), c) for c in base.components
     }
     raise PipelineLoadError(
         f"the pipeline's transformers {seen} (layers, heads, head dim) match no variant of {family_name}; "
@@ -89,15 +89,20 @@ def detect_variant(pipe, family_name: str) -> str | None:
     )
 
 
-def _shape_of(model) -> tuple[int, int, int] | None:
+def _shape_of(model, component: Component) -> tuple[int | tuple[int, ...], int, int] | None:
+    """(blocks of each of the component's block lists, heads, head dim); one list: its block count alone."""
     if model is None:
         return None
+    from runtime.checks import block_list_length
+
     config = model.config
-    return (config.num_layers, config.num_attention_heads, config.attention_head_dim)
+    layers = tuple(block_list_length(model, b.path) for b in component.block_lists)
+    return (layers[0] if len(layers) == 1 else layers, config.num_attention_heads, config.attention_head_dim)
 
 
-def _matches(model, layers: int, heads: int, head_dim: int) -> bool:
-    return _shape_of(model) == (layers, heads, head_dim)
+def _wanted(component: Component) -> tuple[int | tuple[int, ...], int, int]:
+    layers = tuple(b.length for b in component.block_lists)
+    return (layers[0] if len(layers) == 1 else layers, component.num_heads, component.head_dim)
 
 
 def encode(pipe, prompt: str, negative_prompt: str, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,15 +180,15 @@ class FlopCounter:
     (component, kind) is kept; a second, different figure is recorded too and reported as varying.
     """
 
-    def __init__(self, pipe, attention_kinds: dict[str, str], components: dict[str, int]):
+    def __init__(self, pipe, family: Family):
         self._handles = []
         self.per_call: dict[tuple[str, str], set[int]] = {}
-        for name, num_layers in components.items():
+        for name in family.component_names:
             model = getattr(pipe, name)
             head_dim = int(model.config.attention_head_dim)
-            for kind, pattern in attention_kinds.items():
-                for layer in range(num_layers):
-                    module = model.get_submodule(pattern.format(layer=layer))
+            for kind in family.kinds:
+                for layer in range(family.num_layers(name, kind)):
+                    module = model.get_submodule(family.module_path(name, kind, layer))
                     self._handles.append(module.register_forward_pre_hook(
                         self._hook(name, kind, int(module.heads), head_dim), with_kwargs=True))
 

@@ -26,7 +26,7 @@ import torch
 import qcompiler
 from qcompiler.compile.resolve import predict_expert_schedule
 from qcompiler.families import get_family
-from qcompiler.plan.format import Plan, content_sha256
+from qcompiler.plan.format import PLAN_FORMAT, Plan, content_sha256
 from qcompiler.plan.io import write_text_atomically
 from qcompiler.schemas import first_violation
 from qcompiler.stats import plan_cost
@@ -82,9 +82,11 @@ def retarget_plan(plan: Plan, variant: str | None) -> Plan:
     a table is indexed by; widths, scheduler shift and so the predicted expert schedule are the variant's."""
     family = get_family(plan.family_name, variant)
     data = plan.to_dict()
-    for component in family.components:
-        if len(plan.table(component.name, plan.attention_kinds[0])[0]) != component.num_layers:
-            raise PipelineLoadError(f"{component.name} has another layer count in variant {variant!r}; recompile")
+    for component in family.component_names:
+        for kind in family.kinds:
+            if len(plan.table(component, kind)[0]) != family.num_layers(component, kind):
+                raise PipelineLoadError(f"{component} has another layer count in variant {variant!r}; recompile")
+    data["plan_format"] = PLAN_FORMAT  # the family record below is format 2
     data["family"] = family.structure()
     data["expert_schedule"] = predict_expert_schedule(family, plan.num_inference_steps)
     data["content_sha256"] = content_sha256(data)
@@ -182,12 +184,10 @@ def build_report(plan: Plan, options: ReportOptions, pipe: Any = None) -> dict[s
         plan = retarget_plan(plan, variant)
     steps = plan.num_inference_steps
     backend = pick_backend(options.backend, plan)
-    patterns = {k: v["module"] for k, v in plan.data["family"]["attention_kinds"].items()}
-    components = {c["name"]: c["num_layers"] for c in plan.components}
 
     records: list[CallRecord] = []
     with progress_bar(2 * steps, options.progress, "qcompile report") as bar, \
-            FlopCounter(pipe, patterns, components) as counter:
+            FlopCounter(pipe, plan.family) as counter:
         kwargs = call_kwargs(pipe, spec=options.pipeline, seed=options.seed, prompt=options.prompt, steps=steps,
                              frames=options.frames)
         start = time.perf_counter()
@@ -285,10 +285,10 @@ def write_report(report: dict[str, Any], plan: Plan, outdir: Path) -> dict[str, 
     for cell in report["cells"]:
         cos = cell["cos_sim"]["worst"] if cell["cos_sim"] is not None else None
         worst_by_cell[(cell["component"], cell["kind"])][(cell["step"], cell["layer"])] = cos
-    for component in plan.components:
-        name, layers = component["name"], component["num_layers"]
+    for name in plan.component_names:
         served = [bool(seen) and name in seen.split("+") for seen in observed]
         for kind in plan.attention_kinds:
+            layers = plan.family.num_layers(name, kind)
             plan_file = f"plan_{name}_{kind}.png"
             draw_plan_heatmap(outdir / plan_file, f"plan: {name} / {kind} (rows: steps, columns: layers)",
                               plan.table(name, kind), served)
