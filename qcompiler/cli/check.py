@@ -14,12 +14,19 @@ from qcompiler.cli.diagnostics_format import format_text
 from qcompiler.cli.lint import expand_recipe_paths
 from qcompiler.compile.compiler import compile_path
 from qcompiler.errors import PlanError
-from qcompiler.plan.format import load_plan, write_plan
+from qcompiler.plan.format import PLAN_FORMAT, Plan, load_plan, write_plan
 
 
 def committed_plan_path(recipe: str) -> Path:
     path = Path(recipe)
     return path.with_name(path.stem + ".plan.json")
+
+
+def _refresh_command(recipe: str, target: Path, committed: Plan, fresh: Plan) -> str:
+    """The compile that remakes `committed` in the current format: the same recipe, variant and step count."""
+    variant = f" --variant {committed.variant}" if committed.variant else ""
+    steps = f" --steps {committed.num_inference_steps}" if committed.num_inference_steps != fresh.num_inference_steps else ""
+    return f"qcompile {recipe}{variant}{steps} -o {target}"
 
 
 @click.command(name="check")
@@ -43,9 +50,18 @@ def command(recipes: tuple[str, ...], plan_path: str | None, write: bool) -> Non
             problems += 1
             continue
         fresh = result.plan
+        refresh = f"qcompile {recipe} -o {target}"
         try:
             committed = load_plan(target)
             stale_reason = None if committed.content_hash == fresh.content_hash else "differs from what the recipe compiles to now"
+            if committed.plan_format < PLAN_FORMAT:
+                # same meaning, older layout: it still loads and runs; refresh it for the compile it was made with
+                stale_reason = (f"is a format-{committed.plan_format} plan (this qcompile writes format {PLAN_FORMAT}; "
+                                "format-1 plans still load, show, export and run as before)")
+                refresh = _refresh_command(recipe, target, committed, fresh)
+                if write:
+                    again = compile_path(recipe, steps=committed.num_inference_steps, variant=committed.variant)
+                    fresh = again.plan if again.plan is not None and not again.errors else fresh
         except PlanError as exc:
             stale_reason = str(exc)
         if stale_reason is None:
@@ -56,6 +72,6 @@ def command(recipes: tuple[str, ...], plan_path: str | None, write: bool) -> Non
             click.echo(f"{recipe}: wrote {target}")
             continue
         problems += 1
-        click.echo(f"{recipe}: {target} is stale: {stale_reason}\n  fix: qcompile {recipe} -o {target}", err=True)
+        click.echo(f"{recipe}: {target} is stale: {stale_reason}\n  fix: {refresh}", err=True)
     if problems:
         raise SystemExit(1)

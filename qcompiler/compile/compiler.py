@@ -120,10 +120,11 @@ def _check_names(doc: SourceDocument, path: tuple, names: tuple[str, ...], valid
     for index, item in enumerate(names):
         if item not in valid:
             mark = doc.mark_for((*path, index))
+            close = close_matches(item, list(valid), n=1) if isinstance(item, str) else []
             findings.append(Diagnostic(
                 doc.path, mark.line, mark.column, "error", "QC121",
                 f"{family.display_name} has no {what} `{item}`",
-                f"valid: {', '.join(valid)}",
+                (f"did you mean `{close[0]}`? " if close else "") + f"valid: {', '.join(valid)}",
             ))
 
 

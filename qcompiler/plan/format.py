@@ -176,7 +176,7 @@ def plan_json(data: Mapping[str, Any]) -> str:
 def validate_plan_dict(data: Any, *, verify_hash: bool = True) -> None:
     """Raise PlanError unless `data` is a well-formed plan of a known format whose hash matches."""
     found = data.get("plan_format") if isinstance(data, Mapping) else None
-    version = found if found in READABLE_PLAN_FORMATS else PLAN_FORMAT
+    version = found if type(found) is int and found in READABLE_PLAN_FORMATS else PLAN_FORMAT
     check_versioned_document(data, name=READABLE_PLAN_FORMATS[version], format_key="plan_format", version=version,
                              error=PlanError, what="a plan",
                              redo="recompile the recipe with this qcompile: qcompile RECIPE -o plan.json")
