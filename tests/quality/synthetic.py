@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from qcompiler.compile.resolve import predict_expert_schedule
 from qcompiler.families import get_family
-from qcompiler.suggest.sensitivity import Sensitivity, sensitivity_from_dict
+from qcompiler.suggest.sensitivity import Sensitivity, sensitivity_family, sensitivity_from_dict
 
 NUMERICS = {"hadamard_rotation": True, "rotation_seed": 425500, "query_block_tokens": 128, "kv_block_tokens": 256,
             "k_mean_subtraction": False}
@@ -27,9 +27,8 @@ def synthetic_sensitivity(
     rng = random.Random(seed)
     cells = []
     for step, component in enumerate(schedule):
-        layers = family.component(component).num_layers
-        for kind in family.attention_kinds:
-            for layer in range(layers):
+        for kind in family.kinds:
+            for layer in range(family.num_layers(component, kind)):
                 if worst_cos is not None:
                     cos = worst_cos(component, kind, step, layer)
                 else:
@@ -46,9 +45,7 @@ def synthetic_sensitivity(
     data = {
         "sensitivity_format": 1,
         "producer": {"name": "qcompile", "version": "0.1.0"},
-        "family": {"name": family.name, "variant": "tiny",
-                   "components": [{"name": c.name, "num_layers": c.num_layers} for c in family.components],
-                   "attention_kinds": list(family.attention_kinds)},
+        "family": sensitivity_family(family),
         "num_inference_steps": steps,
         "numerics": dict(NUMERICS),
         "measured": {"backend": "synthetic", "device": "none", "pipeline": "generated", "seeds": [seed],

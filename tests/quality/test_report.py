@@ -21,12 +21,12 @@ from tests.quality.conftest import MIXED_RECIPE, STEPS
 def _ran(plan, observed):
     """Every (component, kind, step, layer) the pipeline ran, from the runtime's observed expert schedule."""
     return {
-        (component["name"], kind, step, layer)
+        (component, kind, step, layer)
         for step, seen in enumerate(observed)
-        for component in plan.components
-        if seen and component["name"] in seen.split("+")
+        for component in plan.component_names
+        if seen and component in seen.split("+")
         for kind in plan.attention_kinds
-        for layer in range(component["num_layers"])
+        for layer in range(plan.family.num_layers(component, kind))
     }
 
 
@@ -91,7 +91,7 @@ def test_json_validates_and_pngs_are_images_of_the_documented_size(mixed_report,
     jsonschema.Draft202012Validator(load_schema("report")).validate(written)
     assert written == json.loads(json.dumps(report))
     heatmaps = written["files"]["heatmaps"]
-    assert len(heatmaps) == 2 * len(mixed_plan.components) * len(mixed_plan.attention_kinds)
+    assert len(heatmaps) == 2 * len(mixed_plan.component_names) * len(mixed_plan.attention_kinds)
     for item in heatmaps:
         with Image.open(outdir / item["file"]) as image:
             image.verify()
