@@ -152,3 +152,19 @@ def test_a_kind_in_a_block_list_a_component_lacks_is_refused(tmp_path, monkeypat
     with pytest.raises(FamilyError, match=r"\$.attention_kinds.joint.block_list: kind 'joint' lives in block list "
                                           r"'double_blocks', which component 'transformer'"):
         get_family("broken-lists")
+
+
+def test_suggest_from_a_sensitivity_file_of_several_block_lists():
+    from qcompiler.suggest.cover import Budget, suggest_recipe, verify_suggestion
+    from tests.quality.synthetic import synthetic_sensitivity
+
+    sensitivity = synthetic_sensitivity(steps=5, seed=7, family_name="made-up-dual-stream")
+    components = sensitivity.data["family"]["components"]
+    assert components == [{"name": "transformer", "num_layers": 5,
+                           "layers": {"joint": 3, "refiner": 2, "single": 5}}]
+    assert sensitivity.num_layers("transformer", "refiner") == 2
+    for budget in (Budget("min_cos", 0.993), Budget("fp8_flop_share", 0.5)):
+        suggestion = suggest_recipe(sensitivity, budget)
+        plan = qcompiler.compile_recipe_text(suggestion.text, variant="tiny")
+        verify_suggestion(suggestion, sensitivity, dict(plan.tables))
+        assert suggestion.fp8_cells

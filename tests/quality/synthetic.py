@@ -21,8 +21,9 @@ def synthetic_sensitivity(
     noise: float = 0.004,
     single_expert: bool = False,
     worst_cos: Callable[[str, str, int, int], float] | None = None,
+    family_name: str | None = None,
 ) -> Sensitivity:
-    family = get_family("wan2.1-t2v-1.3b" if single_expert else "wan2.2-i2v-a14b", "tiny")
+    family = get_family(family_name or ("wan2.1-t2v-1.3b" if single_expert else "wan2.2-i2v-a14b"), "tiny")
     schedule = predict_expert_schedule(family, steps)
     rng = random.Random(seed)
     cells = []
