@@ -75,7 +75,7 @@ def test_recipe_schema_is_closed_and_documented():
             assert sub.get("additionalProperties") is False, f"{path} is not closed"
 
 
-@pytest.mark.parametrize("name", ["plan", "family", "sensitivity", "report"])
+@pytest.mark.parametrize("name", ["plan", "plan_v1", "family", "family_v1", "sensitivity", "report"])
 def test_other_schemas_are_valid(name):
     jsonschema.Draft202012Validator.check_schema(load_schema(name))
 
