@@ -76,7 +76,7 @@ def _checked(name: str, dirs: tuple[Path, ...]) -> dict:
     and converted in memory."""
     path, data = _load_family_files(dirs)[0][name]
     found = data.get("family_format", 1)
-    schema = {1: "family_v1", FAMILY_FORMAT: "family"}.get(found)
+    schema = {1: "family_v1", FAMILY_FORMAT: "family"}.get(found) if type(found) is int else None
     if schema is None:
         raise FamilyError(f"{path}: family_format {found!r} is not supported (this qcompile reads formats 1 and "
                           f"{FAMILY_FORMAT}; see schemas/family.schema.json)")

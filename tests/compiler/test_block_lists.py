@@ -168,3 +168,15 @@ def test_suggest_from_a_sensitivity_file_of_several_block_lists():
         plan = qcompiler.compile_recipe_text(suggestion.text, variant="tiny")
         verify_suggestion(suggestion, sensitivity, dict(plan.tables))
         assert suggestion.fp8_cells
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"family_format": 3}, r"family_format 3 is not supported \(this qcompile reads formats 1 and 2"),
+    ({"family_format": [2]}, r"family_format \[2\] is not supported"),
+])
+def test_unknown_family_formats_are_refused(tmp_path, monkeypatch, change, message):
+    data = {**json.loads((FAMILIES / "dual_stream.json").read_text()), **change, "name": "odd-format"}
+    (tmp_path / "odd.json").write_text(json.dumps(data))
+    monkeypatch.setenv(FAMILY_PATH_ENV, str(tmp_path))
+    with pytest.raises(FamilyError, match=message):
+        get_family("odd-format")

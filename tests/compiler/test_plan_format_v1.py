@@ -116,3 +116,14 @@ def test_a_format_1_family_file_still_loads(monkeypatch):
     assert {**old.structure(), "name": None} == {**builtin.structure(), "name": None}
     assert old.kind("cross").description == builtin.kind("cross").description
     assert get_family("my-format1-family", "tiny").heads("transformer", "self") == (2, 64)
+
+
+def test_a_format_1_family_file_whose_modules_are_not_one_block_list_is_refused(tmp_path, monkeypatch):
+    from qcompiler.errors import FamilyError
+
+    data = json.loads((ROOT / "tests" / "fixtures" / "families_v1" / "my_format1_family.json").read_text())
+    data["attention_kinds"]["cross"]["module"] = "other_blocks.{layer}.attn2"
+    (tmp_path / "f.json").write_text(json.dumps(data))
+    monkeypatch.setenv(FAMILY_PATH_ENV, str(tmp_path))
+    with pytest.raises(FamilyError, match=r"\$.attention_kinds: format-1 kinds live in one block list"):
+        get_family("my-format1-family")
