@@ -42,8 +42,10 @@ def _layout(plan: Plan) -> dict[tuple[str, str], int]:
     return {(c, k): family.num_layers(c, k) for c in family.component_names for k in family.kinds}
 
 
-def _describe(layout: dict[tuple[str, str], int]) -> str:
-    return ", ".join(f"{c}/{k}: {n}" for (c, k), n in sorted(layout.items()))
+def _describe(a: dict[tuple[str, str], int], b: dict[tuple[str, str], int]) -> str:
+    """`transformer/single: 5 vs 6 layers` for each (component, kind) the two layouts disagree on."""
+    return ", ".join(f"{c}/{k}: {a.get((c, k), 'no')} vs {b.get((c, k), 'no')} layers"
+                     for c, k in sorted(a.keys() | b.keys()) if a.get((c, k)) != b.get((c, k)))
 
 
 @click.command(name="diff")
@@ -57,8 +59,8 @@ def command(a: str, b: str) -> None:
              f"{b} is {plan_b.family_name} x {plan_b.num_inference_steps} steps (variants {plan_a.variant}, {plan_b.variant})")
     layout_a, layout_b = _layout(plan_a), _layout(plan_b)
     if layout_a != layout_b:
-        fail(f"cannot compare cell by cell: {a} and {b} lay their tables out differently (component/kind: layers "
-             f"{_describe(layout_a)} vs {_describe(layout_b)}); compile both with the same family data")
+        fail(f"cannot compare cell by cell: {a} and {b} lay their tables out differently "
+             f"({_describe(layout_a, layout_b)}); compile both with the same family data")
     lines = setting_differences(plan_a, plan_b) + table_differences(plan_a, plan_b)
     if not lines:
         click.echo("plans are equal: same tables and numerics")

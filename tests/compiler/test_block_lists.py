@@ -180,3 +180,18 @@ def test_unknown_family_formats_are_refused(tmp_path, monkeypatch, change, messa
     monkeypatch.setenv(FAMILY_PATH_ENV, str(tmp_path))
     with pytest.raises(FamilyError, match=message):
         get_family("odd-format")
+
+
+def test_diff_refuses_plans_laid_out_over_different_block_lists(tmp_path, monkeypatch):
+    first = qcompiler.compile_recipe_text(RECIPE)
+    data = json.loads((FAMILIES / "dual_stream.json").read_text())
+    data["components"][0]["block_lists"][1]["length"] = 6  # the family file changed between the two compiles
+    (tmp_path / "families").mkdir()
+    (tmp_path / "families" / "changed.json").write_text(json.dumps(data))
+    monkeypatch.setenv(FAMILY_PATH_ENV, str(tmp_path / "families"))
+    second = qcompiler.compile_recipe_text(RECIPE)
+    write_plan(first, tmp_path / "a.plan.json")
+    write_plan(second, tmp_path / "b.plan.json")
+    result = CliRunner().invoke(cli, ["diff", str(tmp_path / "a.plan.json"), str(tmp_path / "b.plan.json")])
+    assert result.exit_code == 1
+    assert "lay their tables out differently" in result.stderr and "(transformer/single: 5 vs 6 layers)" in result.stderr
