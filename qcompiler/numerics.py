@@ -32,6 +32,9 @@ class QuantDtype:
     element: the element type of quantized q/k/v (a name, not a torch dtype: this module never imports torch).
     label: a few words for `qcompile show` and reports. description: one sentence for docs and --help.
     quant_attention_precision: the `precision=` MindIE-SD's quant_attention takes for it (None: it takes none).
+    speed_factor: quantized attention time / native (BF16) attention time for the same work, as measured on a
+    target (None: never measured; estimates then say so instead of borrowing another format's figure).
+    speed_factor_source: where speed_factor comes from, or why there is none.
     """
 
     name: str
@@ -39,7 +42,14 @@ class QuantDtype:
     label: str
     description: str
     quant_attention_precision: str | None
+    speed_factor: float | None = None
+    speed_factor_source: str = "never measured"
 
+
+# The seed's NPU timing of flash attention for one Wan2.2 I2V video (1280x720, 61 frames, 4 steps), BF16 vs
+# fp8_e4m3_per_block: the only measured speed of a quantized format so far.
+SEED_FA_NATIVE_S = 6.81
+SEED_FA_FP8_S = 5.43
 
 DTYPES: dict[str, QuantDtype] = {
     row.name: row
@@ -51,6 +61,11 @@ DTYPES: dict[str, QuantDtype] = {
             "float8 e4m3 with one float32 scale per (batch, head, 128-token query block) and per (batch, head, "
             "256-token key/value block), as the Ascend FIA kernel's quant mode 7 takes it",
             "fp8",
+            # The seed's NPU measurement (Wan2.2 I2V 1280x720, 61 frames, 4 steps): flash attention 6.81 s in
+            # BF16, 5.43 s with this format (/work/shared/reference/quality-and-speed.md, "Speed anchors").
+            round(SEED_FA_FP8_S / SEED_FA_NATIVE_S, 3),
+            f"the seed's NPU measurement (Wan2.2 I2V 1280x720, 61 frames, 4 steps: flash attention "
+            f"{SEED_FA_NATIVE_S} s -> {SEED_FA_FP8_S} s)",
         ),
         QuantDtype(
             "mxfp8_e4m3",
@@ -59,6 +74,8 @@ DTYPES: dict[str, QuantDtype] = {
             "OCP MX v1.0 MXFP8: float8 e4m3 elements, one power-of-two (E8M0) scale per 32 elements; Q and K "
             "blocked along the head dim, V along the tokens (as MindIE-SD's MXFP8 path quantizes them)",
             "mxfp8",
+            None,  # no timing of an MXFP8 attention kernel exists yet
+            "never measured (no timing of an MXFP8 attention kernel yet)",
         ),
         QuantDtype(
             "mxfp4_e2m1",
@@ -68,6 +85,8 @@ DTYPES: dict[str, QuantDtype] = {
             "blocked along the head dim, V along the sequence, sequences zero-padded to a multiple of 512 "
             "(as MindIE-SD 3.1.0's MXFP4QuantFA does it)",
             "mxfp4",
+            None,  # no timing of MindIE-SD's MXFP4QuantFA exists yet
+            "never measured (no timing of an MXFP4 attention kernel yet)",
         ),
         QuantDtype(
             "int8_per_tensor",
@@ -77,6 +96,8 @@ DTYPES: dict[str, QuantDtype] = {
             "as torch_npu's FIA v1 full-quant mode computes it: the only quantized attention of Atlas A2/A3 "
             "(Ascend 910B/910C), which have no FP8 (docs/int8-a2a3.md)",
             None,  # MindIE-SD's quant_attention has no per-tensor INT8 mode
+            None,  # docs/int8-a2a3.md: speed on Atlas A2/A3 is unmeasured
+            "never measured (docs/int8-a2a3.md: INT8 attention speed on Atlas A2/A3 is unmeasured)",
         ),
     )
 }
@@ -148,6 +169,18 @@ def plan_numerics(dtype: str, recipe_numerics: dict | None) -> dict:
     if "pv_precision" in given:  # written only when set, so plans that never name it keep their hash
         numerics["pv_precision"] = given["pv_precision"]
     return numerics
+
+
+def quantized_name(name: str) -> str:
+    """How output names what a plan's quantized cells run: "FP8" for the per-block FP8 format, otherwise
+    "quantized (<dtype>)", so an MXFP4 or INT8 plan is never called FP8."""
+    return "FP8" if name == DEFAULT_DTYPE else f"quantized ({name})"
+
+
+def speed_factor(name: str) -> float | None:
+    """The dtype's measured quantized/native attention time ratio, or None where none is known."""
+    row = DTYPES.get(name)
+    return row.speed_factor if row else None
 
 
 def dtype_label(name: str) -> str:

@@ -10,7 +10,14 @@ FP8 enters at diffusers' attention dispatch (runtime/dispatch.py), so it compose
 """
 
 from runtime.call_record import CallRecord
-from runtime.errors import BackendUnavailableError, ParallelLayoutError, PlanMismatchError, StepCountError
+from runtime.errors import (
+    BackendUnavailableError,
+    ConcurrentCallError,
+    ParallelLayoutError,
+    PlanMismatchError,
+    StepCountError,
+    UnknownBackendError,
+)
 from runtime.execution_report import ExecutionReport, Mismatch, combine_reports, gather_reports
 from runtime.load import PlanHandle, load
 from runtime.shadow import ShadowRecorder, shadow
@@ -18,6 +25,7 @@ from runtime.shadow import ShadowRecorder, shadow
 __all__ = [
     "BackendUnavailableError",
     "CallRecord",
+    "ConcurrentCallError",
     "ExecutionReport",
     "Mismatch",
     "ParallelLayoutError",
@@ -25,6 +33,7 @@ __all__ = [
     "PlanMismatchError",
     "ShadowRecorder",
     "StepCountError",
+    "UnknownBackendError",
     "combine_reports",
     "gather_reports",
     "load",

@@ -106,6 +106,11 @@ def _variant_hint(plan: Plan, found: dict[str, FoundComponent]) -> str:
     return " Compile the recipe for the family and variant of this pipeline (see `qcompile families`)."
 
 
+# Pipelines that run a family's transformer as the family's own pipeline class does: WanVideoToVideoPipeline is
+# diffusers' video-to-video loop over the text-to-video transformer (strength < 1 starts mid-schedule).
+SAME_TRANSFORMER_PIPELINES = {"WanPipeline": ("WanVideoToVideoPipeline",)}
+
+
 def check_structure(pipe: Any, plan: Plan) -> dict[str, torch.nn.Module]:
     """Raise PlanMismatchError unless the pipeline has exactly the plan's components, layers, heads, head dims
     and attention modules. Returns the component modules by name."""
@@ -115,7 +120,8 @@ def check_structure(pipe: Any, plan: Plan) -> dict[str, torch.nn.Module]:
     found = {name: inspect_component(name, module, family) for name, module in present.items()}
     problems = []
     expected_class = family.pipeline_class
-    if expected_class not in {cls.__name__ for cls in type(pipe).__mro__}:
+    accepted = {expected_class, *SAME_TRANSFORMER_PIPELINES.get(expected_class, ())}
+    if not accepted & {cls.__name__ for cls in type(pipe).__mro__}:
         problems.append(f"the plan is for a {expected_class}, the pipeline is a {type(pipe).__name__}")
     for name in plan.component_names:
         want = _wanted(family, name)

@@ -1,7 +1,8 @@
 """`python -m runtime.demo PLAN`: run the tiny offline pipeline of the plan's family with the plan applied,
 print the executed table against the plan, call counts per backend, and how far the output is from native.
 
-The plan must be compiled for the tiny variant: `qcompile RECIPE --variant tiny -o plan.json`.
+PLAN is a plan compiled for the tiny variant (`qcompile RECIPE --variant tiny -o plan.json`), or a recipe (.yaml),
+compiled in memory for the tiny variant as `qcompile report` does.
 
 Multi-card (diffusers context parallelism, Ulysses), on CPU with gloo or on GPUs with NCCL:
 
@@ -19,13 +20,13 @@ from datetime import timedelta
 
 import torch
 
+from qcompiler.cli.common import load_plan_or_recipe
 from qcompiler.errors import QcompileError
-from qcompiler.plan.format import load_plan
 from runtime.backends import BACKEND_NAMES
 from runtime.execution_report import gather_reports
 from runtime.load import load
 from runtime.quality.metrics import cosine_similarity, psnr
-from runtime.tiny import build_tiny_pipeline, run_tiny
+from runtime.tiny import TINY_VARIANT, build_tiny_pipeline, run_tiny
 
 # Under Ulysses the sequence splits across ranks: 32x32 pixels, 9 frames = 12 tokens (the default 16x16 has 3).
 PARALLEL_SIZE = {"height": 32, "width": 32}
@@ -77,7 +78,7 @@ def _in_rank_order(rank: int, world: int, show) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runtime.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("plan", help="plan.json compiled with --variant tiny")
+    parser.add_argument("plan", help="plan.json compiled with --variant tiny, or a recipe (.yaml), compiled for tiny")
     parser.add_argument("--backend", default="reference", choices=BACKEND_NAMES,
                         help="FP8 backend (default reference: the PyTorch emulation, runs on CPU)")
     parser.add_argument("--guidance-scale", type=float, default=5.0, help="CFG scale; 1 turns CFG off")
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     rank, world = _init_ulysses(args.ulysses) if args.ulysses > 1 else (0, 1)
     size = PARALLEL_SIZE if world > 1 else {}
     try:
-        plan = load_plan(args.plan)
+        plan = load_plan_or_recipe(args.plan, variant=TINY_VARIANT)
         pipe = build_tiny_pipeline(plan.family_name)
         if world > 1:
             _enable_ulysses(pipe, world)

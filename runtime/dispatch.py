@@ -16,11 +16,16 @@ asks that site which attention function runs:
 
 Per call this reads a few attributes and increments one counter: the per-forward decisions (the bool `fp8`, the
 rotation matrix, the process group for error metrics) are set once per transformer forward by the hook.
+
+The current site is thread-local: pipelines called in several threads at once each see their own module's site
+between its pre-hook and its dispatch call. Everything else a site holds belongs to its pipeline, which runs one
+call at a time (runtime/install.py refuses a second thread's entry).
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -153,8 +158,8 @@ def _gathered_error(fp8: torch.Tensor, native: torch.Tensor, group: Any) -> Call
     return CallError(cos_sim=cos, rel_l1=rel, rmse=math.sqrt(squared / count))
 
 
-class _Current:
-    site: Site | None = None
+class _Current(threading.local):
+    site: Site | None = None  # per thread: the attention module whose forward is running in this thread
 
 
 _current = _Current()

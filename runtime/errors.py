@@ -24,3 +24,12 @@ class BackendUnavailableError(QcompileError):
 class ParallelLayoutError(PlanMismatchError):
     """The pipeline runs with a context-parallel layout (ring, Ulysses-anything) under which FP8 attention cannot
     quantize the blocks one process would; the message names the layout that works (Ulysses)."""
+
+
+class ConcurrentCallError(QcompileError):
+    """A pipeline with a qcompile plan (or shadow recorder) was entered from a second thread while a call was
+    running: the plan's per-call state (step, counters, flags) belongs to one call at a time."""
+
+
+class UnknownBackendError(QcompileError, ValueError):
+    """`backend=` names no attention backend of the registry (runtime.backends.registry), or is not a name."""

@@ -131,6 +131,7 @@ class ComponentHook:
                 )
 
     def _pre_forward(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        self.tracker.check_thread()  # first: a refused thread must not touch this call's state
         self._step = -1
         step = self.tracker.begin_forward(self.name)
         self.check_layout()
@@ -150,6 +151,8 @@ class ComponentHook:
         self._step = step
 
     def _post_forward(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if self.tracker.foreign_thread():  # a refused forward of another thread (always_call runs us anyway)
+            return
         if self.counts is None or self._step < 0 or self.state.mode == SHADOW:
             return
         step, self._step = self._step, -1

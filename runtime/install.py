@@ -5,10 +5,15 @@ it keeps the stock processor, points its `_attention_backend` at qcompile's disp
 pre-hook on the attention module that makes its Site current, and adds one ComponentHook per component. Removal
 undoes exactly that, in reverse, so the pipeline is stock again (and keeps whatever `enable_parallelism`
 set on the processors, before or after install).
+
+It also wraps the pipeline's `__call__` so that a call owns the plan's per-call state for its whole duration, in
+its thread (StepTracker.enter_call): a second thread entering the same pipeline meanwhile is refused before it
+touches the scheduler, and the first call goes on unharmed.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,10 +91,49 @@ def attention_module(model: torch.nn.Module, component: str, kind: str, path: st
     return module
 
 
+def guard_calls(tracker: StepTracker) -> Callable[[], None]:
+    """Make `pipe(...)` own the call in its thread (tracker.enter_call / exit_call); returns the undo.
+
+    Python looks `__call__` up on the type, never on the instance, so the pipeline gets a subclass of its own
+    class, made for it alone (same name, module and MRO otherwise: isinstance, save_pretrained's `_class_name`
+    and the family check see the same class), and gets its class back at unload. diffusers' hooks cannot do
+    this: they see forwards, never the end of a pipeline call.
+    """
+    pipe = tracker.pipe
+    cls = type(pipe)
+    if not callable(pipe):
+        return lambda: None
+    call = cls.__call__
+    active = True
+
+    @functools.wraps(call)
+    def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not active or self is not pipe:  # unloaded while a subclass of ours was kept, or a copy of the pipeline
+            return call(self, *args, **kwargs)
+        tracker.enter_call()
+        try:
+            return call(self, *args, **kwargs)
+        finally:
+            tracker.exit_call()
+
+    guarded = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__,
+                                          "__qualname__": cls.__qualname__, "__doc__": cls.__doc__})
+    object.__setattr__(pipe, "__class__", guarded)
+
+    def undo() -> None:
+        nonlocal active
+        active = False
+        if type(pipe) is guarded:
+            object.__setattr__(pipe, "__class__", cls)
+
+    return undo
+
+
 def install(specs: Sequence[ComponentSpec], tracker: StepTracker) -> Installation:
     """Install on every spec'd component; on any error, remove what was installed and re-raise."""
     installation = Installation()
     try:
+        installation._undo.append(guard_calls(tracker))
         for spec in specs:
             sites: dict[str, list[Site]] = {}
             for kind, paths in sorted(spec.modules.items()):

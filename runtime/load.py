@@ -17,10 +17,11 @@ import torch
 
 from qcompiler.plan.format import Plan, load_plan, table_to_rows
 from runtime.backends import AttentionBackend, NativeBackend, resolve_fp8_backend
+from runtime.backends.registry import component_refusal
 from runtime.call_record import CallRecord
 from runtime.checks import attention_paths, check_structure, transformer_components
 from runtime.dispatch import PLAN, ComponentState
-from runtime.errors import BackendUnavailableError, PlanMismatchError
+from runtime.errors import BackendUnavailableError, PlanMismatchError, UnknownBackendError
 from runtime.execution_report import (
     FALLBACK,
     FALLBACK_BACKEND,
@@ -117,8 +118,10 @@ class PlanHandle:
 
     def unload(self) -> None:
         """Restore the stock processors' backends and remove the hooks; the pipeline then runs exactly as never
-        patched (with whatever parallel config it has). The report stays readable. Calling it twice is harmless."""
+        patched (with whatever parallel config it has). The report stays readable. Calling it twice is harmless.
+        Refused (ConcurrentCallError) from another thread while a call of the pipeline runs."""
         if self._active:
+            self._tracker.check_unload()
             self._installation.remove()
             unmark_installed(self.pipe, self)
             self._active = False
@@ -205,16 +208,34 @@ def _rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+def check_backend_argument(backend: object) -> None:
+    """Refuse a `backend=` that is neither a registry name (runtime.backends.registry) nor an AttentionBackend."""
+    from runtime.backends.registry import BACKEND_NAMES
+
+    if isinstance(backend, AttentionBackend) or (isinstance(backend, str) and backend in BACKEND_NAMES):
+        return
+    choices = ", ".join(repr(name) for name in BACKEND_NAMES)
+    if isinstance(backend, str):
+        close = [name for name in BACKEND_NAMES if name.lower() == backend.strip().lower()]
+        hint = f" (names are lower case: did you mean {close[0]!r}?)" if close else ""
+        raise UnknownBackendError(f"unknown attention backend {backend!r}{hint}; backend= takes one of {choices}, "
+                                  "or an AttentionBackend object")
+    raise UnknownBackendError(f"backend= takes one backend name (a str) or an AttentionBackend object, not a "
+                              f"{type(backend).__name__} ({backend!r}); the names are {choices}")
+
+
 def _serving_backends(
     plan: Plan, backend: str | AttentionBackend, models: dict[str, torch.nn.Module]
 ) -> tuple[dict[str, AttentionBackend | None], dict[str, str]]:
     """Per component, the backend serving its FP8 cells (None: native), and why FP8 falls back where it does.
     Raises BackendUnavailableError where the plan wants FP8, nothing can serve it and the policy is `error`."""
-    fp8_backend, reason = resolve_fp8_backend(backend, Numerics.from_plan(plan))
+    numerics = Numerics.from_plan(plan)
+    fp8_backend, reason = resolve_fp8_backend(backend, numerics)
     served: dict[str, AttentionBackend | None] = {}
     fallbacks: dict[str, str] = {}
     for name in plan.component_names:
-        why = reason if fp8_backend is None else fp8_backend.unsupported_reason(plan.family.component(name).head_dim)
+        why, remedy = component_refusal(backend, fp8_backend, reason, numerics,
+                                        plan.family.component(name).head_dim) or ("", "")
         wants_fp8 = any(any(row) for kind in plan.attention_kinds for row in plan.table(name, kind))
         served[name] = None if why else fp8_backend
         if not why or not wants_fp8 or backend == "native" or isinstance(backend, NativeBackend):
@@ -222,8 +243,7 @@ def _serving_backends(
         if plan.fallback == "error":
             raise BackendUnavailableError(
                 f"the plan asks for FP8 attention in {name} but nothing here can serve it: {why}. Its fallback "
-                "policy is 'error'. Run where the FP8 kernel is available, pass backend='reference' to emulate "
-                "FP8 in PyTorch, or set `fallback: native` in the recipe and recompile."
+                f"policy is 'error'. {remedy}"
             )
         fallbacks[name] = why
     if fallbacks:
@@ -247,8 +267,11 @@ def load(pipe: Any, plan: str | os.PathLike[str] | Mapping[str, Any] | Plan | No
     then run after the Ulysses all-to-all. Raises PlanError (bad/edited plan), PlanMismatchError (plan does not
     fit the pipeline), ParallelLayoutError (ring or Ulysses-anything with FP8 cells; also raised by the first
     forward when that layout is enabled after load), BackendUnavailableError (FP8 needed, none available,
-    fallback policy `error`).
+    fallback policy `error`), UnknownBackendError (`backend` is not a registry name or a backend object).
+    The pipeline then runs one call at a time: a second thread entering it during a call gets
+    ConcurrentCallError (use one pipeline per thread).
     """
+    check_backend_argument(backend)
     loaded = _embedded_plan(pipe) if plan is None else load_plan(plan)
     models = check_structure(pipe, loaded)
     served, fallbacks = _serving_backends(loaded, backend, models)

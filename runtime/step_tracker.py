@@ -1,18 +1,30 @@
-"""Which denoising step (and CFG branch) each transformer forward belongs to.
+"""Which denoising step (and CFG branch) each transformer forward belongs to, and which thread owns the call.
 
 Source of truth: the pipeline's scheduler. Every diffusers pipeline call runs `scheduler.set_timesteps`, which
-makes a new `scheduler.timesteps` tensor: a forward that sees a new tensor starts a new pipeline call, and all
-per-call state is reset right there (diffusers only resets hooks at the end of a call, and not at all if it
-raised). The step is `scheduler.step_index` (None during step 0, then i; shared by the cond and uncond passes,
-continuous across Wan2.2's expert switch), cross-checked against `pipe._current_timestep` so a loop that drifts
-from the scheduler fails loudly instead of silently misaligning.
+makes a new `scheduler.timesteps` tensor: a forward that sees a new tensor (or the first forward after the
+pipeline's `__call__` was entered, see `enter_call`) starts a new pipeline call, and all per-call state is reset
+right there (diffusers only resets hooks at the end of a call, and not at all if it raised). The step is
+`scheduler.step_index` (i; shared by the cond and uncond passes, continuous across Wan2.2's expert switch),
+cross-checked against `pipe._current_timestep` so a loop that drifts from the scheduler fails loudly instead of
+silently misaligning.
+
+A plan's step i is step i of the scheduler's full schedule (`num_inference_steps` steps). A call that starts
+later in that schedule (video-to-video with strength < 1 runs only its last steps, without `set_begin_index`)
+starts at the step whose timestep the pipeline runs first: `step_index` is None until the first
+`scheduler.step`, and then the step is where that timestep sits in the schedule, as the scheduler itself
+finds it.
+
+Per-call state belongs to one call in one thread: `enter_call`/`exit_call` (the pipeline's `__call__`, wrapped
+by runtime/install.py) make the calling thread the owner for the whole call, and refuse another thread's
+entry, or another thread's transformer forward, while it runs.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
-from runtime.errors import PlanMismatchError, StepCountError
+from runtime.errors import ConcurrentCallError, PlanMismatchError, StepCountError
 
 COND, UNCOND = "cond", "uncond"
 
@@ -39,16 +51,56 @@ class StepTracker:
         self._values: list[float] = []
         self._last_step = -1
         self._forwards_in_step = 0
+        self._owner_lock = threading.Lock()
+        self._owner: threading.Thread | None = None  # the thread running a call of the pipeline (None: no call)
+        self._depth = 0  # nested entries of the owner thread (a pipeline calling itself)
+        self._fresh_call = False  # __call__ entered: the next forward starts a call, whatever its timesteps
+
+    def enter_call(self) -> None:
+        """The pipeline's `__call__` was entered in this thread: own the call, or refuse if another thread does."""
+        me = threading.current_thread()
+        with self._owner_lock:
+            owner = self._owner
+            if owner is not None and owner is not me:
+                raise ConcurrentCallError(_concurrent_message(owner, "called the pipeline"))
+            self._owner = me
+            self._depth += 1
+            if self._depth == 1:
+                self._fresh_call = True
+
+    def exit_call(self) -> None:
+        with self._owner_lock:
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+
+    def check_thread(self) -> None:
+        """Refuse a transformer forward from another thread while a call of the pipeline runs (before the
+        component hook changes anything)."""
+        owner = self._owner
+        if owner is not None and owner is not threading.current_thread():
+            raise ConcurrentCallError(_concurrent_message(owner, "ran its transformer"))
+
+    def check_unload(self) -> None:
+        """Refuse to unload from another thread while a call runs (its remaining forwards would run stock)."""
+        owner = self._owner
+        if owner is not None and owner is not threading.current_thread():
+            raise ConcurrentCallError(_concurrent_message(owner, "tried to unload the plan"))
+
+    def foreign_thread(self) -> bool:
+        """Whether a call of the pipeline runs in another thread than this one."""
+        owner = self._owner
+        return owner is not None and owner is not threading.current_thread()
 
     def begin_forward(self, component: str) -> int:
         """Called by a component hook before each transformer forward; returns the step. Raises on misalignment."""
         scheduler = self.pipe.scheduler
         timesteps = scheduler.timesteps
-        if timesteps is not self._timesteps:
+        if timesteps is not self._timesteps or self._fresh_call:
             self._begin_call(timesteps)
         step = scheduler.step_index
         if step is None:  # before the first scheduler.step of the call
-            step = getattr(scheduler, "begin_index", None) or 0
+            step = self._first_step(scheduler)
         self._check_timestep(step)
         if step == self._last_step:
             self._forwards_in_step += 1
@@ -73,12 +125,50 @@ class StepTracker:
             raise StepCountError(
                 f"the pipeline was called with {steps} denoising steps, expected {self.num_steps}: call it with "
                 f"num_inference_steps={self.num_steps}, {self.fix_hint.format(steps=steps)}"
+                + self._partial_schedule_note(timesteps)
             )
         self._timesteps = timesteps
         self._values = [float(v) for v in timesteps.tolist()]  # one device sync per pipeline call
+        self._fresh_call = False
         self._last_step = -1
         self._forwards_in_step = 0
         self.pipeline_calls += 1
+
+    def _first_step(self, scheduler: Any) -> int:
+        """The step of the call's first forward, before `scheduler.step` has set `step_index`."""
+        begin = getattr(scheduler, "begin_index", None)
+        if begin is not None:  # set_begin_index (WanPipeline: 0)
+            return begin
+        current = getattr(self.pipe, "_current_timestep", None)
+        if current is None:
+            return 0
+        value = float(current)
+        found = [i for i, v in enumerate(self._values) if v == value]
+        if not found:
+            raise PlanMismatchError(
+                f"step tracking lost: the pipeline's current timestep {value:g} is not in its scheduler's "
+                f"{len(self._values)}-step schedule, so plan rows cannot be matched to steps"
+            )
+        # diffusers' schedulers (index_for_timestep) take the second of two equal timesteps, so that starting in
+        # the middle of the schedule does not skip a sigma; follow them.
+        return found[1] if len(found) > 1 else found[0]
+
+    def _partial_schedule_note(self, timesteps: Any) -> str:
+        """For a call that starts mid-schedule (strength < 1): how a plan's steps map, and what to pass."""
+        current = getattr(self.pipe, "_current_timestep", None)
+        if current is None:
+            return ""
+        values = [float(v) for v in timesteps.tolist()]
+        value = float(current)
+        if value not in values or values.index(value) == 0:
+            return ""
+        start = values.index(value)
+        return (
+            f". This call starts at step {start} of its {len(values)}-step schedule (strength < 1 runs only the "
+            f"last {len(values) - start} steps): a plan's steps are the scheduler's full schedule, not the steps "
+            "run, so keep num_inference_steps equal to the plan's and let strength choose where the call starts "
+            "(the steps it skips show as not run in the report)"
+        )
 
     def _check_timestep(self, step: int) -> None:
         if not 0 <= step < len(self._values):
@@ -98,3 +188,11 @@ class StepTracker:
         """Per step, the component(s) that served it ("a+b" if both did), None for a step never run."""
         steps = self.num_steps if self.num_steps is not None else (max(self.observed, default=-1) + 1)
         return ["+".join(self.observed[s]) if s in self.observed else None for s in range(steps)]
+
+
+def _concurrent_message(owner: threading.Thread, what: str) -> str:
+    return (
+        f"this pipeline is already running a call in thread {owner.name!r}; qcompile's plan state belongs to one "
+        "call at a time: use one pipeline per thread (each with its own runtime.load), or wait for that call to "
+        f"end (refused: thread {threading.current_thread().name!r} {what} while it runs)"
+    )

@@ -1,7 +1,8 @@
 """Offline tiny Wan pipelines with random weights, shaped like the real families (same components, layer counts
 and attention kinds; small widths from the family's `tiny` variant, head dim 64 so the FP8 path runs).
 
-Nothing is downloaded: the text side is an in-memory Unigram T5 tokenizer and a tiny random T5 encoder.
+Nothing is downloaded: the text side is an in-memory Unigram T5 tokenizer and a tiny random T5 encoder; Wan2.1
+I2V's image side is a tiny random CLIP vision encoder with a CLIPImageProcessor built in code.
 `save_tiny_pipeline` / `load_tiny_pipeline` round-trip one through a folder with `from_pretrained`.
 """
 
@@ -24,6 +25,13 @@ FFN_DIM = 32
 HEIGHT = WIDTH = 16
 NUM_FRAMES = 9
 LATENT_CHANNELS = 16
+# Wan2.1 I2V's attention processor splits cross-attention context at a hard-coded 512 text tokens (diffusers
+# WanAttnProcessor: "512 is the context length of the text encoder"), so its tiny pipeline runs 512 text tokens.
+WAN21_I2V_TEXT_TOKENS = 512
+# The tiny CLIP vision tower: 32x32 input, 16x16 patches -> 4 patch tokens + 1 class token = 5 image tokens.
+IMAGE_DIM = 32
+IMAGE_SIZE = 32
+IMAGE_PATCH = 16
 
 
 @dataclass(frozen=True)
@@ -69,7 +77,24 @@ def _vae():
     ).eval()
 
 
-def _transformer(num_layers: int, num_heads: int, head_dim: int, in_channels: int):
+def _image_encoder():
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    config = CLIPVisionConfig(hidden_size=IMAGE_DIM, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=IMAGE_SIZE, patch_size=IMAGE_PATCH)
+    return CLIPVisionModel(config).eval()
+
+
+def _image_processor():
+    try:  # transformers >= 5 warns that CLIPImageProcessor without torchvision falls back to this one
+        from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+    except ImportError:
+        from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+
+
+def _transformer(num_layers: int, num_heads: int, head_dim: int, in_channels: int, image_dim: int | None = None):
     from diffusers import WanTransformer3DModel
 
     return WanTransformer3DModel(
@@ -85,6 +110,9 @@ def _transformer(num_layers: int, num_heads: int, head_dim: int, in_channels: in
         cross_attn_norm=True,
         qk_norm="rms_norm_across_heads",
         rope_max_seq_len=32,
+        # Wan2.1 I2V: CLIP image tokens enter cross-attention through their own K/V projections of width dim.
+        image_dim=image_dim,
+        added_kv_proj_dim=num_heads * head_dim if image_dim is not None else None,
     ).eval()
 
 
@@ -108,9 +136,8 @@ def build_tiny_pipeline(family_name: str, *, seed: int = 0, family: Family | Non
     image_to_video = family.pipeline_class == "WanImageToVideoPipeline"
     if family.pipeline_class not in ("WanPipeline", "WanImageToVideoPipeline"):
         raise ValueError(f"no tiny builder for pipeline class {family.pipeline_class} (family {family.name})")
-    if image_to_video and family.boundary_ratio is None:
-        # Wan2.1 I2V needs a CLIP image encoder and 512 text tokens (the processor hard-codes 512).
-        raise ValueError(f"no tiny builder for {family.name}: Wan2.1-style I2V needs a CLIP image encoder")
+    # Wan2.1 I2V (one expert) conditions on CLIP image tokens too; Wan2.2 I2V has no image encoder.
+    clip_image = image_to_video and family.boundary_ratio is None
     torch.manual_seed(seed)
     tokenizer = _tokenizer()
     text_encoder = _text_encoder(len(tokenizer))
@@ -119,7 +146,9 @@ def build_tiny_pipeline(family_name: str, *, seed: int = 0, family: Family | Non
     in_channels = LATENT_CHANNELS + (LATENT_CHANNELS + 4 if image_to_video else 0)
     models = {
         # a Wan transformer has one block list
-        c.name: _transformer(c.block_lists[0].length, c.num_heads, c.head_dim, in_channels) for c in family.components
+        c.name: _transformer(c.block_lists[0].length, c.num_heads, c.head_dim, in_channels,
+                             IMAGE_DIM if clip_image else None)
+        for c in family.components
     }
     scheduler = UniPCMultistepScheduler(
         prediction_type="flow_prediction",
@@ -137,18 +166,40 @@ def build_tiny_pipeline(family_name: str, *, seed: int = 0, family: Family | Non
         boundary_ratio=family.boundary_ratio,
     )
     if image_to_video:
-        pipe = WanImageToVideoPipeline(image_encoder=None, image_processor=None, **common)
+        pipe = WanImageToVideoPipeline(image_encoder=_image_encoder() if clip_image else None,
+                                       image_processor=_image_processor() if clip_image else None, **common)
     else:
         pipe = WanPipeline(expand_timesteps=is_ti2v_style(family), **common)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def tiny_inputs(pipe, *, num_inference_steps: int = 4, guidance_scale: float = 5.0, seed: int = 0, **extra: Any) -> dict:
-    """Call arguments for a tiny pipeline: 16x16, 9 frames, 16 text tokens, latent output, seeded."""
-    from diffusers import WanImageToVideoPipeline
+def text_tokens(pipe) -> int:
+    """Text tokens of a tiny pipeline's calls: 16, or 512 where a CLIP image encoder makes Wan2.1 I2V split at 512."""
+    return WAN21_I2V_TEXT_TOKENS if getattr(pipe, "image_encoder", None) is not None else TEXT_TOKENS
 
-    prompt_embeds, negative_prompt_embeds = encode_prompts(pipe, "a red cube on a table", "blurry")
+
+def build_tiny_video_to_video_pipeline(family_name: str = "wan2.1-t2v-1.3b", *, seed: int = 0):
+    """diffusers' WanVideoToVideoPipeline over the tiny text-to-video pipeline's components (it takes a video
+    and `strength`; strength < 1 runs only the last steps of the schedule)."""
+    from diffusers import WanVideoToVideoPipeline
+
+    base = build_tiny_pipeline(family_name, seed=seed)
+    if base.transformer_2 is not None or base.config.expand_timesteps:
+        raise ValueError(f"no tiny video-to-video builder for {family_name}: WanVideoToVideoPipeline runs one "
+                         "transformer with one timestep per frame")
+    pipe = WanVideoToVideoPipeline(tokenizer=base.tokenizer, text_encoder=base.text_encoder,
+                                   transformer=base.transformer, vae=base.vae, scheduler=base.scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_inputs(pipe, *, num_inference_steps: int = 4, guidance_scale: float = 5.0, seed: int = 0, **extra: Any) -> dict:
+    """Call arguments for a tiny pipeline: 16x16, 9 frames, 16 text tokens (512 for Wan2.1 I2V), latent output."""
+    from diffusers import WanImageToVideoPipeline, WanVideoToVideoPipeline
+
+    tokens = text_tokens(pipe)
+    prompt_embeds, negative_prompt_embeds = encode_prompts(pipe, "a red cube on a table", "blurry", tokens)
     kwargs: dict[str, Any] = dict(
         prompt_embeds=prompt_embeds,
         negative_prompt_embeds=negative_prompt_embeds,
@@ -158,18 +209,23 @@ def tiny_inputs(pipe, *, num_inference_steps: int = 4, guidance_scale: float = 5
         num_inference_steps=num_inference_steps,
         guidance_scale=guidance_scale,
         generator=torch.Generator("cpu").manual_seed(seed),
-        max_sequence_length=TEXT_TOKENS,
+        max_sequence_length=tokens,
         output_type="latent",
     )
     if isinstance(pipe, WanImageToVideoPipeline):
         from PIL import Image
 
         kwargs["image"] = Image.new("RGB", (WIDTH, HEIGHT), (120, 60, 200))
+    if isinstance(pipe, WanVideoToVideoPipeline):
+        from PIL import Image
+
+        del kwargs["num_frames"]  # the input video sets it
+        kwargs["video"] = [Image.new("RGB", (WIDTH, HEIGHT), (120, 60, 200 - 10 * i)) for i in range(NUM_FRAMES)]
     kwargs.update(extra)
     return kwargs
 
 
-def encode_prompts(pipe, prompt: str, negative_prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_prompts(pipe, prompt: str, negative_prompt: str, max_length: int = TEXT_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
     """T5 embeddings as diffusers' Wan pipelines make them (padding tokens zeroed), without its text cleaning.
 
     diffusers 0.42.1's I2V pipeline calls `ftfy` unconditionally when given a prompt string; passing
@@ -178,7 +234,7 @@ def encode_prompts(pipe, prompt: str, negative_prompt: str) -> tuple[torch.Tenso
     embeds = []
     for text in (prompt, negative_prompt):
         tokens = pipe.tokenizer(
-            [text], padding="max_length", max_length=TEXT_TOKENS, truncation=True, add_special_tokens=True,
+            [text], padding="max_length", max_length=max_length, truncation=True, add_special_tokens=True,
             return_attention_mask=True, return_tensors="pt",
         )
         mask = tokens.attention_mask

@@ -1,5 +1,5 @@
-"""`qcompile calibrate --pipeline tiny|PATH --family F --steps N -o sensitivity.json`: measure how much FP8
-changes every (component, kind, step, layer) in shadow mode. See docs/report-and-calibrate.md."""
+"""`qcompile calibrate --pipeline tiny|PATH --family F --steps N -o sensitivity.json`: measure how much the
+quantized format (--dtype: FP8, MX or INT8) changes every (component, kind, step, layer) in shadow mode. See docs/report-and-calibrate.md."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from qcompiler.cli.common import needs_runtime_extra
 from qcompiler.cli.run_options import check_frame_sizes, pipeline_options
 from qcompiler.families import get_family
 from qcompiler.numerics import (
@@ -66,7 +67,7 @@ def command(family: str, steps: int, prompts_file: str | None, seeds: str, dtype
             rotation_seed: int, k_mean_subtraction: bool | None, v_rotation: bool | None, scale_scope: str | None,
             output: str, pipeline: str, backend: str, height: int, width: int, num_frames: int,
             guidance_scale: float, no_progress: bool) -> None:
-    """Measure per-(step, layer) FP8 error in shadow mode and write a sensitivity file for `qcompile suggest`."""
+    """Measure per-(step, layer) error of the --dtype format in shadow mode and write a sensitivity file for `qcompile suggest`."""
     check_frame_sizes(height, width, num_frames)
     int8_only = {"v_rotation": v_rotation, "scale_scope": scale_scope}
     if dtype != INT8_DTYPE and any(value is not None for value in int8_only.values()):
@@ -76,18 +77,19 @@ def command(family: str, steps: int, prompts_file: str | None, seeds: str, dtype
     seed_list = _parse_seeds(seeds)
     prompts = _read_prompts(prompts_file)
     get_family(family)
-    from runtime.numerics import Numerics
-    from runtime.quality.calibrate import CalibrateOptions, calibrate, sensitivity_json
-    from runtime.quality.pipelines import DEFAULT_PROMPT, FrameSettings
+    with needs_runtime_extra("calibrate"):
+        from runtime.numerics import Numerics
+        from runtime.quality.calibrate import CalibrateOptions, calibrate, sensitivity_json
+        from runtime.quality.pipelines import DEFAULT_PROMPT, FrameSettings
 
-    options = CalibrateOptions(
-        family=family, steps=steps, pipeline=pipeline, seeds=seed_list, prompts=prompts or (DEFAULT_PROMPT,),
-        backend=backend,
-        numerics=Numerics.for_dtype(dtype, **{key: value for key, value in given.items() if value is not None}),
-        frames=FrameSettings(height=height, width=width, num_frames=num_frames, guidance_scale=guidance_scale),
-        progress=not no_progress,
-    )
-    data = calibrate(options)
+        options = CalibrateOptions(
+            family=family, steps=steps, pipeline=pipeline, seeds=seed_list, prompts=prompts or (DEFAULT_PROMPT,),
+            backend=backend,
+            numerics=Numerics.for_dtype(dtype, **{key: value for key, value in given.items() if value is not None}),
+            frames=FrameSettings(height=height, width=width, num_frames=num_frames, guidance_scale=guidance_scale),
+            progress=not no_progress,
+        )
+        data = calibrate(options)
     write_text_atomically(output, sensitivity_json(data))
     cells = data["cells"]
     worst = min(cells, key=lambda c: c["cos_sim"]["worst"]) if cells else None

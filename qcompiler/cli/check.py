@@ -1,7 +1,9 @@
 """`qcompile check RECIPE...`: recompile recipes and fail when a committed plan is stale or missing.
 
 The committed plan of `recipes/x.yaml` is `recipes/x.plan.json` unless `--plan` names it. Plans compare by
-content_sha256 (the meaning), so a new qcompile version that compiles the same tables is not "stale".
+content_sha256 (the meaning), so a new qcompile version that compiles the same tables is not "stale". A plan
+compiled for a variant (`--variant tiny`) is checked against the recipe compiled for that variant, which the plan
+records (family.variant).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from qcompiler.cli.diagnostics_format import format_text
 from qcompiler.cli.lint import expand_recipe_paths
 from qcompiler.compile.compiler import compile_path
 from qcompiler.errors import PlanError
-from qcompiler.plan.format import PLAN_FORMAT, Plan, load_plan, write_plan
+from qcompiler.plan.format import PLAN_FORMAT, load_plan, write_plan
 
 
 def committed_plan_path(recipe: str) -> Path:
@@ -22,11 +24,10 @@ def committed_plan_path(recipe: str) -> Path:
     return path.with_name(path.stem + ".plan.json")
 
 
-def _refresh_command(recipe: str, target: Path, committed: Plan, fresh: Plan) -> str:
-    """The compile that remakes `committed` in the current format: the same recipe, variant and step count."""
-    variant = f" --variant {committed.variant}" if committed.variant else ""
-    steps = f" --steps {committed.num_inference_steps}" if committed.num_inference_steps != fresh.num_inference_steps else ""
-    return f"qcompile {recipe}{variant}{steps} -o {target}"
+def _recipe_steps(recipe: str) -> int | None:
+    """The recipe's own num_inference_steps (None when it does not compile)."""
+    plan = compile_path(recipe, build_plan=True).plan
+    return plan.num_inference_steps if plan is not None else None
 
 
 @click.command(name="check")
@@ -43,27 +44,31 @@ def command(recipes: tuple[str, ...], plan_path: str | None, write: bool) -> Non
     problems = 0
     for recipe in paths:
         target = Path(plan_path) if plan_path else committed_plan_path(recipe)
-        result = compile_path(recipe)
+        committed, unreadable = None, None
+        try:
+            committed = load_plan(target)
+        except PlanError as exc:
+            unreadable = str(exc)
+        variant = committed.variant if committed is not None else None
+        # a format-1 plan is refreshed for the compile it was made with: its variant and its step count
+        old_format = committed is not None and committed.plan_format < PLAN_FORMAT
+        steps = committed.num_inference_steps if old_format else None
+        result = compile_path(recipe, variant=variant, steps=steps)
         if result.errors or result.plan is None:
             click.echo(format_text(result.diagnostics), err=True, nl=False)
-            click.echo(f"{recipe}: does not compile", err=True)
+            click.echo(f"{recipe}: does not compile{f' (variant {variant})' if variant else ''}", err=True)
             problems += 1
             continue
         fresh = result.plan
-        refresh = f"qcompile {recipe} -o {target}"
-        try:
-            committed = load_plan(target)
-            stale_reason = None if committed.content_hash == fresh.content_hash else "differs from what the recipe compiles to now"
-            if committed.plan_format < PLAN_FORMAT:
-                # same meaning, older layout: it still loads and runs; refresh it for the compile it was made with
-                stale_reason = (f"is a format-{committed.plan_format} plan (this qcompile writes format {PLAN_FORMAT}; "
-                                "format-1 plans still load, show, export and run as before)")
-                refresh = _refresh_command(recipe, target, committed, fresh)
-                if write:
-                    again = compile_path(recipe, steps=committed.num_inference_steps, variant=committed.variant)
-                    fresh = again.plan if again.plan is not None and not again.errors else fresh
-        except PlanError as exc:
-            stale_reason = str(exc)
+        if committed is None:
+            stale_reason = unreadable
+        elif old_format:
+            stale_reason = (f"is a format-{committed.plan_format} plan (this qcompile writes format {PLAN_FORMAT}; "
+                            "format-1 plans still load, show, export and run as before)")
+        elif committed.content_hash != fresh.content_hash:
+            stale_reason = "differs from what the recipe compiles to now"
+        else:
+            stale_reason = None
         if stale_reason is None:
             click.echo(f"{recipe}: {target} is up to date")
             continue
@@ -72,6 +77,9 @@ def command(recipes: tuple[str, ...], plan_path: str | None, write: bool) -> Non
             click.echo(f"{recipe}: wrote {target}")
             continue
         problems += 1
-        click.echo(f"{recipe}: {target} is stale: {stale_reason}\n  fix: {refresh}", err=True)
+        variant_option = f" --variant {variant}" if variant else ""
+        steps_option = f" --steps {steps}" if steps is not None and steps != _recipe_steps(recipe) else ""
+        click.echo(f"{recipe}: {target} is stale: {stale_reason}\n  fix: qcompile {recipe}{variant_option}{steps_option} "
+                   f"-o {target}", err=True)
     if problems:
         raise SystemExit(1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
@@ -15,6 +17,24 @@ from qcompiler.plan.format import Plan, load_plan
 def fail(message: str, code: int = 1) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     raise SystemExit(code)
+
+
+# Top-level modules of the `runtime` extra (pyproject.toml); PIL is pillow's import name.
+RUNTIME_EXTRA_MODULES = ("torch", "diffusers", "transformers", "sentencepiece", "PIL", "tqdm", "accelerate")
+
+
+@contextmanager
+def needs_runtime_extra(command: str) -> Iterator[None]:
+    """Run a command body that imports torch and the runtime; without the `runtime` extra (`pip install .`
+    alone) say what to install instead of a ModuleNotFoundError traceback."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in RUNTIME_EXTRA_MODULES:
+            raise
+        fail(f"`qcompile {command}` runs a diffusers pipeline and needs the runtime extra, which is not installed "
+             f"(no module named {exc.name!r}). From the qcompile checkout: pip install torch==2.13.0 (or your "
+             "accelerator's torch build) && pip install '.[runtime]' (docs/install.md)")
 
 
 def load_plan_or_recipe(path: str, *, steps: int | None = None, variant: str | None = None) -> Plan:

@@ -6,6 +6,7 @@ import click
 
 from qcompiler.cli.diagnostics_format import FORMATS, format_diagnostics
 from qcompiler.compile.compiler import compile_path
+from qcompiler.numerics import quantized_name
 from qcompiler.plan.format import write_plan
 from qcompiler.stats import plan_cost
 
@@ -37,4 +38,4 @@ def command(recipe: str, output: str, steps: int | None, variant: str | None, st
     click.echo(
         f"wrote {output}: {plan.family_name}{' (' + plan.variant + ')' if plan.variant else ''}, "
         f"{plan.num_inference_steps} steps, {cost.call_share:.1%} of attention calls and {cost.flop_share:.1%} "
-        f"of attention FLOPs on FP8; content sha256 {plan.content_hash[:12]}", err=True)
+        f"of attention FLOPs on {quantized_name(plan.data['dtype'])}; content sha256 {plan.content_hash[:12]}", err=True)

@@ -22,8 +22,9 @@ FORMATS = {
               help="If the plan is not expressible, emit the largest setting that never quantizes a cell the "
                    "plan keeps native, and report how many quantized cells it gives up.")
 @click.option("--routing", type=click.Choice(ROUTINGS), default=PINNED, show_default=True,
-              help="pinned: write/state the flow_shift and boundary_ratio the plan's expert schedule assumes; "
-                   "any: assume nothing, every row of every expert is reachable.")
+              help="pinned: write/state the flow_shift and boundary_ratio the plan's expert schedule assumes "
+                   "(xdit: --flow_shift only when the result depends on routing); any: assume nothing, every row "
+                   "of every expert is reachable.")
 @click.option("--format", "output_format", default=None,
               help="vllm-omni: flags|yaml|both (default both); mindiesd: python|json|both (default both); "
                    "xdit: flags.")

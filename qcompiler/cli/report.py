@@ -1,5 +1,5 @@
-"""`qcompile report PLAN --pipeline tiny|PATH -o OUTDIR`: per-call FP8 error, end-to-end PSNR/SSIM, FP8 share
-and an estimated attention-time saving, as JSON, markdown and PNG heatmaps. See docs/report-and-calibrate.md.
+"""`qcompile report PLAN --pipeline tiny|PATH -o OUTDIR`: per-call error of the quantized (FP8, MX or INT8) calls,
+end-to-end PSNR/SSIM, quantized share and an estimated attention-time saving, as JSON, markdown and PNG heatmaps. See docs/report-and-calibrate.md.
 """
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ from pathlib import Path
 
 import click
 
-from qcompiler.cli.common import load_plan_or_recipe
+from qcompiler.cli.common import load_plan_or_recipe, needs_runtime_extra
 from qcompiler.cli.run_options import check_frame_sizes, pipeline_options
+from qcompiler.numerics import DEFAULT_DTYPE, quantized_name, speed_factor
 
-# The seed's NPU measurement (flash attention 6.81 s -> 5.43 s); runtime.quality.report has the same constant,
-# repeated here so `--help` needs no torch import. A test keeps the two equal.
-DEFAULT_THROUGHPUT_RATIO = 0.797
+# FP8's measured speed factor (qcompiler/numerics.py), the default for FP8 plans.
+DEFAULT_THROUGHPUT_RATIO = speed_factor(DEFAULT_DTYPE)
 
 
 @click.command(name="report")
@@ -22,12 +22,13 @@ DEFAULT_THROUGHPUT_RATIO = 0.797
               help="Folder for report.json, report.md and the PNG heatmaps (created if missing).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Generator seed of both runs.")
 @click.option("--prompt", default="a red cube on a table", show_default=True, help="Prompt of both runs.")
-@click.option("--throughput-ratio", type=click.FloatRange(min=0.0, min_open=True), default=DEFAULT_THROUGHPUT_RATIO,
-              show_default=True,
-              help="FP8 attention time / BF16 attention time on the target, for the ESTIMATED saving. Default from "
-                   "the seed's NPU measurement (6.81 s -> 5.43 s).")
+@click.option("--throughput-ratio", type=click.FloatRange(min=0.0, min_open=True), default=None,
+              help="Quantized attention time / BF16 attention time on the target, for the ESTIMATED saving. Default: "
+                   f"the plan dtype's measured factor in qcompiler/numerics.py ({DEFAULT_THROUGHPUT_RATIO} for "
+                   "fp8_e4m3_per_block, from the seed's NPU measurement 6.81 s -> 5.43 s); MX and INT8 have none "
+                   "measured, so their reports give no estimate unless this is set.")
 @pipeline_options
-def command(plan_path: str, outdir: str, seed: int, prompt: str, throughput_ratio: float, pipeline: str, backend: str,
+def command(plan_path: str, outdir: str, seed: int, prompt: str, throughput_ratio: float | None, pipeline: str, backend: str,
             height: int, width: int, num_frames: int, guidance_scale: float, no_progress: bool) -> None:
     """Run PLAN against native (same seed) and write what it costs in quality and what it should save.
 
@@ -35,19 +36,25 @@ def command(plan_path: str, outdir: str, seed: int, prompt: str, throughput_rati
     """
     check_frame_sizes(height, width, num_frames)
     plan = load_plan_or_recipe(plan_path, variant="tiny" if pipeline == "tiny" else None)
-    from runtime.quality.pipelines import FrameSettings
-    from runtime.quality.report import ReportOptions, build_report, write_report
+    with needs_runtime_extra("report"):
+        from runtime.quality.pipelines import FrameSettings
+        from runtime.quality.report import ReportOptions, build_report, write_report
 
-    options = ReportOptions(
-        pipeline=pipeline, seed=seed, prompt=prompt, backend=backend, throughput_ratio=throughput_ratio,
-        frames=FrameSettings(height=height, width=width, num_frames=num_frames, guidance_scale=guidance_scale),
-        progress=not no_progress,
-    )
-    report = write_report(build_report(plan, options), plan, Path(outdir))
+        options = ReportOptions(
+            pipeline=pipeline, seed=seed, prompt=prompt, backend=backend, throughput_ratio=throughput_ratio,
+            frames=FrameSettings(height=height, width=width, num_frames=num_frames, guidance_scale=guidance_scale),
+            progress=not no_progress,
+        )
+        report = write_report(build_report(plan, options), plan, Path(outdir))
     summary = report["summary"]
     e2e = summary["end_to_end"]
     errors = summary["per_call_error"]
-    worst = f"worst FP8 call cos-sim {errors['cos_sim']['worst']:.6f}" if errors else "no FP8 call"
+    quantized = quantized_name(plan.data["dtype"])
+    worst = f"worst {quantized} call cos-sim {errors['cos_sim']['worst']:.6f}" if errors else f"no {quantized} call"
+    estimate = summary["estimate"]
+    saved = (f"estimated attention time saved on the target: {estimate['attention_time_saved']:.1%} (estimate)"
+             if estimate["attention_time_saved"] is not None
+             else f"no time-saved estimate: {estimate['throughput_ratio_source']} (give --throughput-ratio)")
     if e2e["identical"]:
         psnr = "frames bit-identical to native"
     elif e2e["psnr_db"] >= e2e["psnr_cap_db"]:
@@ -56,6 +63,5 @@ def command(plan_path: str, outdir: str, seed: int, prompt: str, throughput_rati
         psnr = f"PSNR {e2e['psnr_db']:.2f} dB, SSIM {e2e['ssim']:.4f}"
     click.echo(
         f"wrote {Path(outdir) / 'report.json'}, report.md and {len(report['files']['heatmaps'])} PNGs: "
-        f"{summary['calls']['share']:.1%} of attention calls on FP8; {worst}; {psnr}; "
-        f"estimated attention time saved on the target: {summary['estimate']['attention_time_saved']:.1%} (estimate)"
+        f"{summary['calls']['share']:.1%} of attention calls on {quantized}; {worst}; {psnr}; {saved}"
     )

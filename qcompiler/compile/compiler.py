@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from qcompiler import __version__
+from qcompiler.backend_table import no_backend_reason, rotates, serving_backends
 from qcompiler.compile.resolve import RuleSelection, predict_expert_schedule, resolve_tables
 from qcompiler.errors import Diagnostic, FamilyError, RecipeError, close_matches
 from qcompiler.families import Family, get_family
-from qcompiler.numerics import INT8_DTYPE, INT8_ONLY_NUMERICS, PV_PRECISION_DTYPES, plan_numerics
+from qcompiler.numerics import DTYPE_NAMES, INT8_DTYPE, INT8_ONLY_NUMERICS, PV_PRECISION_DTYPES, plan_numerics
 from qcompiler.plan.format import PLAN_FORMAT, Plan, content_sha256
 from qcompiler.plan.io import sha256
 from qcompiler.recipe.schema import schema_diagnostics
@@ -95,6 +96,7 @@ def _compile_document(doc: SourceDocument, recipe_sha: str, steps: int | None, v
     if not any(any(masks) for masks in resolution.masks.values()):
         findings.append(Diagnostic(doc.path, 0, 0, "warning", "QC202", "the plan runs no attention call in FP8",
                                    "set `default: fp8` or add a rule with `precision: fp8`"))
+    _check_head_dims(doc, family, resolution.masks, findings)
     if not build_plan:
         return CompileResult(None, findings)
     plan_data = _plan_data(doc, data, family, num_steps, recipe_sha, resolution)
@@ -251,6 +253,30 @@ def _check_dtype_numerics(doc: SourceDocument, findings: list[Diagnostic]) -> No
         "its quantized cells follow `fallback`, and no export target (vllm-omni, MindIE-SD, xDiT) runs it",
         "deploy on 910B/910C with runtime.load, or use dtype fp8_e4m3_per_block for Ascend 950",
     ))
+
+
+def _check_head_dims(doc: SourceDocument, family: Family, masks: dict[tuple[str, str], tuple[int, ...]],
+                     findings: list[Diagnostic]) -> None:
+    """QC153: a component with quantized cells whose head dim no backend runs at the recipe's dtype
+    (qcompiler/backend_table.py): those cells can only ever follow `fallback`."""
+    data = doc.data
+    dtype, given = data["dtype"], data.get("numerics")
+    rotated = rotates(plan_numerics(dtype, given))
+    for component in family.components:
+        quantized = any(any(grid) for (name, _kind), grid in masks.items() if name == component.name)
+        why = no_backend_reason(dtype, component.head_dim, rotated) if quantized else None
+        if why is None:
+            continue
+        others = [d for d in DTYPE_NAMES if d != dtype
+                  and serving_backends(d, component.head_dim, rotates(plan_numerics(d, given)))]
+        mark = doc.mark_for(("family",))
+        findings.append(Diagnostic(
+            doc.path, mark.line, mark.column, "warning", "QC153",
+            f"{family.display_name} {component.name} has head dim {component.head_dim}: {why}; its quantized "
+            f"cells can only follow `fallback` ({data['fallback']})",
+            f"use dtype {' or '.join(others)}, which a backend runs at head dim {component.head_dim}" if others else
+            f"no dtype runs at head dim {component.head_dim}: use `precision: native` for {component.name}",
+        ))
 
 
 def _plan_data(doc: SourceDocument, data: dict, family: Family, num_steps: int, recipe_sha: str, resolution) -> dict:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from itertools import groupby
 
 from qcompiler.errors import QcompileError
+from qcompiler.numerics import quantized_name
 from qcompiler.ranges import format_ranges
 from qcompiler.suggest.sensitivity import CellKey, CellSensitivity, Sensitivity, SensitivityError
 
@@ -453,15 +454,16 @@ def _render(sensitivity: Sensitivity, budget: Budget, source_name: str, fallback
     measured = sensitivity.measured
     numerics = sensitivity.numerics
     variant = f" --variant {sensitivity.variant}" if sensitivity.variant else ""
-    worst = (f"worst FP8 call: cos-sim {worst_cos:.6f}, rel-L1 {worst_rel:.4g}" if worst_cos is not None
-             else "no FP8 cell")
+    quantized = quantized_name(sensitivity.dtype)
+    worst = (f"worst {quantized} call: cos-sim {worst_cos:.6f}, rel-L1 {worst_rel:.4g}" if worst_cos is not None
+             else f"no {quantized} cell")
     lines = [
         f"# yaml-language-server: $schema={schema_ref}",
         f"# Written by `qcompile suggest {source_name} {budget.flag()}`: {budget.describe()}.",
         f"# Measured on {sensitivity.family_name}{' (' + sensitivity.variant + ' variant)' if sensitivity.variant else ''}"
         f" with {measured['backend']} on {measured['device']}, {measured['samples']} sample(s), "
         f"seeds {', '.join(str(s) for s in measured['seeds'])}.",
-        f"# Result: {fp8_count} of {measured_count} measured cells on FP8 ({share:.1%} of attention FLOPs); {worst}.",
+        f"# Result: {fp8_count} of {measured_count} measured cells on {quantized} ({share:.1%} of attention FLOPs); {worst}.",
         f"# Compile: qcompile THIS.yaml{variant} -o plan.json",
         "version: 1",
         f"family: {_yaml_string(sensitivity.family_name)}",

@@ -16,8 +16,10 @@ MindIE-SD's model (mindiesd 3.1.0 wheel, quantization/{config,quantize,utils,lay
   `blocks.N.attnK` module;
 - the online rotation seed is fixed at 1234.
 
-So the quantized sets it can express are (steps registered FP8/MXFP4) x (modules in fa_layers), one module set
-for both experts (one config, applied to each transformer), per-step precision. Pure data: never imports torch.
+`quantize` is called per transformer, each with its own OnlineQuantConfig, so the quantized sets it can express
+are, per expert, (steps registered FP8/MXFP4) x (modules in fa_layers), per-step precision. Every config names
+the transformers it applies to (the JSON's `components`), so no consumer can apply one expert's config alone
+and run the other expert's quantized steps native. Pure data: never imports torch.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import json
 from dataclasses import dataclass
 
 from qcompiler.plan.format import Plan
-from qcompiler.ranges import index_runs
+from qcompiler.ranges import format_ranges, index_runs
 from qcompiler.targets.cells import (
     PINNED,
     Cell,
@@ -69,14 +71,31 @@ MINDIESD_ROTATION_SEED = 1234  # ONLINE_FA_ROT_SEED in mindiesd/quantization/uti
 
 
 @dataclass(frozen=True)
-class MindieSdSettings:
-    """What to give MindIE-SD for one plan. `quantized` False: do not call mindiesd.quantize at all."""
+class ComponentConfig:
+    """One OnlineQuantConfig (with its own TimestepPolicyConfig), and the transformers `quantize` applies it to."""
 
-    quantized: bool
-    strategy: str  # the FA strategy of quantized steps: FP8 or MXFP4
+    components: tuple[str, ...]  # e.g. ("transformer",) or ("transformer", "transformer_2")
     fa_layers: tuple[str, ...]  # module names, e.g. "blocks.1.attn1"
     quantized_steps: tuple[int, ...]
-    components: tuple[str, ...]  # the transformers to call quantize on, e.g. ("transformer", "transformer_2")
+
+    def registrations(self) -> list[tuple[int, int]]:
+        """Inclusive runs of quantized steps: one `register(range(a, b + 1), strategy, target="fa")` each."""
+        return index_runs(self.quantized_steps)
+
+    def shape(self) -> str:
+        modules, steps = len(self.fa_layers), len(self.quantized_steps)
+        return (f"{modules} attention module{'s' if modules != 1 else ''} x {steps} step{'s' if steps != 1 else ''} "
+                f"({format_ranges(self.quantized_steps)})")
+
+
+@dataclass(frozen=True)
+class MindieSdSettings:
+    """What to give MindIE-SD for one plan: one config per group of transformers (`quantize(pipe.<name>,
+    online_config=...)` for each name of its group); a transformer in no group is not passed to quantize."""
+
+    strategy: str  # the FA strategy of quantized steps: FP8 or MXFP4
+    configs: tuple[ComponentConfig, ...]
+    components: tuple[str, ...]  # every transformer of the pipeline
     num_inference_steps: int
     family: str
     plan_sha256: str
@@ -87,37 +106,49 @@ class MindieSdSettings:
     notes: tuple[str, ...]
 
     @property
+    def quantized(self) -> bool:
+        return bool(self.configs)
+
+    @property
+    def native_components(self) -> tuple[str, ...]:
+        configured = {c for config in self.configs for c in config.components}
+        return tuple(c for c in self.components if c not in configured)
+
+    @property
     def given_up_cells(self) -> int:
         return self.planned_fp8_cells - self.fp8_cells
 
-    def registrations(self) -> list[tuple[int, int]]:
-        """Inclusive runs of quantized steps: one `register(range(a, b + 1), strategy, target="fa")` each."""
-        return index_runs(self.quantized_steps)
+    def config_of(self, component: str) -> ComponentConfig | None:
+        return next((config for config in self.configs if component in config.components), None)
 
     def to_dict(self) -> dict:
-        """The JSON form: OnlineQuantConfig keyword arguments and the TimestepPolicyConfig calls."""
-        data: dict = {
+        """The JSON form: per config, the transformers it applies to, the OnlineQuantConfig keyword arguments and
+        the TimestepPolicyConfig calls; `native_components` must not be passed to quantize."""
+        return {
             "mindiesd_version": MINDIESD_VERSION,
             "plan": {"sha256": self.plan_sha256, "family": self.family,
                      "num_inference_steps": self.num_inference_steps},
             "summary": self.summary_lines(),
+            "configs": [
+                {
+                    "components": list(config.components),
+                    "timestep_policy_config": {
+                        "init": {"fa_default_strategy": NATIVE_STRATEGY},
+                        "register": [{"step_range": list(range(a, b + 1)), "strategy": self.strategy, "target": "fa"}
+                                     for a, b in config.registrations()],
+                    },
+                    "online_quant_config": {
+                        "quant_type": LINEAR_QUANT_TYPE,
+                        "fa_quant_type": SWITCHING_FA_QUANT_TYPE,
+                        "fa_layers": list(config.fa_layers),
+                        "fallback_layers": {pattern: WEIGHTS_UNTOUCHED for pattern in FALLBACK_PATTERNS},
+                        "timestep_config": "timestep_policy_config",
+                    },
+                }
+                for config in self.configs
+            ],
+            "native_components": list(self.native_components),
         }
-        if not self.quantized:
-            data["online_quant_config"] = None
-            return data
-        data["timestep_policy_config"] = {
-            "init": {"fa_default_strategy": NATIVE_STRATEGY},
-            "register": [{"step_range": list(range(a, b + 1)), "strategy": self.strategy, "target": "fa"}
-                         for a, b in self.registrations()],
-        }
-        data["online_quant_config"] = {
-            "quant_type": LINEAR_QUANT_TYPE,
-            "fa_quant_type": SWITCHING_FA_QUANT_TYPE,
-            "fa_layers": list(self.fa_layers),
-            "fallback_layers": {pattern: WEIGHTS_UNTOUCHED for pattern in FALLBACK_PATTERNS},
-            "timestep_config": "timestep_policy_config",
-        }
-        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
@@ -127,28 +158,34 @@ class MindieSdSettings:
         if not self.quantized:
             lines.append("# Nothing to configure: do not call mindiesd.quantization.quantize on the transformers.")
             return "\n".join(lines) + "\n"
-        lines += [
-            "from mindiesd.quantization import OnlineQuantConfig, TimestepPolicyConfig, TimestepManager, quantize",
-            "",
-            f'policy = TimestepPolicyConfig(fa_default_strategy="{NATIVE_STRATEGY}")  # unregistered steps: native',
-        ]
-        for a, b in self.registrations():
-            lines.append(f'policy.register(range({a}, {b + 1}), "{self.strategy}", target="fa")'
-                         f"  # step{'s' if b > a else ''} {a if a == b else f'{a}-{b}'}")
-        lines += ["online_config = OnlineQuantConfig(",
-                  f'    quant_type="{LINEAR_QUANT_TYPE}",  # required; every Linear is kept at W16A16 below',
-                  f'    fa_quant_type="{SWITCHING_FA_QUANT_TYPE}",  # the only FA type that follows the policy per step',
-                  "    fa_layers=("]
-        per_line = 6  # keeps a 40-layer list at 7 readable lines
-        lines += ["        " + " ".join(f'"{name}",' for name in self.fa_layers[i:i + per_line])
-                  for i in range(0, len(self.fa_layers), per_line)]
-        lines += ["    ),",
-                  "    fallback_layers={" + ", ".join(f'"{p}": "{WEIGHTS_UNTOUCHED}"' for p in FALLBACK_PATTERNS) + "},",
-                  "    timestep_config=policy,",
-                  ")",
-                  "for name in (" + "".join(f'"{c}", ' for c in self.components) + "):",
-                  "    quantize(getattr(pipe, name), online_config=online_config)",
-                  "# The attention code must call the attached fa_quant (diffusers' Wan processor does not), and the",
+        lines.append("from mindiesd.quantization import OnlineQuantConfig, TimestepPolicyConfig, TimestepManager, quantize")
+        for config in self.configs:
+            suffix = "" if len(self.configs) == 1 else "_" + config.components[0]
+            policy, online = f"policy{suffix}", f"online_config{suffix}"
+            lines += [
+                "",
+                f"# {' and '.join(config.components)}: {config.shape()}",
+                f'{policy} = TimestepPolicyConfig(fa_default_strategy="{NATIVE_STRATEGY}")  # unregistered steps: native',
+            ]
+            for a, b in config.registrations():
+                lines.append(f'{policy}.register(range({a}, {b + 1}), "{self.strategy}", target="fa")'
+                             f"  # step{'s' if b > a else ''} {a if a == b else f'{a}-{b}'}")
+            lines += [f"{online} = OnlineQuantConfig(",
+                      f'    quant_type="{LINEAR_QUANT_TYPE}",  # required; every Linear is kept at W16A16 below',
+                      f'    fa_quant_type="{SWITCHING_FA_QUANT_TYPE}",  # the only FA type that follows the policy per step',
+                      "    fa_layers=("]
+            per_line = 6  # keeps a 40-layer list at 7 readable lines
+            lines += ["        " + " ".join(f'"{name}",' for name in config.fa_layers[i:i + per_line])
+                      for i in range(0, len(config.fa_layers), per_line)]
+            lines += ["    ),",
+                      "    fallback_layers={" + ", ".join(f'"{p}": "{WEIGHTS_UNTOUCHED}"' for p in FALLBACK_PATTERNS)
+                      + "},",
+                      f"    timestep_config={policy},",
+                      ")"]
+            lines += [f"quantize(pipe.{name}, online_config={online})" for name in config.components]
+        lines += [f"# pipe.{name}: no quantized attention on any step it can serve; do not call quantize on it"
+                  for name in self.native_components]
+        lines += ["# The attention code must call the attached fa_quant (diffusers' Wan processor does not), and the",
                   "# denoising loop must call TimestepManager.set_timestep_idx(i) at the start of step i."]
         return "\n".join(lines) + "\n"
 
@@ -158,8 +195,11 @@ class MindieSdSettings:
         if not self.quantized:
             lines.append("no quantized attention on any call: leave MindIE-SD's online quantization off")
         else:
-            lines.append(f"{self.strategy} on {self.fp8_cells} (step, module) cells: {len(self.fa_layers)} attention "
-                         f"modules x {len(self.quantized_steps)} steps; Linear weights stay W16A16")
+            shapes = "; ".join(f"{' and '.join(c.components)}: {c.shape()}" for c in self.configs)
+            lines.append(f"{self.strategy} on {self.fp8_cells} (step, module) cells, one OnlineQuantConfig for "
+                         f"{shapes}; Linear weights stay W16A16")
+            if self.native_components:
+                lines.append(f"{', '.join(self.native_components)}: no quantized attention, not passed to quantize")
         if self.conservative:
             lines.append(f"--conservative: gives up {self.given_up_cells} of the plan's {self.planned_fp8_cells} "
                          "quantized cells (they run native); no cell the plan keeps native runs quantized")
@@ -170,8 +210,10 @@ class MindieSdSettings:
 def export_mindiesd(plan: Plan, *, conservative: bool = False, routing: str = PINNED) -> MindieSdSettings:
     """MindIE-SD settings that quantize exactly the plan's quantized cells on every reachable (step, expert).
 
-    Raises UnsupportedDtypeError (MXFP8, INT8, unknown dtypes), NotExpressibleError naming the cells when the
-    plan is not (steps) x (one module set for both experts); `conservative=True` returns the largest safe setting.
+    MindIE-SD quantizes each transformer with its own OnlineQuantConfig, so a plan is exact when each expert's
+    reachable rows form one (registered steps) x (fa_layers modules) rectangle. Raises UnsupportedDtypeError
+    (MXFP8, INT8, unknown dtypes), NotExpressibleError naming the cells otherwise; `conservative=True` returns
+    the largest safe rectangle per expert.
     """
     strategy = target_dtype(plan, TARGET, DTYPE_STRATEGIES, DTYPE_REFUSALS)
     reach = reachable_experts(plan, routing, extra=[diffusers_expert_schedule(plan)])
@@ -184,44 +226,55 @@ def export_mindiesd(plan: Plan, *, conservative: bool = False, routing: str = PI
     def cell_of(component: str, step: int, col: int) -> Cell:
         return (component, kinds[col // width], step, col % width)
 
-    def columns_of(component: str) -> frozenset[int]:
-        return frozenset(column(k, layer) for k in kinds for layer in range(num_layers(plan, component, k)))
-
-    rows = {(step, c): frozenset(column(k, layer) for k in kinds for layer in fp8_layers(plan, c, k, step))
-            for step, cs in enumerate(reach) for c in cs}
-    planned = sum(len(r) for r in rows.values())
-    steps_on = sorted({step for (step, _), r in rows.items() if r})
-    union = frozenset().union(*rows.values())
-    forced = tuple(sorted(
-        cell_of(c, step, col) for step in steps_on for c in reach[step]
-        for col in (union & columns_of(c)) - rows[(step, c)]
-    ))
-    if forced:
-        safe = {s: frozenset.intersection(*(rows[(s, c)] for c in reach[s])) for s in steps_on}
-        chosen_steps, chosen_cols = best_rectangle({s: r for s, r in safe.items() if r})
-    else:
-        chosen_steps, chosen_cols = frozenset(steps_on), union
-    quantized = bool(chosen_steps) and bool(chosen_cols)
-    first = plan.component_names[0]  # fa_layers name modules once for every component (same paths)
-    fp8_cells = sum(len(chosen_cols & columns_of(c)) for s in chosen_steps for c in reach[s]) if quantized else 0
+    reachable = {c: frozenset(s for s, cs in enumerate(reach) if c in cs) for c in plan.component_names}
+    rows = {c: {s: frozenset(column(k, layer) for k in kinds for layer in fp8_layers(plan, c, k, s))
+                for s in sorted(reachable[c])} for c in plan.component_names}
+    planned = sum(len(r) for by_step in rows.values() for r in by_step.values())
+    forced: list[Cell] = []
+    chosen: dict[str, tuple[frozenset[int], frozenset[int]]] = {}
+    for c in plan.component_names:
+        on = {s: r for s, r in rows[c].items() if r}
+        union = frozenset().union(*on.values())
+        missing = [cell_of(c, s, col) for s, r in on.items() for col in union - r]
+        forced += missing
+        steps, cols = best_rectangle(on) if missing else (frozenset(on), union)
+        if steps and cols:
+            chosen[c] = (steps, cols)
+    configs: list[tuple[list[str], frozenset[int], frozenset[int]]] = []
+    for c, (steps, cols) in chosen.items():
+        # Share a config with an earlier transformer when its steps, registered for both, change nothing either
+        # transformer can reach (the usual plan: the same layers in both experts).
+        for group in configs:
+            merged = group[1] | steps
+            if group[2] == cols and all(merged & reachable[m] == chosen[m][0] for m in (*group[0], c)):
+                group[0].append(c)
+                configs[configs.index(group)] = (group[0], merged, cols)
+                break
+        else:
+            configs.append(([c], steps, cols))
     settings = MindieSdSettings(
-        quantized=quantized,
         strategy=strategy,
-        fa_layers=tuple(plan.family.module_path(first, kinds[col // width], col % width) for col in sorted(chosen_cols))
-        if quantized else (),
-        quantized_steps=tuple(sorted(chosen_steps)) if quantized else (),
+        configs=tuple(
+            ComponentConfig(
+                components=tuple(names),
+                fa_layers=tuple(plan.family.module_path(names[0], kinds[col // width], col % width)
+                                for col in sorted(cols)),
+                quantized_steps=tuple(sorted(steps)),
+            )
+            for names, steps, cols in configs
+        ),
         components=plan.component_names,
         num_inference_steps=plan.num_inference_steps,
         family=family_label(plan),
         plan_sha256=plan.content_hash,
         routing=routing,
-        fp8_cells=fp8_cells,
+        fp8_cells=sum(len(steps) * len(cols) for steps, cols in chosen.values()),
         planned_fp8_cells=planned,
         conservative=conservative,
-        notes=tuple(routing_lines(plan, routing) + (_notes(plan) if quantized else [])),
+        notes=tuple(routing_lines(plan, routing) + (_notes(plan) if chosen else [])),
     )
     if forced and not conservative:
-        raise NotExpressibleError(_message(plan, forced, settings), forced, ())
+        raise NotExpressibleError(_message(plan, tuple(sorted(forced)), settings), tuple(sorted(forced)), ())
     return settings
 
 
@@ -244,13 +297,14 @@ def _notes(plan: Plan) -> list[str]:
 def _message(plan: Plan, forced: tuple[Cell, ...], settings: MindieSdSettings) -> str:
     lines = [
         f"plan {plan.content_hash[:12]} ({plan.family_name}, {plan.num_inference_steps} steps) cannot be expressed "
-        f"as MindIE-SD {MINDIESD_VERSION} settings: MindIE-SD quantizes exactly (steps registered "
-        f"{settings.strategy}) x (modules in fa_layers), one module set for both experts.",
+        f"as MindIE-SD {MINDIESD_VERSION} settings: MindIE-SD quantizes each transformer with its own "
+        f"OnlineQuantConfig, exactly (steps registered {settings.strategy}) x (modules in fa_layers).",
         *routing_lines(plan, settings.routing),
         f"Keeping every quantized cell of the plan would also quantize {count(len(forced))} it keeps native:",
         *group_cells(forced),
         f"Fix: pass --conservative to export the largest setting that keeps every native cell native "
         f"({settings.fp8_cells} of the plan's {settings.planned_fp8_cells} quantized cells stay quantized), or "
-        "change the recipe so every quantized step quantizes the same layers and kinds in both experts.",
+        "change the recipe so every quantized step of an expert quantizes the same layers and kinds as that "
+        "expert's other quantized steps.",
     ]
     return "\n".join(lines)

@@ -23,7 +23,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from qcompiler.numerics import DEFAULT_ROTATION_SEED, DTYPES
+from qcompiler.numerics import DEFAULT_ROTATION_SEED, DTYPES, quantized_name
 from qcompiler.plan.format import Plan
 from qcompiler.ranges import format_ranges
 from qcompiler.targets.cells import (
@@ -274,7 +274,8 @@ def numerics_notes(plan: Plan) -> tuple[str, ...]:
         notes.append(f"note: vllm-omni's NPU kernel quantizes P to e4m3; this plan asks pv_precision={numerics['pv_precision']}")
     if plan.fallback == "error":
         notes.append(
-            "note: fallback=error cannot be expressed: vllm-omni warns and runs native where FP8 is unavailable"
+            "note: fallback=error cannot be expressed: vllm-omni warns and runs native where "
+            f"{quantized_name(plan.data['dtype'])} is unavailable"
         )
     return tuple(notes)
 

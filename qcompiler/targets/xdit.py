@@ -10,7 +10,9 @@ model_executor/models/runner_models/{base_model,wan}.py, transformers/transforme
 - one backend covers every layer of the forward; cross-attention uses it too unless `--cross_attention_backend`
   is given; `--attention_backend` cannot be combined with the schedule;
 - the expert per step comes from the diffusers pipeline: `boundary_ratio` from the checkpoint's model_index.json,
-  `flow_shift` from `--flow_shift` (the pinned export writes the plan's).
+  `flow_shift` from `--flow_shift`, else the runner's default (runner_models/wan.py: 5 for Wan2.2-I2V, 12 for
+  Wan2.2-T2V). The pinned export writes the plan's `--flow_shift` only when the schedule's result depends on
+  the routing (the experts' rows differ on some step), since the flag replaces any --flow_shift of the user's.
 
 So the plan must be quantized on whole steps of the expert serving them: self-attention all layers or none,
 and cross-attention following self-attention, always native or always quantized. Pure data: never imports torch.
@@ -52,6 +54,9 @@ NATIVE_BACKENDS = frozenset({
     "AITER_BF16", "NPU",
 })
 # What each default quantized backend does differently from the plan's numerics (attention_backend.py).
+# xDiT's runner default flow_shift per two-expert family (DefaultInputValues in runner_models/wan.py: the Wan2.2
+# models inherit the Wan2.1 I2V / T2V values).
+RUNNER_FLOW_SHIFT = {"wan2.2-i2v-a14b": 5.0, "wan2.2-t2v-a14b": 12.0}
 BACKEND_NOTES = {
     "FLASH_3_FP8": "xDiT's FLASH_3_FP8 quantizes Q, K and V per tensor (one scale each, no rotation), not per block "
                    "with a Hadamard rotation as the plan does: expect larger error than qcompile's runtime",
@@ -168,10 +173,24 @@ def export_xdit(plan: Plan, *, conservative: bool = False, routing: str = PINNED
     quantized = fp8_cells > 0
     family = plan.family
     pinned = routing == PINNED and len(plan.component_names) > 1 and family.boundary_ratio is not None
-    notes = routing_lines(plan, routing)
-    if pinned:
-        notes.append(f"routing assumes the checkpoint's model_index.json has boundary_ratio={family.boundary_ratio} "
-                     "(xDiT reads it from there) and that --flow_shift is not changed")
+    # Routing matters only if some step's result would change with the expert serving it.
+    write_shift = pinned and quantized and not _same_on_every_expert(plan, self_steps, cross_mode, steps,
+                                                                      exact=not (forced or never))
+    if write_shift:
+        notes = routing_lines(plan, routing)
+        default = RUNNER_FLOW_SHIFT.get(plan.family_name)
+        same = ("equals xDiT's runner default for this model" if default == family.flow_shift
+                else f"differs from xDiT's runner default ({default})" if default is not None
+                else "xDiT's runner has no default for this family")
+        notes.append(f"--flow_shift {family.flow_shift} is the plan's flow_shift ({same}); it replaces any "
+                     "--flow_shift of your own, since the schedule is exact only with the routing it gives. Routing "
+                     f"also assumes the checkpoint's model_index.json has boundary_ratio={family.boundary_ratio} "
+                     "(xDiT reads it from there)")
+    elif pinned and quantized:
+        notes = ["routing: does not matter (at every step the schedule's backend gives the same result on either "
+                 "expert), so no --flow_shift is written: any flow_shift or boundary_ratio gives the same cells"]
+    else:
+        notes = routing_lines(plan, routing)
     if quantized and fp8_backend in BACKEND_NOTES:
         notes.append("note: " + BACKEND_NOTES[fp8_backend])
     settings = XditSettings(
@@ -181,7 +200,7 @@ def export_xdit(plan: Plan, *, conservative: bool = False, routing: str = PINNED
         use_cfg_parallel=use_cfg_parallel,
         forwards_per_step=multiplier,
         num_inference_steps=steps,
-        flow_shift=family.flow_shift if pinned and quantized else None,
+        flow_shift=family.flow_shift if write_shift else None,
         family=family_label(plan),
         plan_sha256=plan.content_hash,
         routing=routing,
@@ -199,6 +218,21 @@ def _forced_cells(plan: Plan, reach, kind: str, steps_on: set[int]) -> tuple[Cel
     """Native cells of `kind` on steps that must run the quantized backend (all of a forward is one backend)."""
     return tuple((c, kind, s, layer) for s in sorted(steps_on) for c in sorted(reach[s])
                  for layer in range(num_layers(plan, c, kind)) if layer not in fp8_layers(plan, c, kind, s))
+
+
+def _same_on_every_expert(plan: Plan, self_steps: set[int], cross_mode: str, steps: int, exact: bool) -> bool:
+    """Whether the settings give the plan's cells (`exact`) or a subset of them (conservative) on every expert at
+    every step, so whichever expert the engine routes a step to does not change the result."""
+    for s in range(steps):
+        for c in plan.component_names:
+            for kind in plan.attention_kinds:
+                on = (kind == SELF and s in self_steps) or (kind == CROSS and (
+                    cross_mode == "quantized" or (cross_mode == "follow" and s in self_steps)))
+                got = frozenset(range(num_layers(plan, c, kind))) if on else frozenset()
+                want = fp8_layers(plan, c, kind, s)
+                if (got != want) if exact else not got <= want:
+                    return False
+    return True
 
 
 def _cross_mode(cross_any: set[int], steps: int) -> str:

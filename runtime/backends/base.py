@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from qcompiler.numerics import DTYPES
+from qcompiler.backend_table import BLOCK_KERNEL_HEAD_DIMS, head_dim_reason
 from runtime.numerics import Numerics
-from runtime.quant.int8 import int8_head_dim_reason
 
-# Head dims the quantized attention kernels accept (Ascend per-block FP8 contract: 64 or 128; the MX paths are
-# held to the same until an NPU run shows otherwise). The reference backend keeps the same eligibility so a CPU
-# run predicts what an NPU run will do.
-QUANTIZED_HEAD_DIMS = (64, 128)
+# Head dims the per-block FP8 and MX kernels take; the table in qcompiler/backend_table.py is their one home.
+QUANTIZED_HEAD_DIMS = BLOCK_KERNEL_HEAD_DIMS.exactly
 FP8_HEAD_DIMS = QUANTIZED_HEAD_DIMS  # the name the rest of the runtime used before MX formats
 
 
@@ -40,8 +37,9 @@ class AttentionBackend:
 
 
 class QuantizedBackend(AttentionBackend):
-    """A backend that runs the plan's quantized cells. `dtypes`: the plan dtypes it can run; the plan's own
-    dtype comes from the Numerics it is built with."""
+    """A backend that runs the plan's quantized cells. `dtypes`: the plan dtypes it can run (its row of
+    qcompiler/backend_table.py, which also says at which head dims); the plan's own dtype comes from the Numerics
+    it is built with."""
 
     is_fp8 = True
     dtypes: tuple[str, ...] = ()
@@ -62,12 +60,9 @@ class QuantizedBackend(AttentionBackend):
 
     def unsupported_reason(self, head_dim: int) -> str | None:
         reason = self.dtype_reason()
-        if reason is None and self.numerics.is_int8:  # the A2/A3 INT8 kernel's own rule (runtime/quant/int8.py)
-            return int8_head_dim_reason(head_dim, self.numerics)
-        if reason is None and head_dim not in QUANTIZED_HEAD_DIMS:
-            label = DTYPES[self.numerics.dtype].label
-            reason = (f"head dim {head_dim} is not one the {label} attention kernel takes "
-                      f"({' or '.join(map(str, QUANTIZED_HEAD_DIMS))})")
+        if reason is None:
+            rotated = self.numerics.hadamard_rotation or (self.numerics.is_int8 and self.numerics.v_rotation)
+            reason = head_dim_reason(self.name, self.numerics.dtype, head_dim, rotated)
         return reason
 
     def check_inputs(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:

@@ -19,6 +19,7 @@ import os
 
 import torch
 
+from qcompiler.backend_table import backend_dtypes
 from qcompiler.numerics import KV_BLOCK_TOKENS, PV_PRECISIONS, QUERY_BLOCK_TOKENS
 from runtime.backends.base import QuantizedBackend
 from runtime.numerics import Numerics, QuantizedAttentionInputs, quantize_attention_inputs
@@ -117,7 +118,7 @@ def _(query, query_scale, key, key_scale, value, value_scale, softmax_scale, pv_
 
 class Fp8TritonBackend(QuantizedBackend):
     name = "fp8-triton"
-    dtypes = ("fp8_e4m3_per_block",)
+    dtypes = backend_dtypes(name)
     pv_precisions = PV_PRECISIONS
 
     def unavailable_reason(self) -> str | None:

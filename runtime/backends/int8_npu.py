@@ -6,22 +6,22 @@ synchronisation). Nothing in this repository has run it on an NPU: CPU tests che
 stand-in op that records its arguments, and a test marked `a2a3` compares the op with the CPU reference
 (runtime/quant/int8.py, served as the `reference` backend) on a real A2/A3, under every inferred kernel semantics,
 to settle them. A registry row (runtime/backends/registry.py): `auto` tries it, and it serves only
-int8_per_tensor plans and only on an A2/A3 SoC.
+int8_per_tensor plans and only on an A2/A3 SoC. Like the FP8 entry points it makes one probe call at load
+(npu_device.probe_reason), so a CANN stack that rejects the call leads to the plan's fallback policy at load,
+never to an error mid-pipeline.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from qcompiler.numerics import INT8_DTYPE
-from runtime.backends.base import QuantizedBackend
-from runtime.backends.npu_device import visible_npu
+from qcompiler.backend_table import backend_dtypes
+from runtime.backends.npu_device import NpuBackend, visible_npu
 from runtime.numerics import Numerics
 from runtime.quant.int8 import DEFAULT_SEMANTICS, KernelSemantics, prepare_int8_inputs, undo_v_rotation
 
@@ -51,32 +51,28 @@ def int8_npu_unavailable_reason() -> str | None:
     return None
 
 
-def _default_op() -> Callable[..., Any]:
-    return getattr(importlib.import_module("torch_npu"), OP_NAME)
-
-
-class Int8NpuBackend(QuantizedBackend):
+class Int8NpuBackend(NpuBackend):
     """`op` defaults to torch_npu's kernel, resolved on first use; tests pass a stand-in to check the call.
     `semantics` only decides which quant_scale1 is passed (127 if the kernel multiplies, 1/127 if it divides)."""
 
     name = "int8-npu"
-    dtypes = (INT8_DTYPE,)
+    dtypes = backend_dtypes(name)
 
     def __init__(self, numerics: Numerics | None = None, op: Callable[..., Any] | None = None,
                  semantics: KernelSemantics = DEFAULT_SEMANTICS):
-        super().__init__(numerics or Numerics.int8())
-        self._op = op
+        super().__init__(numerics or Numerics.int8(), op)
         self.semantics = semantics
 
-    def unavailable_reason(self) -> str | None:
-        if self._op is not None:
-            return None
+    def environment_reason(self) -> str | None:
         return int8_npu_unavailable_reason()
+
+    def resolve_op(self) -> Callable[..., Any]:
+        return getattr(importlib.import_module("torch_npu"), OP_NAME)
 
     def _call(self, q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, dequant1: torch.Tensor,
               dequant2: torch.Tensor, quant1: torch.Tensor) -> torch.Tensor:
         heads, head_dim = q8.shape[1], q8.shape[-1]
-        out = self._op(
+        out = self.op()(
             q8, k8, v8,
             num_heads=heads,
             input_layout=INPUT_LAYOUT,
@@ -93,8 +89,6 @@ class Int8NpuBackend(QuantizedBackend):
     def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                rotation: torch.Tensor | None) -> torch.Tensor:
         self.check_inputs(query, key, value)
-        if self._op is None:
-            self._op = _default_op()
         tokens = query.shape[1]
         inputs = prepare_int8_inputs(query, key, value, rotation, self.numerics)  # device ops only
         dequant1 = inputs.dequant_scale1.float()

@@ -67,12 +67,12 @@ def import_mindiesd() -> tuple[Any | None, str | None]:
         return None, f"mindiesd failed to import: {exc}"
 
 
-def probe_reason(backend: QuantizedBackend) -> str | None:
-    """Run one tiny attention through the backend on the NPU; None if it works, else the error. Catches a stack
-    whose op exists but rejects the call (e.g. a CANN release without FIA quant mode 7) at load time, never
-    mid-pipeline."""
+def probe_reason(backend: QuantizedBackend, device: str = "npu") -> str | None:
+    """Run one tiny attention through the backend on `device`; None if it works, else the error. Catches a stack
+    whose op exists but rejects the call (e.g. a CANN release without FIA quant mode 7, or without the INT8
+    full-quant path) at load time, never mid-pipeline."""
     generator = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(PROBE_SHAPE, generator=generator).to("npu", torch.bfloat16) for _ in range(3))
+    q, k, v = (torch.randn(PROBE_SHAPE, generator=generator).to(device, torch.bfloat16) for _ in range(3))
     try:
         out = backend.attend(q, k, v, None)
         if out.shape != q.shape or not bool(torch.isfinite(out).all()):
@@ -83,8 +83,10 @@ def probe_reason(backend: QuantizedBackend) -> str | None:
 
 
 class NpuBackend(QuantizedBackend):
-    """An NPU entry point. `op` defaults to the real one, resolved on first use; tests pass a stand-in that
-    records its arguments to check the call contract (a stand-in says nothing about the kernel)."""
+    """An NPU entry point (FP8/MX on an Ascend 950, INT8 on an A2/A3). `op` defaults to the real one, resolved on
+    first use; tests pass a stand-in that records its arguments to check the call contract (a stand-in says
+    nothing about the kernel). The load-time probe runs through either: the real op on the NPU, a stand-in on the
+    CPU, so a stand-in that raises as a rejecting stack does shows what a load does with such a stack."""
 
     def __init__(self, numerics=None, op: Callable[..., Any] | None = None):
         super().__init__(numerics)
@@ -99,11 +101,12 @@ class NpuBackend(QuantizedBackend):
         raise NotImplementedError
 
     def unavailable_reason(self) -> str | None:
-        if self._op is not None:
-            return None
         if self._availability is False:
-            reason = self.environment_reason() or self.dtype_reason()
-            self._availability = reason or probe_reason(self)
+            if self._op is None:
+                reason, device = self.environment_reason() or self.dtype_reason(), "npu"
+            else:  # a stand-in op: no device or import to look for
+                reason, device = self.dtype_reason(), "cpu"
+            self._availability = reason or probe_reason(self, device)
         return self._availability  # type: ignore[return-value]
 
     def op(self) -> Callable[..., Any]:
@@ -115,8 +118,6 @@ class NpuBackend(QuantizedBackend):
 class PerBlockFiaBackend(NpuBackend):
     """Per-block FP8 through an FIA v2 op with quant mode 7 (torch_npu's or MindIE-SD's): rotate, quantize in
     PyTorch with the kernel's block sizes and scale rule (runtime/quant/per_block.py), call, crop, back to BSND."""
-
-    dtypes = ("fp8_e4m3_per_block",)
 
     def extra_arguments(self, heads: int) -> dict[str, Any]:
         """Keyword arguments only this op takes (e.g. torch_npu's num_key_value_heads, sparse_mode)."""

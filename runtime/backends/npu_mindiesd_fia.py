@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from qcompiler.backend_table import backend_dtypes
 from runtime.backends.npu_device import PerBlockFiaBackend, ascend_fp8_reason, import_mindiesd
 
 OP_NAME = "fused_infer_attention_score_v2"  # under torch.ops.mindiesd, registered when mindiesd imports
@@ -30,6 +31,7 @@ def _mindiesd_op() -> Callable[..., Any] | None:
 
 class NpuMindiesdFiaBackend(PerBlockFiaBackend):
     name = "npu-mindiesd-fia"
+    dtypes = backend_dtypes(name)
 
     def environment_reason(self) -> str | None:
         reason = ascend_fp8_reason()

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from qcompiler.backend_table import backend_dtypes
 from qcompiler.numerics import DTYPES
 from runtime.backends.npu_device import NpuBackend, ascend_fp8_reason, import_mindiesd
 
@@ -26,7 +27,7 @@ LAYOUT = "BSND"  # diffusers' q/k/v layout, passed through as vllm-omni does (qk
 
 class NpuQuantAttentionBackend(NpuBackend):
     name = "npu-quant-attention"
-    dtypes = tuple(name for name, row in DTYPES.items() if row.quant_attention_precision is not None)
+    dtypes = backend_dtypes(name)
 
     def environment_reason(self) -> str | None:
         reason = ascend_fp8_reason()

@@ -9,6 +9,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
+from qcompiler.backend_table import backend_dtypes
 from runtime.backends.npu_device import PerBlockFiaBackend, ascend_fp8_reason
 
 OP_NAME = "npu_fused_infer_attention_score_v2"
@@ -16,6 +17,7 @@ OP_NAME = "npu_fused_infer_attention_score_v2"
 
 class NpuTorchFiaBackend(PerBlockFiaBackend):
     name = "npu-torch-fia"
+    dtypes = backend_dtypes(name)
 
     def environment_reason(self) -> str | None:
         reason = ascend_fp8_reason()

@@ -18,7 +18,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from qcompiler.numerics import DTYPE_NAMES, P_E4M3_SCALE, PV_PRECISION_DTYPES, PV_PRECISIONS
+from qcompiler.backend_table import backend_dtypes
+from qcompiler.numerics import P_E4M3_SCALE, PV_PRECISION_DTYPES, PV_PRECISIONS
 from runtime.backends.base import QuantizedBackend
 from runtime.numerics import kernel_attention_inputs
 from runtime.quant.int8 import int8_attention_reference
@@ -26,7 +27,7 @@ from runtime.quant.int8 import int8_attention_reference
 
 class ReferenceBackend(QuantizedBackend):
     name = "reference"
-    dtypes = DTYPE_NAMES
+    dtypes = backend_dtypes(name)
     pv_precisions = PV_PRECISIONS
 
     def attend(

@@ -1,6 +1,6 @@
 """Every attention backend by name, and the one function that picks the backend serving a plan's quantized cells.
 
-Adding a backend = one row in BACKENDS. Rows with `auto=True` are tried by `backend="auto"` in table order: the
+Adding a backend = one row in BACKENDS (and its dtypes and head dims in qcompiler/backend_table.py). Rows with `auto=True` are tried by `backend="auto"` in table order: the
 first whose capability check passes (imports, device, the plan's dtype, a probe call) serves, and a log line says
 which and why the earlier ones did not. Every row can be forced by name (or by an alias).
 """
@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from qcompiler.backend_table import no_backend_reason, serving_backends
 from runtime.backends.base import AttentionBackend, QuantizedBackend
 from runtime.backends.fp8_triton import Fp8TritonBackend, gpu_unavailable_reason
 from runtime.backends.int8_npu import Int8NpuBackend
@@ -117,3 +118,41 @@ def resolve_fp8_backend(
     logger.info("backend='auto' found no quantized attention kernel for %s: %s", numerics.dtype, why)
     return None, (f"backend='auto' found no kernel for {numerics.dtype} ({why}); pass backend='reference' to "
                   "emulate it in PyTorch")
+
+
+def _rotated(numerics: Numerics) -> bool:
+    return numerics.hadamard_rotation or (numerics.is_int8 and numerics.v_rotation)
+
+
+def component_refusal(
+    requested: str | AttentionBackend, backend: AttentionBackend | None, reason: str, numerics: Numerics,
+    head_dim: int,
+) -> tuple[str, str] | None:
+    """None when `backend` (resolve_fp8_backend's answer for `requested`; `reason` when it is None) serves the
+    plan's quantized cells in a component with `head_dim`, else (why not, what to do). When no backend at all runs
+    the plan's dtype at that head dim, the answer says so and names which backends take which head dims, rather
+    than sending the user to another backend that would refuse it too; it never suggests the backend requested."""
+    if isinstance(requested, str) and canonical_name(requested) == "native":
+        return reason, ""
+    why = reason if backend is None else backend.unsupported_reason(head_dim)
+    if why is None:
+        return None
+    dtype, rotated = numerics.dtype, _rotated(numerics)
+    nobody = no_backend_reason(dtype, head_dim, rotated)
+    if nobody is not None:
+        if backend is not None:  # the backend's own words first: the head dim it refuses, and why
+            nobody = f"{backend.name}: {why}; {nobody}"
+        return nobody, (f"Serve a model with one of those head dims, or set `fallback: native` in the recipe and "
+                        f"recompile (the plan's {dtype} cells at head dim {head_dim} then run native).")
+    name = requested.name if isinstance(requested, AttentionBackend) else canonical_name(requested)
+    servers = serving_backends(dtype, head_dim, rotated)
+    kernels = [s for s in servers if s not in (name, "reference")]
+    steps = []
+    if kernels:
+        either = kernels[0] if len(kernels) == 1 else f"{', '.join(kernels[:-1])} or {kernels[-1]}"
+        steps.append(f"run where {either} can serve it (docs/npu-backends.md, docs/gpu.md)")
+    if "reference" in servers and name not in ("reference", "auto"):  # auto's own reason already offers it
+        steps.append(f"pass backend='reference' to emulate {dtype} in PyTorch")
+    steps.append("set `fallback: native` in the recipe and recompile")
+    remedy = ", ".join(steps[:-1]) + (", or " if len(steps) > 1 else "") + steps[-1]
+    return why, remedy[0].upper() + remedy[1:] + "."

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from qcompiler.errors import QcompileError
-from qcompiler.families import Component, Family, get_family
+from qcompiler.families import Component, Family, get_family, list_families
 from qcompiler.stats import attention_flops
 from runtime import tiny
 
@@ -74,19 +74,54 @@ def load_pipeline(spec: str, family_name: str):
 
 
 def detect_variant(pipe, family_name: str) -> str | None:
-    """Which variant of the family the pipeline's transformers are (None = the real model), by heads x head dim."""
+    """Which variant of the family the pipeline's transformers are (None = the real model), by heads x head dim.
+
+    Refuses (PipelineLoadError) a pipeline whose class, denoiser components or layer counts are not the family's,
+    naming the families that do match, before anything runs."""
     base = get_family(family_name)
+    mismatch = _structure_mismatch(pipe, base)
+    if mismatch is None:
+        variant = _matching_variant(pipe, base)
+        if variant is not False:
+            return variant
+        seen = {c.name: _shape_of(getattr(pipe, c.name, None), c) for c in base.components}
+        mismatch = f"its transformers {seen} (layers, heads, head dim) match no variant of {family_name}"
+    matching = [name for name in _matching_family_names(pipe) if name != family_name]
+    fix = (f"pass --family {matching[0]}" + (f" (or {', '.join(matching[1:])})" if matching[1:] else "") if matching
+           else "pass the --family of this pipeline (`qcompile families` lists them)")
+    raise PipelineLoadError(f"the pipeline is not a {family_name} pipeline: {mismatch}; {fix}")
+
+
+def _matching_variant(pipe, base: Family) -> str | None | bool:
+    """The variant whose components' (layers, heads, head dim) the pipeline's transformers have; False if none."""
     for variant in (None, *base.variants):
-        family = get_family(family_name, variant)
+        family = get_family(base.name, variant)
         if all(_shape_of(getattr(pipe, c.name, None), c) == _wanted(c) for c in family.components):
             return variant
-    seen = {
-        c.name: _shape_of(getattr(pipe, c.name, None), c) for c in base.components
-    }
-    raise PipelineLoadError(
-        f"the pipeline's transformers {seen} (layers, heads, head dim) match no variant of {family_name}; "
-        "check --family"
-    )
+    return False
+
+
+def _structure_mismatch(pipe, family: Family) -> str | None:
+    """What in the pipeline's class or denoiser components differs from `family`, or None."""
+    classes = [klass.__name__ for klass in type(pipe).__mro__]
+    if family.pipeline_class not in classes:
+        return f"it is a {type(pipe).__name__}, the family runs a {family.pipeline_class}"
+    denoiser_classes = {c.diffusers_class for c in family.components}
+    present = sorted(name for name, module in getattr(pipe, "components", {}).items()
+                     if module is not None and type(module).__name__ in denoiser_classes)
+    expected = sorted(c.name for c in family.components)
+    if present != expected:
+        return f"it has the transformers {present}, the family has {expected}"
+    for component in family.components:
+        layers = _shape_of(getattr(pipe, component.name), component)[0]
+        if layers != _wanted(component)[0]:
+            return f"its {component.name} has {layers} layers, the family's has {_wanted(component)[0]}"
+    return None
+
+
+def _matching_family_names(pipe) -> list[str]:
+    return [family.name for family in list_families()
+            if _structure_mismatch(pipe, family) is None and _matching_variant(pipe, family) is not False]
 
 
 def _shape_of(model, component: Component) -> tuple[int | tuple[int, ...], int, int] | None:
@@ -126,7 +161,7 @@ def call_kwargs(pipe, *, spec: str, seed: int, prompt: str, steps: int, frames: 
     """Arguments for one pipeline call: seeded generator, encoded prompt, a flat test image for I2V."""
     from diffusers import WanImageToVideoPipeline
 
-    max_length = frames.max_sequence_length or (tiny.TEXT_TOKENS if spec == "tiny" else REAL_MODEL_TEXT_TOKENS)
+    max_length = frames.max_sequence_length or (tiny.text_tokens(pipe) if spec == "tiny" else REAL_MODEL_TEXT_TOKENS)
     positive, negative = encode(pipe, prompt, DEFAULT_NEGATIVE_PROMPT, max_length)
     kwargs: dict[str, Any] = dict(
         prompt_embeds=positive,

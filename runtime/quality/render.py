@@ -13,12 +13,12 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from qcompiler.numerics import DEFAULT_DTYPE, dtype_label
+from qcompiler.numerics import DEFAULT_DTYPE, dtype_label, quantized_name
 
 CELL = 14  # pixels per cell: 40 layers -> 560 px, readable in a markdown viewer without zooming
 LEFT = 70  # room for "step 39" plus the expert name initial
 TOP = 34
-BOTTOM = 56  # layer ticks + legend
+BOTTOM = 76  # layer ticks + two legend rows
 RIGHT = 12
 
 FP8_COLOR = (231, 111, 81)
@@ -27,8 +27,17 @@ NOT_RUN_COLOR = (235, 235, 235)
 GRID_COLOR = (255, 255, 255)
 TEXT_COLOR = (20, 20, 20)
 
-# Error colour scale: log10(1 - cos_sim) from 1e-6 (lossless, pale) to 1e-2 (cos-sim 0.99, dark red).
-ERROR_LOG_RANGE = (-6.0, -2.0)
+# Error colour scale: log10(1 - cos_sim) from 1e-6 (lossless, pale) to 1 (cos-sim 0 or worse, near black), one
+# colour stop per decade so every decade reads apart (MXFP4 cells reach 1e-1 and beyond on short sequences).
+ERROR_LOG_RANGE = (-6.0, 0.0)
+ERROR_STOPS = ((255, 247, 210), (254, 224, 139), (253, 174, 97), (244, 109, 67), (215, 48, 39), (140, 10, 40),
+               (50, 0, 60))
+ERROR_SWATCHES = ((1.0, "<=1e-6"), (1 - 1e-5, "1e-5"), (1 - 1e-4, "1e-4"), (1 - 1e-3, "1e-3"), (1 - 1e-2, "1e-2"),
+                  (1 - 1e-1, "0.1"), (0.0, ">=1"))
+
+
+def _pale(color: tuple[int, int, int]) -> tuple[int, int, int]:
+    return tuple(int(c + (255 - c) * 0.7) for c in color)  # type: ignore[return-value]
 
 
 def heatmap_size(num_steps: int, num_layers: int) -> tuple[int, int]:
@@ -62,10 +71,13 @@ def _cell_box(step: int, layer: int) -> tuple[int, int, int, int]:
     return x0, y0, x0 + CELL - 1, y0 + CELL - 1
 
 
-def _legend(draw: ImageDraw.ImageDraw, num_steps: int, items: Sequence[tuple[tuple[int, int, int], str]]) -> None:
+def _legend(draw: ImageDraw.ImageDraw, num_steps: int, items: Sequence[tuple[tuple[int, int, int], str]],
+            row: int = 0, caption: str = "") -> None:
     x = LEFT
-    y = TOP + num_steps * CELL + 22
+    y = TOP + num_steps * CELL + 22 + 18 * row
     font = _font(11)
+    if caption:
+        draw.text((6, y - 1), caption, fill=TEXT_COLOR, font=font)
     for color, label in items:
         draw.rectangle((x, y, x + 11, y + 11), fill=color, outline=(120, 120, 120))
         draw.text((x + 16, y - 1), label, fill=TEXT_COLOR, font=font)
@@ -83,20 +95,22 @@ def draw_plan_heatmap(
         for layer, fp8 in enumerate(row):
             color = FP8_COLOR if fp8 else NATIVE_COLOR
             if not ran:  # the table still holds a value there; pale so the eye reads what actually ran
-                color = tuple(int(c + (255 - c) * 0.7) for c in color)
+                color = _pale(color)
             draw.rectangle(_cell_box(step, layer), fill=color)
-    _legend(draw, num_steps, [(FP8_COLOR, "fp8"), (NATIVE_COLOR, "native"),
-                              (tuple(int(c + (255 - c) * 0.7) for c in FP8_COLOR), "not run (other expert)")])
+    _legend(draw, num_steps, [(FP8_COLOR, "fp8"), (NATIVE_COLOR, "native")])
+    _legend(draw, num_steps, [(_pale(FP8_COLOR), "fp8, other expert (not run)"),
+                              (_pale(NATIVE_COLOR), "native, other expert (not run)")], row=1)
     image.save(path, format="PNG")
 
 
 def error_color(cos_sim: float) -> tuple[int, int, int]:
-    """Pale yellow (1 - cos_sim <= 1e-6) to dark red (>= 1e-2), log scale."""
+    """Pale yellow (1 - cos_sim <= 1e-6) through orange and red to near black (>= 1), one stop per decade."""
     low, high = ERROR_LOG_RANGE
-    value = math.log10(max(1.0 - cos_sim, 10**low))
-    t = min(1.0, max(0.0, (value - low) / (high - low)))
-    start, end = (255, 245, 200), (128, 0, 38)
-    return tuple(int(round(a + (b - a) * t)) for a, b in zip(start, end, strict=True))  # type: ignore[return-value]
+    value = math.log10(min(max(1.0 - cos_sim, 10**low), 10**high))
+    t = (value - low) / (high - low) * (len(ERROR_STOPS) - 1)
+    index = min(int(t), len(ERROR_STOPS) - 2)
+    start, end, frac = ERROR_STOPS[index], ERROR_STOPS[index + 1], t - index
+    return tuple(int(round(a + (b - a) * frac)) for a, b in zip(start, end, strict=True))  # type: ignore[return-value]
 
 
 def draw_error_heatmap(
@@ -113,8 +127,8 @@ def draw_error_heatmap(
                 value = worst_cos[(step, layer)]
                 color = NATIVE_COLOR if value is None else error_color(value)
             draw.rectangle(_cell_box(step, layer), fill=color)
-    _legend(draw, num_steps, [(error_color(1.0), "1-cos <= 1e-6"), (error_color(1 - 1e-4), "1e-4"),
-                              (error_color(0.99), ">= 1e-2"), (NATIVE_COLOR, "native"), (NOT_RUN_COLOR, "not run")])
+    _legend(draw, num_steps, [(error_color(cos), label) for cos, label in ERROR_SWATCHES], caption="1 - cos")
+    _legend(draw, num_steps, [(NATIVE_COLOR, "native"), (NOT_RUN_COLOR, "not run (other expert)")], row=1)
     image.save(path, format="PNG")
 
 
@@ -137,6 +151,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     else:
         psnr = f"{e2e['psnr_db']:.2f} dB"
     run_as = plan["run_as_variant"]
+    quantized = quantized_name(plan.get("dtype", DEFAULT_DTYPE))
     lines = [
         f"# qcompile report: {plan['recipe']} on {plan['family']}{' (' + run_as + ' variant)' if run_as else ''}",
         "",
@@ -148,24 +163,26 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines += [
         f"Pipeline `{measured['pipeline']}`, {plan['num_inference_steps']} steps, "
         f"{dtype_label(plan.get('dtype', DEFAULT_DTYPE))}, seed {measured['seed']}, "
-        f"{measured['width']}x{measured['height']}, {measured['num_frames']} frames, FP8 backend "
+        f"{measured['width']}x{measured['height']}, {measured['num_frames']} frames, {quantized} backend "
         f"`{measured['backend']}` on `{measured['device']}`. Native run {measured['elapsed_s']['native']:.2f} s, "
         f"plan run {measured['elapsed_s']['plan']:.2f} s (CPU emulation: not a speed measurement).",
         "",
+        _threads_line(measured),
+        "",
         "## Coverage",
         "",
-        "| | FP8 | total | share |",
+        f"| | {quantized} | total | share |",
         "|---|---:|---:|---:|",
         f"| attention calls | {summary['calls']['fp8']} | {summary['calls']['total']} | {summary['calls']['share']:.1%} |",
         f"| attention FLOPs (shapes seen) | {summary['flops']['fp8']:.3g} | {summary['flops']['total']:.3g} | "
         f"{summary['flops']['share']:.1%} |",
         f"| attention FLOPs (target shapes, estimate) | | | {estimate['target_flop_share']:.1%} |",
         "",
-        "## Error of FP8 calls against native on the same inputs",
+        f"## Error of {quantized} calls against native on the same inputs",
         "",
     ]
     if errors is None:
-        lines.append("No call ran in FP8.")
+        lines.append(f"No call ran {'in FP8' if quantized == 'FP8' else quantized}.")
     else:
         lines += [
             "| metric | mean | worst |",
@@ -181,6 +198,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 for w in summary["worst_layers"]
             ),
         ]
+    for note in summary.get("notes", []):
+        lines += ["", f"**Note.** {note}"]
     lines += [
         "",
         "## End to end (decoded frames, plan vs native, same seed)",
@@ -189,15 +208,35 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "",
         "## Attention time saved on the target: an estimate, not a measurement",
         "",
-        f"{estimate['attention_time_saved']:.1%} of attention time, assuming FP8 attention takes "
-        f"{estimate['throughput_ratio']:g}x the time of native attention per FLOP "
-        f"({estimate['throughput_ratio_source']}) and attention time proportional to FLOPs at the family's "
-        f"reference shapes ({estimate['target_shapes']}).",
+        (f"{estimate['attention_time_saved']:.1%} of attention time, assuming {quantized} attention takes "
+         f"{estimate['throughput_ratio']:g}x the time of native attention per FLOP "
+         f"({estimate['throughput_ratio_source']}) and attention time proportional to FLOPs at the family's "
+         f"reference shapes ({estimate['target_shapes']}).") if estimate["attention_time_saved"] is not None else
+        (f"No estimate: {estimate['throughput_ratio_source']} (qcompiler/numerics.py); pass --throughput-ratio R "
+         f"from a measurement on the target. {estimate['target_flop_share']:.1%} of attention FLOPs run {quantized} "
+         f"at the family's reference shapes ({estimate['target_shapes']})."),
         "",
         "## Pictures",
         "",
     ]
     for item in report["files"]["heatmaps"]:
         lines.append(f"![{item['component']} {item['kind']} {item['what']}]({item['file']})")
+    omitted = report["files"].get("omitted", [])
+    if omitted:
+        lines.append("")
+    for item in omitted:
+        lines.append(f"- {item['component']} / {item['kind']}: no {' or '.join(item['what'])} picture, "
+                     f"{item['reason']}.")
     lines.append("")
     return "\n".join(lines)
+
+
+def _threads_line(measured: Mapping[str, Any]) -> str:
+    versions = measured.get("versions", {})
+    software = ", ".join(f"{name} {versions[name]}" for name in ("torch", "diffusers") if name in versions)
+    threads = measured.get("threads")
+    if threads is None:
+        return f"Software: {software}; thread count not recorded (a report from before it was)."
+    return (f"Software: {software}; torch threads: {threads['intra_op']} intra-op, {threads['inter_op']} inter-op. "
+            "CPU results depend on the thread count (the reduction order changes), so compare reports made with "
+            "the same count (`OMP_NUM_THREADS=1` gives the most reproducible runs).")

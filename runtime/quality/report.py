@@ -6,8 +6,9 @@ per-call errors are errors of the FP8 call itself, while the end-to-end PSNR/SSI
 of all FP8 calls through the denoising loop.
 
 The attention-time saving is an ESTIMATE for the target: FP8 share of attention FLOPs at the real model's
-reference shapes x (1 - FP8/BF16 time ratio). The default ratio comes from the seed's NPU measurement
-(Wan2.2 I2V 1280x720, 61 frames, 4 steps: flash attention 6.81 s -> 5.43 s, i.e. FP8 takes 0.797x the time).
+reference shapes x (1 - quantized/BF16 time ratio). The default ratio is the plan dtype's measured speed factor
+(qcompiler/numerics.py): for FP8 the seed's NPU measurement (Wan2.2 I2V 1280x720, 61 frames, 4 steps: flash
+attention 6.81 s -> 5.43 s, i.e. FP8 takes 0.797x the time); MX and INT8 have none yet, so no estimate is made.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import torch
 
 import qcompiler
 from qcompiler.compile.resolve import predict_expert_schedule
-from qcompiler.families import get_family
+from qcompiler.families import Family, get_family
+from qcompiler.numerics import DEFAULT_DTYPE, DTYPES, MXFP4_SEQUENCE_MULTIPLE, speed_factor
 from qcompiler.plan.format import PLAN_FORMAT, Plan, content_sha256
 from qcompiler.plan.io import write_text_atomically
 from qcompiler.schemas import first_violation
@@ -50,28 +52,28 @@ from runtime.quality.pipelines import (
 from runtime.quality.render import draw_error_heatmap, draw_plan_heatmap, render_markdown
 
 REPORT_FORMAT = 1
-SEED_FA_NATIVE_S = 6.81
-SEED_FA_FP8_S = 5.43
-# FP8 attention time / native (BF16) attention time for the same work, from the seed's NPU measurement.
-DEFAULT_THROUGHPUT_RATIO = round(SEED_FA_FP8_S / SEED_FA_NATIVE_S, 3)
-THROUGHPUT_RATIO_SOURCE = (
-    f"default from the seed's NPU measurement (Wan2.2 I2V 1280x720, 61 frames, 4 steps: flash attention "
-    f"{SEED_FA_NATIVE_S} s -> {SEED_FA_FP8_S} s)"
-)
+# FP8 attention time / native (BF16) attention time for the same work: the FP8 row of qcompiler/numerics.py.
+DEFAULT_THROUGHPUT_RATIO = speed_factor(DEFAULT_DTYPE)
+THROUGHPUT_RATIO_SOURCE = f"default from {DTYPES[DEFAULT_DTYPE].speed_factor_source}"
 WORST_STEPS = 3
 WORST_LAYERS = 5
+# The dtype whose kernel attends to zero padding (MindIE-SD 3.1.0 MXFP4QuantFA; runtime/quant/mx.py), and the
+# padded share of the keys above which the report says the error mostly comes from that padding.
+PADDED_DTYPE = "mxfp4_e2m1"
+PADDING_NOTE_SHARE = 0.5
 
 
 @dataclass(frozen=True)
 class ReportOptions:
     """How to run a report. `backend`: "auto" (an NPU entry point where present, else the CPU reference),
-    or any name in runtime.backends.registry. `throughput_ratio`: FP8 attention time / BF16 attention time on the target."""
+    or any name in runtime.backends.registry. `throughput_ratio`: quantized attention time / BF16 attention time on
+    the target; None: the plan dtype's measured factor (qcompiler/numerics.py), no estimate where none is known."""
 
     pipeline: str = "tiny"
     seed: int = 0
     prompt: str = DEFAULT_PROMPT
     backend: str = "auto"
-    throughput_ratio: float = DEFAULT_THROUGHPUT_RATIO
+    throughput_ratio: float | None = None
     frames: FrameSettings = field(default_factory=FrameSettings)
     progress: bool = True
 
@@ -114,6 +116,17 @@ def _error_stats(records: list[CallRecord]) -> dict[str, dict[str, float]] | Non
         "rel_l1": _stats((r.rel_l1 for r in records), max),
         "rmse": _stats((r.rmse for r in records), max),
     }
+
+
+def throughput_ratio(given: float | None, dtype: str) -> tuple[float | None, str]:
+    """The ratio of the estimate and where it comes from: the one given, else the dtype's measured speed factor
+    (never another format's: an unmeasured dtype gets no ratio and so no estimate)."""
+    if given is not None:
+        return given, "given with --throughput-ratio"
+    factor = speed_factor(dtype)
+    if factor is None:
+        return None, f"no measured speed factor for {dtype}"
+    return factor, f"default from {DTYPES[dtype].speed_factor_source}"
 
 
 def target_flop_share(plan: Plan) -> tuple[float, str]:
@@ -163,6 +176,61 @@ def _worst(records: list[CallRecord], key: Callable[[CallRecord], tuple], fields
     ]
 
 
+class SequenceLengths:
+    """The longest query and key/value token counts each (component, kind) attention module sees (forward
+    pre-hooks, as FlopCounter reads them): the MXFP4 padding note needs them."""
+
+    def __init__(self, pipe, family: Family):
+        self.tokens: dict[str, dict[str, int]] = {}
+        self._handles = []
+        for name in family.component_names:
+            model = getattr(pipe, name)
+            for kind in family.kinds:
+                for layer in range(family.num_layers(name, kind)):
+                    module = model.get_submodule(family.module_path(name, kind, layer))
+                    self._handles.append(module.register_forward_pre_hook(self._hook(f"{name}/{kind}"),
+                                                                          with_kwargs=True))
+
+    def _hook(self, key: str):
+        def record(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            context = args[1] if len(args) > 1 else kwargs.get("encoder_hidden_states")
+            seen = self.tokens.setdefault(key, {"query": 0, "kv": 0})
+            seen["query"] = max(seen["query"], int(hidden.shape[1]))
+            seen["kv"] = max(seen["kv"], int((hidden if context is None else context).shape[1]))
+        return record
+
+    def __enter__(self) -> SequenceLengths:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def padding_note(dtype: str, tokens: dict[str, dict[str, int]]) -> str | None:
+    """Why an MXFP4 report on short sequences shows large errors: the kernel attends to its zero padding."""
+    if dtype != PADDED_DTYPE or not tokens:
+        return None
+    multiple = MXFP4_SEQUENCE_MULTIPLE
+    padded = {key: (-seen["kv"]) % multiple / (seen["kv"] + (-seen["kv"]) % multiple)
+              for key, seen in tokens.items() if seen["kv"]}
+    heavy = {key: share for key, share in padded.items() if share > PADDING_NOTE_SHARE}
+    if not heavy:
+        return None
+    listed = ", ".join(f"{key} {tokens[key]['kv']} keys ({share:.0%} padding)" for key, share in sorted(heavy.items()))
+    return (f"MXFP4 zero-pads every sequence to a multiple of {multiple} tokens and attends to the padded zero "
+            f"keys, as MindIE-SD 3.1.0's MXFP4QuantFA does (runtime/quant/mx.py). This run's sequences are far "
+            f"shorter than {multiple} ({listed}), so most of the error of its MXFP4 calls comes from that "
+            f"padding, not from MXFP4 rounding; at the real model's sequence lengths (thousands of tokens) the "
+            f"padding is a small share of the keys.")
+
+
+def threads() -> dict[str, int]:
+    """torch's CPU thread counts: results on CPU depend on them (reduction order), so a report records them."""
+    return {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()}
+
+
 def versions() -> dict[str, str]:
     import diffusers
     import transformers
@@ -174,8 +242,8 @@ def versions() -> dict[str, str]:
 def build_report(plan: Plan, options: ReportOptions, pipe: Any = None) -> dict[str, Any]:
     """Run native then planned (same seed) and return the report dict (schemas/report.schema.json, minus
     `files`, which write_report adds). `pipe`: an already loaded pipeline to reuse (tests, benchmarks)."""
-    if options.throughput_ratio <= 0:
-        raise ValueError("the FP8/BF16 throughput ratio must be positive")
+    if options.throughput_ratio is not None and options.throughput_ratio <= 0:
+        raise ValueError("the quantized/BF16 throughput ratio must be positive")
     if pipe is None:
         pipe = load_pipeline(options.pipeline, plan.family_name)
     variant = detect_variant(pipe, plan.family_name)
@@ -187,7 +255,7 @@ def build_report(plan: Plan, options: ReportOptions, pipe: Any = None) -> dict[s
 
     records: list[CallRecord] = []
     with progress_bar(2 * steps, options.progress, "qcompile report") as bar, \
-            FlopCounter(pipe, plan.family) as counter:
+            FlopCounter(pipe, plan.family) as counter, SequenceLengths(pipe, plan.family) as lengths:
         kwargs = call_kwargs(pipe, spec=options.pipeline, seed=options.seed, prompt=options.prompt, steps=steps,
                              frames=options.frames)
         start = time.perf_counter()
@@ -210,6 +278,7 @@ def build_report(plan: Plan, options: ReportOptions, pipe: Any = None) -> dict[s
     flops_total = sum(c["flops"] for c in cells)
     flops_fp8 = sum(c["fp8_calls"] * counter.flops(c["component"], c["kind"]) for c in cells)
     share, shapes = target_flop_share(plan)
+    ratio, ratio_source = throughput_ratio(options.throughput_ratio, plan.data["dtype"])
     identical = bool(torch.equal(native, planned))
     value = psnr(planned, native)
     return {
@@ -229,7 +298,8 @@ def build_report(plan: Plan, options: ReportOptions, pipe: Any = None) -> dict[s
             "pipeline": options.pipeline, "backend": fp8_name or backend, "device": str(pipe.device),
             "seed": options.seed, "prompt": options.prompt, "height": options.frames.height,
             "width": options.frames.width, "num_frames": options.frames.num_frames,
-            "guidance_scale": options.frames.guidance_scale, "versions": versions(),
+            "guidance_scale": options.frames.guidance_scale, "versions": versions(), "threads": threads(),
+            "attention_tokens": lengths.tokens,
             "elapsed_s": {"native": native_s, "plan": plan_s},
             "shapes_varied": [f"{c}/{k}" for c, k in counter.varied()],
         },
@@ -244,6 +314,9 @@ def build_report(plan: Plan, options: ReportOptions, pipe: Any = None) -> dict[s
             "calls": {"total": calls_total, "fp8": calls_fp8, "share": calls_fp8 / calls_total if calls_total else 0.0},
             "flops": {"total": flops_total, "fp8": flops_fp8, "share": flops_fp8 / flops_total if flops_total else 0.0},
             "per_call_error": _error_stats(records),
+            "notes": [note for note in (padding_note(plan.data["dtype"], {
+                key: seen for key, seen in lengths.tokens.items()
+                if key in {f"{r.component}/{r.kind}" for r in records}}),) if note],
             "worst_steps": _worst(records, lambda r: (r.step,), ("step",), WORST_STEPS),
             "worst_layers": _worst(records, lambda r: (r.component, r.kind, r.layer),
                                    ("component", "kind", "layer"), WORST_LAYERS),
@@ -254,12 +327,11 @@ def build_report(plan: Plan, options: ReportOptions, pipe: Any = None) -> dict[s
             },
             "estimate": {
                 "kind": "estimate, not measured",
-                "throughput_ratio": options.throughput_ratio,
-                "throughput_ratio_source": (THROUGHPUT_RATIO_SOURCE if options.throughput_ratio == DEFAULT_THROUGHPUT_RATIO
-                                            else "given with --throughput-ratio"),
+                "throughput_ratio": ratio,
+                "throughput_ratio_source": ratio_source,
                 "target_flop_share": share,
                 "target_shapes": shapes,
-                "attention_time_saved": share * (1.0 - options.throughput_ratio),
+                "attention_time_saved": None if ratio is None else share * (1.0 - ratio),
             },
         },
         "cells": cells,
@@ -285,20 +357,32 @@ def write_report(report: dict[str, Any], plan: Plan, outdir: Path) -> dict[str, 
     for cell in report["cells"]:
         cos = cell["cos_sim"]["worst"] if cell["cos_sim"] is not None else None
         worst_by_cell[(cell["component"], cell["kind"])][(cell["step"], cell["layer"])] = cos
+    omitted = []
     for name in plan.component_names:
         served = [bool(seen) and name in seen.split("+") for seen in observed]
         for kind in plan.attention_kinds:
             layers = plan.family.num_layers(name, kind)
+            table = plan.table(name, kind)
+            size = {"steps": steps, "layers": layers}
+            # An all-native table, or one with no quantized call run, draws a panel of one colour: say it instead.
+            if not any(any(row) for row in table):
+                omitted.append({"component": name, "kind": kind, "what": ["plan", "error"],
+                                "reason": "native on every step and layer"})
+                continue
             plan_file = f"plan_{name}_{kind}.png"
             draw_plan_heatmap(outdir / plan_file, f"plan: {name} / {kind} (rows: steps, columns: layers)",
-                              plan.table(name, kind), served)
+                              table, served)
+            heatmaps.append({"component": name, "kind": kind, "what": "plan", "file": plan_file, **size})
+            if not any(cos is not None for cos in worst_by_cell[(name, kind)].values()):
+                omitted.append({"component": name, "kind": kind, "what": ["error"],
+                                "reason": "no quantized call ran (its quantized cells are on steps it did not serve)"})
+                continue
             error_file = f"error_{name}_{kind}.png"
             draw_error_heatmap(outdir / error_file, f"worst per-call 1 - cos-sim: {name} / {kind}", steps, layers,
                                worst_by_cell[(name, kind)])
-            size = {"steps": steps, "layers": layers}
-            heatmaps.append({"component": name, "kind": kind, "what": "plan", "file": plan_file, **size})
             heatmaps.append({"component": name, "kind": kind, "what": "error", "file": error_file, **size})
-    report = {**report, "files": {"json": "report.json", "markdown": "report.md", "heatmaps": heatmaps}}
+    report = {**report, "files": {"json": "report.json", "markdown": "report.md", "heatmaps": heatmaps,
+                                  "omitted": omitted}}
     write_text_atomically(outdir / "report.md", render_markdown(report))
     write_text_atomically(outdir / "report.json", report_json(report))
     return report

@@ -30,9 +30,6 @@ import torch
 from qcompiler.numerics import INT8_SCALE_SCOPES
 from runtime.numerics import Numerics
 
-# FIA v1 full quant: "D 32-aligned" (CANN aclnnFusedInferAttentionScoreV4 doc, shared reference a2a3-int8.md sec. 1).
-INT8_HEAD_DIM_ALIGNMENT = 32
-
 # Symmetric INT8 range used for Q, K and V: scale = amax / 127 maps amax to 127, and -128 is never produced.
 INT8_MAX = 127
 # R_v is a second randomized Hadamard with its own sign vector: seed = rotation_seed + this offset. Any seed is
@@ -122,15 +119,6 @@ def transform_inputs(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     if v_rotation is not None:
         value = value @ v_rotation.to(value.dtype)
     return query, key, value
-
-
-def int8_head_dim_reason(head_dim: int, numerics: Numerics) -> str | None:
-    """None when the A2/A3 INT8 kernel (and so the reference, which predicts it) takes this head dim, else why not."""
-    if head_dim % INT8_HEAD_DIM_ALIGNMENT:
-        return f"head dim {head_dim} is not a multiple of {INT8_HEAD_DIM_ALIGNMENT} (the INT8 kernel's alignment)"
-    if (numerics.hadamard_rotation or numerics.v_rotation) and head_dim & (head_dim - 1):
-        return f"head dim {head_dim} is not a power of two, which the Hadamard rotations need"
-    return None
 
 
 def undo_v_rotation(out: torch.Tensor, v_rotation: torch.Tensor | None) -> torch.Tensor:

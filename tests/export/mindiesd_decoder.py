@@ -101,17 +101,25 @@ def run_snippet(snippet: str, components: tuple[str, ...]) -> dict[str, OnlineQu
 
 
 def configs_from_json(text: str, components: tuple[str, ...]) -> dict[str, OnlineQuantConfig]:
+    """The config each transformer gets from the JSON: every entry of `configs` names the transformers it is
+    applied to; a transformer named in no entry (listed in `native_components`) is not quantized."""
     data = json.loads(text)
-    if data["online_quant_config"] is None:
-        return {}
-    policy_data = data["timestep_policy_config"]
-    policy = TimestepPolicyConfig(**policy_data["init"])
-    for call in policy_data["register"]:
-        policy.register(call["step_range"], call["strategy"], target=call["target"])
-    kwargs = dict(data["online_quant_config"])
-    assert kwargs.pop("timestep_config") == "timestep_policy_config"
-    config = OnlineQuantConfig(**kwargs, timestep_config=policy)
-    return {component: config for component in components}
+    configs: dict[str, OnlineQuantConfig] = {}
+    for entry in data["configs"]:
+        policy_data = entry["timestep_policy_config"]
+        policy = TimestepPolicyConfig(**policy_data["init"])
+        for call in policy_data["register"]:
+            policy.register(call["step_range"], call["strategy"], target=call["target"])
+        kwargs = dict(entry["online_quant_config"])
+        assert kwargs.pop("timestep_config") == "timestep_policy_config"
+        config = OnlineQuantConfig(**kwargs, timestep_config=policy)
+        assert entry["components"], "a config must name the transformers it applies to"
+        for component in entry["components"]:
+            assert component in components, f"{component} is not a transformer of the pipeline"
+            assert component not in configs, f"{component} is named by two configs"
+            configs[component] = config
+    assert sorted(data["native_components"]) == sorted(set(components) - set(configs))
+    return configs
 
 
 def decode(plan: Plan, configs: dict[str, OnlineQuantConfig], routing: tuple[str, ...]) -> set[Cell]:

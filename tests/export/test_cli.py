@@ -137,6 +137,27 @@ def test_export_mindiesd_python_and_json_decode_to_the_plan(run):
     assert "seed 1234" in python.stdout and json.loads(as_json.stdout)["mindiesd_version"] == "3.1.0"
 
 
+def test_export_mindiesd_of_the_issue_18_plan_is_one_config_per_expert(run, tmp_path):
+    """The plan the issue reported refused ("one module set for both experts") exports exactly."""
+    from . import mindiesd_decoder as mindiesd
+    from . import routings
+    from .test_targets import ISSUE_18_RECIPE
+
+    recipe = tmp_path / "issue18.yaml"
+    recipe.write_text(ISSUE_18_RECIPE)
+    plan = run("compile", recipe, "-o", tmp_path / "issue18.plan.json")
+    assert plan.exit_code == 0, plan.output
+    plan = load_plan(tmp_path / "issue18.plan.json")
+    python = run("export", "--to", "mindiesd", recipe, "--format", "python")
+    as_json = run("export", "--to", "mindiesd", recipe, "--format", "json")
+    assert python.exit_code == 0 and as_json.exit_code == 0, python.output + as_json.output
+    for configs in (mindiesd.run_snippet(python.stdout, plan.component_names),
+                    mindiesd.configs_from_json(as_json.stdout, plan.component_names)):
+        for routing in routings.every_split(plan)[2:3]:  # the pinned split: steps 0-1 transformer
+            assert mindiesd.decode(plan, configs, routing) == routings.planned_cells(plan, routing)
+    assert [e["components"] for e in json.loads(as_json.stdout)["configs"]] == [["transformer"], ["transformer_2"]]
+
+
 def test_export_xdit_refuses_the_shipped_plan_and_conservative_says_so(run):
     from pathlib import Path
 

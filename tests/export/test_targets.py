@@ -257,21 +257,98 @@ def test_mindiesd_snippet_passes_policy_defaults_and_states_the_seed():
     text = exported.to_python()
     assert 'TimestepPolicyConfig(fa_default_strategy="FLOAT")' in text
     assert all('target="fa"' in line for line in text.splitlines() if "policy.register(" in line)
-    assert 'fa_quant_type="MXFP4_DYNAMIC"' in text and "{" not in "".join(exported.fa_layers)
+    assert 'fa_quant_type="MXFP4_DYNAMIC"' in text and "{" not in "".join(exported.configs[0].fa_layers)
     assert "seed 1234" in text and "rotation_seed=425500" in text
     assert "seed 1234" in exported.to_json()
 
 
-def test_mindiesd_refuses_a_layer_native_in_one_expert_only_and_names_it():
+ISSUE_18_RECIPE = """\
+version: 1
+family: wan2.2-i2v-a14b
+num_inference_steps: 4
+dtype: fp8_e4m3_per_block
+numerics: {hadamard_rotation: true, rotation_seed: 425500}
+fallback: native
+attention_kinds: [self]
+components: [transformer, transformer_2]
+default: fp8
+rules:
+  - name: edge-steps
+    steps: "0, last 1"
+    precision: native
+  - name: first-layer
+    layers: "0"
+    precision: native
+  - name: last-layer-low-noise
+    components: [transformer_2]
+    layers: "39"
+    precision: native
+"""
+
+
+def issue_18_plan(tmp_path) -> Plan:
+    from qcompiler.compile.compiler import compile_path
+
+    recipe = tmp_path / "issue18.yaml"
+    recipe.write_text(ISSUE_18_RECIPE)
+    result = compile_path(recipe)
+    assert not result.errors, result.diagnostics
+    return result.plan
+
+
+def test_mindiesd_exports_one_config_per_expert_for_a_layer_native_in_one_expert_only(tmp_path):
+    """Issue 18: first and last step native, layer 0 native, layer 39 native only in transformer_2. MindIE-SD
+    quantizes each transformer with its own OnlineQuantConfig, so this is exact: one config per expert."""
+    plan = issue_18_plan(tmp_path)
+    assert plan.expert_schedule == ("transformer", "transformer", "transformer_2", "transformer_2")
+    exported = export_mindiesd(plan)
+    first, second = exported.config_of("transformer"), exported.config_of("transformer_2")
+    assert first.components == ("transformer",) and second.components == ("transformer_2",)
+    assert first.quantized_steps == (1,) and second.quantized_steps == (2,)
+    assert first.fa_layers == tuple(f"blocks.{i}.attn1" for i in range(1, 40))
+    assert second.fa_layers == tuple(f"blocks.{i}.attn1" for i in range(1, 39))
+    assert exported.fp8_cells == exported.planned_fp8_cells == 39 + 38
+    assert check_mindiesd(plan, "pinned") == "exact"
+    text = exported.to_python()
+    assert "quantize(pipe.transformer, online_config=online_config_transformer)" in text
+    assert "quantize(pipe.transformer_2, online_config=online_config_transformer_2)" in text
+
+
+def test_mindiesd_json_names_the_transformers_each_config_applies_to(tmp_path):
+    """A consumer of the JSON reads which transformers each config is for: the old JSON had one config and no
+    names, and applying it to pipe.transformer alone ran transformer_2's quantized steps native."""
+    import json
+
+    data = json.loads(export_mindiesd(issue_18_plan(tmp_path)).to_json())
+    assert [entry["components"] for entry in data["configs"]] == [["transformer"], ["transformer_2"]]
+    assert data["native_components"] == []
+    assert "online_quant_config" not in data
+    shipped = json.loads(export_mindiesd(load_plan(SHIPPED[3])).to_json())
+    assert [entry["components"] for entry in shipped["configs"]] == [list(load_plan(SHIPPED[3]).component_names)]
+
+
+def test_mindiesd_leaves_out_an_expert_with_no_quantized_step():
     rows1 = ["0" * LAYERS, "1" * LAYERS, "1" * LAYERS, "0" * LAYERS]
-    rows2 = ["0" * LAYERS, "1" * LAYERS, "1" * (LAYERS - 1) + "0", "0" * LAYERS]
+    plan = build_plan({("transformer", "self"): rows1}, schedule(4, 2))
+    exported = export_mindiesd(plan)
+    assert [c.components for c in exported.configs] == [("transformer",)]
+    assert exported.native_components == ("transformer_2",)
+    assert "quantize(pipe.transformer_2" not in exported.to_python()
+    assert check_mindiesd(plan, "pinned") == "exact"
+
+
+def test_mindiesd_refuses_a_layer_native_on_one_step_of_an_expert_and_names_it():
+    rows1 = ["0" * LAYERS, "1" * LAYERS, "1" * LAYERS, "0" * LAYERS]
+    rows2 = ["0" * LAYERS, "1" * LAYERS, "1" * (LAYERS - 1) + "0", "1" * LAYERS]
     plan = build_plan({("transformer", "self"): rows1, ("transformer_2", "self"): rows2}, schedule(4, 2))
     with pytest.raises(NotExpressibleError) as caught:
         export_mindiesd(plan)
     assert caught.value.forced_fp8 == (("transformer_2", "self", 2, 39),)
     assert "  transformer_2/self step 2: layer 39" in str(caught.value)
     conservative = export_mindiesd(plan, conservative=True)
-    assert conservative.given_up_cells == 1 and "blocks.39.attn1" not in conservative.fa_layers
+    assert conservative.given_up_cells == 1
+    assert "blocks.39.attn1" not in conservative.config_of("transformer_2").fa_layers
+    assert "blocks.39.attn1" in conservative.config_of("transformer").fa_layers
 
 
 def test_mindiesd_fallback_patterns_keep_every_linear_and_no_attention_module():
@@ -306,10 +383,37 @@ def test_xdit_two_entries_per_step_with_cfg_one_with_cfg_parallel():
     plan = build_plan({(c, "self"): rows for c in ("transformer", "transformer_2")}, schedule(4, 2))
     with_cfg = export_xdit(plan).to_flags()
     assert '--hybrid_attn_schedule "FLASH_3,FLASH_3,FLASH_3_FP8,FLASH_3_FP8,FLASH_3_FP8,FLASH_3_FP8,FLASH_3,FLASH_3"' in with_cfg
-    assert "--cross_attention_backend FLASH_3" in with_cfg and "--flow_shift 5.0" in with_cfg
+    assert "--cross_attention_backend FLASH_3" in with_cfg
     parallel = export_xdit(plan, use_cfg_parallel=True).to_flags()
     assert '"FLASH_3,FLASH_3_FP8,FLASH_3_FP8,FLASH_3"' in parallel and "--use_cfg_parallel" in parallel
     assert "per tensor" in "\n".join(export_xdit(plan).summary_lines())
+
+
+def test_xdit_writes_no_flow_shift_when_both_experts_have_the_same_rows():
+    """Issue 18: routing cannot change the result, so --flow_shift (which would override the user's) is left out."""
+    rows = ["0" * LAYERS, "1" * LAYERS, "1" * LAYERS, "0" * LAYERS]
+    plan = build_plan({(c, "self"): rows for c in ("transformer", "transformer_2")}, schedule(4, 2),
+                      family="wan2.2-t2v-a14b")
+    exported = export_xdit(plan)
+    assert "--flow_shift" not in exported.to_flags() and exported.flow_shift is None
+    assert "routing: does not matter" in "\n".join(exported.summary_lines())
+    assert check_xdit(plan, "pinned") == "exact"  # the decoder then tries every split
+
+
+def test_xdit_writes_flow_shift_when_exactness_depends_on_routing_and_says_it_is_the_runner_default():
+    rows1 = ["0" * LAYERS, "1" * LAYERS, "1" * LAYERS, "0" * LAYERS]
+    rows2 = ["0" * LAYERS, "0" * LAYERS, "1" * LAYERS, "0" * LAYERS]  # step 1 native only in transformer_2
+    order = list(routings.diffusers_unipc(build_plan({}, ["transformer"] * 4, family="wan2.2-t2v-a14b"), 12.0, 0.875))
+    assert order[1] == "transformer"
+    plan = build_plan({("transformer", "self"): rows1, ("transformer_2", "self"): rows2}, order,
+                      family="wan2.2-t2v-a14b")
+    exported = export_xdit(plan)
+    assert exported.to_flags().endswith("--flow_shift 12.0")
+    summary = "\n".join(exported.summary_lines())
+    assert "equals xDiT's runner default" in summary and "replaces any --flow_shift of your own" in summary
+    assert check_xdit(plan, "pinned") == "exact"
+    with pytest.raises(NotExpressibleError):
+        export_xdit(plan, routing="any")
 
 
 def test_xdit_cross_attention_following_the_schedule_needs_no_flag():

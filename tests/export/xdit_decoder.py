@@ -71,8 +71,8 @@ def decode_forwards(plan: Plan, line: str, routing: tuple[str, ...], cfg: bool =
 def possible_routings(plan: Plan, line: str, routing_mode: str) -> list[tuple[str, ...]]:
     family = plan.data["family"]
     args = parse(line) if line.strip() else {}
-    if routing_mode == "pinned" and family["boundary_ratio"] is not None:
+    if routing_mode == "pinned" and family["boundary_ratio"] is not None and "flow_shift" in args:
         # xDiT runs the diffusers pipeline: boundary_ratio from the checkpoint, flow_shift from --flow_shift.
-        shift = float(args.get("flow_shift", family["flow_shift"]))
-        return [routings.diffusers_unipc(plan, shift, family["boundary_ratio"])]
+        return [routings.diffusers_unipc(plan, float(args["flow_shift"]), family["boundary_ratio"])]
+    # No --flow_shift written: the user's own flow_shift (or xDiT's runner default) decides, so any split.
     return routings.every_split(plan)

@@ -302,6 +302,33 @@ def test_nothing_tagged_by_the_first_request_is_refused(world, gate, tmp_path):
         pipe.dit()
 
 
+def test_a_model_built_after_the_first_request_still_trips(world, gate, tmp_path):
+    plan = generated_plans()[1]
+    state = activate(plan, tmp_path, gate)
+    first = world.pipeline(get_family(plan.family_name), wheel.od_config(), list(plan.expert_schedule))
+    first.forward(wheel.request_batch(plan.num_inference_steps))
+    assert state.log.last_report.matches_plan()
+
+    class OtherPipeline(world.Wan22Pipeline):  # built later in the same process, not one of vllm-omni's Wan pipelines
+        _dit_modules = ["dit"]
+
+    second = OtherPipeline([], wheel.od_config(), ["transformer"])
+    second.dit = world.WanTransformer3DModel(2, 40, 128, wheel.od_config())
+    world.sink.clear()
+    with pytest.raises(plugin.PluginRefusal, match=r"layer 'blocks\.0\.attn1' runs untagged \(tagged: transformer: "
+                                                   r"80 layers, transformer_2: 80 layers\).*Unset the variable"):
+        second.dit()
+    assert world.sink == []  # refused before vllm-omni's gate ran
+    # The first model still follows the plan, call for call.
+    first.forward(wheel.request_batch(plan.num_inference_steps, request_id="req-2"))
+    assert state.log.last_report.matches_plan()
+    plugin.deactivate()  # and without a plan in force, the later model runs vllm-omni's own policy again
+    world.sink.clear()
+    second.dit()
+    assert world.sink == [(f"blocks.{i}.attn{n}", None, dtype) for i in range(2) for n, dtype in ((1, "fp8"),
+                                                                                                    (2, "float"))]
+
+
 def test_missing_expert_is_refused_at_the_first_request(world, gate, tmp_path):
     plan = generated_plans()[1]  # two experts
     activate(plan, tmp_path, gate)

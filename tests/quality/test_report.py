@@ -91,7 +91,11 @@ def test_json_validates_and_pngs_are_images_of_the_documented_size(mixed_report,
     jsonschema.Draft202012Validator(load_schema("report")).validate(written)
     assert written == json.loads(json.dumps(report))
     heatmaps = written["files"]["heatmaps"]
-    assert len(heatmaps) == 2 * len(mixed_plan.component_names) * len(mixed_plan.attention_kinds)
+    drawn = {(item["component"], item["kind"], item["what"]) for item in heatmaps}
+    left_out = {(item["component"], item["kind"], what) for item in written["files"]["omitted"] for what in item["what"]}
+    # transformer_2 serves only the last step, where cross-attention is native: its cross error panel is left out.
+    assert left_out == {("transformer_2", "cross", "error")} and not drawn & left_out
+    assert len(drawn | left_out) == 2 * len(mixed_plan.component_names) * len(mixed_plan.attention_kinds)
     for item in heatmaps:
         with Image.open(outdir / item["file"]) as image:
             image.verify()
@@ -164,3 +168,83 @@ def test_cli_report_errors_are_one_clear_line(tmp_path) -> None:
     assert result.exit_code == 1 and "model_index.json" in result.output and "Traceback" not in result.output
     result = runner.invoke(cli, ["report", str(recipe), "--height", "20", "-o", str(tmp_path / "o")])
     assert result.exit_code == 2 and "multiples of 16" in result.output
+
+
+# -- issue 18, item 14: threads recorded, an error scale that spans the data, legends, empty panels, MXFP4 padding
+
+
+def test_report_records_torch_threads_and_versions(mixed_report) -> None:
+    import torch
+
+    report, outdir = mixed_report
+    measured = report["measured"]
+    assert measured["threads"] == {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()}
+    assert measured["versions"]["torch"] == torch.__version__ and "diffusers" in measured["versions"]
+    assert set(measured["attention_tokens"]) == {f"{c}/{k}" for c in ("transformer", "transformer_2")
+                                                 for k in ("self", "cross")}
+    markdown = (outdir / "report.md").read_text()
+    assert f"torch threads: {torch.get_num_threads()} intra-op" in markdown
+    assert f"torch {torch.__version__}" in markdown and "depend on the thread count" in markdown
+
+
+def test_error_colour_scale_tells_every_decade_apart_up_to_1() -> None:
+    from runtime.quality.render import ERROR_SWATCHES, error_color
+
+    colours = [error_color(cos) for cos, _ in ERROR_SWATCHES]
+    assert len(set(colours)) == len(ERROR_SWATCHES) >= 7
+    # The MXFP4 tiny report's cells (1 - cos 0.05 .. 0.39) no longer share the colour of 1 - cos = 1e-2.
+    assert len({error_color(0.99), error_color(0.95), error_color(0.61)}) == 3
+    assert error_color(-1.0) == error_color(0.0) and error_color(1.0) == error_color(1 - 1e-9)
+
+
+def _legend_pixels(path, num_steps: int) -> set:
+    from runtime.quality.render import CELL, TOP
+
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+        return {rgb.getpixel((x, y)) for x in range(rgb.width) for y in range(TOP + num_steps * CELL + 20, rgb.height)}
+
+
+def test_legends_name_every_colour_drawn(mixed_report) -> None:
+    from runtime.quality.render import ERROR_SWATCHES, FP8_COLOR, NATIVE_COLOR, NOT_RUN_COLOR, _pale, error_color
+
+    _, outdir = mixed_report
+    plan_legend = _legend_pixels(outdir / "plan_transformer_self.png", STEPS)
+    assert {FP8_COLOR, NATIVE_COLOR, _pale(FP8_COLOR), _pale(NATIVE_COLOR)} <= plan_legend
+    error_legend = _legend_pixels(outdir / "error_transformer_self.png", STEPS)
+    assert {NATIVE_COLOR, NOT_RUN_COLOR, *(error_color(cos) for cos, _ in ERROR_SWATCHES)} <= error_legend
+
+
+def test_all_native_panels_are_left_out_with_a_line_saying_so(native_report, native_plan, tmp_path) -> None:
+    from runtime.quality.report import write_report
+
+    report = write_report(native_report, native_plan, tmp_path)
+    assert report["files"]["heatmaps"] == [] and not list(tmp_path.glob("*.png"))
+    assert sorted((o["component"], o["kind"], tuple(o["what"])) for o in report["files"]["omitted"]) == sorted(
+        (c, k, ("plan", "error")) for c in native_plan.component_names for k in native_plan.attention_kinds)
+    markdown = (tmp_path / "report.md").read_text()
+    assert "- transformer / self: no plan or error picture, native on every step and layer." in markdown
+    jsonschema.Draft202012Validator(load_schema("report")).validate(json.loads((tmp_path / "report.json").read_text()))
+
+
+def test_padding_note_only_for_mxfp4_on_sequences_far_below_the_block() -> None:
+    from runtime.quality.report import padding_note
+
+    short = {"transformer/self": {"query": 144, "kv": 144}, "transformer/cross": {"query": 144, "kv": 512}}
+    note = padding_note("mxfp4_e2m1", short)
+    assert note is not None and "multiple of 512" in note and "transformer/self 144 keys (72% padding)" in note
+    assert "transformer/cross" not in note
+    assert padding_note("fp8_e4m3_per_block", short) is None and padding_note("mxfp8_e4m3", short) is None
+    assert padding_note("mxfp4_e2m1", {"transformer/self": {"query": 4000, "kv": 4000}}) is None
+
+
+@pytest.mark.slow
+def test_mxfp4_report_on_the_tiny_pipeline_says_its_error_comes_from_the_padding(tiny_pipe, tmp_path) -> None:
+    from runtime.quality.report import ReportOptions, build_report, write_report
+    from tests.quality.conftest import compile_tiny
+
+    plan = compile_tiny(MIXED_RECIPE.replace("fp8_e4m3_per_block", "mxfp4_e2m1"), "mxfp4.yaml")
+    report = write_report(build_report(plan, ReportOptions(progress=False, backend="reference"), pipe=tiny_pipe),
+                          plan, tmp_path)
+    assert any("attends to the padded zero keys" in note for note in report["summary"]["notes"])
+    assert "**Note.** MXFP4 zero-pads every sequence" in (tmp_path / "report.md").read_text()

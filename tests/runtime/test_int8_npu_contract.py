@@ -11,8 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import runtime
 from runtime.backends import BACKENDS, ReferenceBackend, resolve_fp8_backend
 from runtime.backends.int8_npu import Int8NpuBackend, int8_npu_unavailable_reason, is_a2a3_soc
+from runtime.errors import BackendUnavailableError
 from runtime.numerics import Numerics
 from runtime.quant.int8 import (
     QUANT_SCALE1_MODES,
@@ -24,6 +26,8 @@ from runtime.quant.int8 import (
     prepare_int8_inputs,
 )
 from runtime.quant.rotation import get_rotation
+from runtime.tiny import run_tiny
+from tests.runtime.conftest import T2V, recipe
 
 INT32_MAX = 2**31 - 1
 
@@ -150,6 +154,67 @@ def test_registry_picks_int8_npu_only_for_the_int8_dtype():
     backend, reason = resolve_fp8_backend("reference", Numerics.int8())
     assert isinstance(backend, ReferenceBackend) and backend.numerics.is_int8 and reason == ""
     assert resolve_fp8_backend(Int8NpuBackend(Numerics.int8(), op=StandInFia()))[0].name == "int8-npu"
+
+
+class RejectingStack(StandInFia):
+    """The op exists and takes the arguments, but this CANN stack rejects the call, as a release without the
+    full-quant INT8 path does (the error text follows CANN's "EZ..." form; any exception is a rejection)."""
+
+    def __call__(self, *args, **kwargs):
+        super().__call__(*args, **kwargs)  # the call itself is well formed
+        raise RuntimeError("call aclnnFusedInferAttentionScore failed, EZ1001: full quant mode is not supported")
+
+
+def test_load_time_probe_turns_a_rejecting_stack_into_a_reason():
+    op = RejectingStack(compute=False)
+    backend = Int8NpuBackend(Numerics.int8(), op=op)
+    reason = backend.unavailable_reason()
+    assert reason is not None and reason.startswith("int8-npu: probe call failed on this stack: RuntimeError")
+    assert "EZ1001" in reason and len(op.calls) == 1  # one probe call, and the answer is kept
+    assert backend.unavailable_reason() == reason and len(op.calls) == 1
+    assert resolve_fp8_backend(backend) == (None, reason)
+    assert Int8NpuBackend(Numerics.int8(), op=StandInFia()).unavailable_reason() is None
+
+
+@pytest.fixture(scope="module")
+def t2v_int8_plans():
+    from qcompiler import compile_recipe_text
+
+    return {fallback: compile_recipe_text(recipe(T2V, dtype="int8_per_tensor", fallback=fallback),
+                                          name="int8.yaml", variant="tiny")
+            for fallback in ("error", "native")}
+
+
+def test_rejecting_stack_with_fallback_error_is_refused_at_load(t2v_pipe, t2v_int8_plans):
+    backend = Int8NpuBackend(Numerics.from_plan(t2v_int8_plans["error"]), op=RejectingStack(compute=False))
+    with pytest.raises(BackendUnavailableError, match=r"transformer .*int8-npu: probe call failed on this stack: "
+                                                      r"RuntimeError: .*EZ1001.* fallback policy is 'error'"):
+        runtime.load(t2v_pipe, t2v_int8_plans["error"], backend=backend)
+
+
+def test_rejecting_stack_with_fallback_native_runs_native_warned_and_counted(t2v_pipe, t2v_int8_plans):
+    plan = t2v_int8_plans["native"]
+    op = RejectingStack(compute=False)
+    backend = Int8NpuBackend(Numerics.from_plan(plan), op=op)
+    with pytest.warns(RuntimeWarning, match="int8-npu: probe call failed on this stack"):
+        handle = runtime.load(t2v_pipe, plan, backend=backend)
+    with handle:
+        run_tiny(t2v_pipe)  # no error mid-pipeline: the planned INT8 cells run native
+        report = handle.report()
+    assert len(op.calls) == 1  # the probe; the pipeline never called the rejecting op
+    planned = sum(row.count("1") for row in plan.data["tables"]["transformer"]["self"])
+    assert report.fallback_calls == 2 * planned > 0 and "int8-npu" not in report.call_counts  # 2: CFG
+    assert all("probe call failed" in why for why in report.fallback_reasons.values())
+    assert not report.matches_plan()
+
+
+def test_working_stand_in_serves_the_tiny_pipeline(t2v_pipe, t2v_int8_plans):
+    plan = t2v_int8_plans["error"]
+    op = StandInFia()
+    with runtime.load(t2v_pipe, plan, backend=Int8NpuBackend(Numerics.from_plan(plan), op=op)) as handle:
+        run_tiny(t2v_pipe)
+        report = handle.report()
+    assert report.matches_plan() and report.call_counts["int8-npu"] == len(op.calls) - 1 > 0  # - 1: the probe
 
 
 def _semantics_variants():

@@ -216,7 +216,42 @@ def test_each_entry_point_serves_a_tiny_pipeline_cell_for_cell(backend_class, st
     with runtime.load(i2v_pipe, plan, backend=backend_class(Numerics.from_plan(plan), op=op)) as handle:
         run_tiny(i2v_pipe)
         report = handle.report()
-    assert report.matches_plan() and report.call_counts[backend_class.name] == len(op.calls) > 0
+    # one op call more than the report counts: the load-time probe
+    assert report.matches_plan() and report.call_counts[backend_class.name] == len(op.calls) - 1 > 0
+
+
+def rejecting(stand_in):
+    """A stand-in whose op exists and takes the call, but whose CANN stack rejects it (as a release without FIA
+    quant mode 7 does): well-formed arguments, then an error."""
+    def make():
+        op = stand_in()
+
+        def call(*args, **kwargs):
+            op(*args, **kwargs)
+            raise RuntimeError("call aclnnFusedInferAttentionScoreV2 failed, EZ1001: quant mode 7 is not supported")
+        call.calls = op.calls
+        return call
+    return make
+
+
+@pytest.mark.parametrize("backend_class, stand_in", ENTRY_POINTS)
+@pytest.mark.parametrize("fallback", ["error", "native"])
+def test_a_stack_that_rejects_the_call_follows_the_fallback_policy_at_load(backend_class, stand_in, fallback,
+                                                                         i2v_pipe, compile_tiny):
+    plan = compile_tiny(recipe(I2V, fallback=fallback))
+    op = rejecting(stand_in)()
+    backend = backend_class(Numerics.from_plan(plan), op=op)
+    probe = f"{backend_class.name}: probe call failed on this stack: RuntimeError: .*EZ1001"
+    if fallback == "error":
+        with pytest.raises(BackendUnavailableError, match=f"{probe}.*fallback policy is 'error'"):
+            runtime.load(i2v_pipe, plan, backend=backend)
+        return
+    with pytest.warns(RuntimeWarning, match=probe):
+        handle = runtime.load(i2v_pipe, plan, backend=backend)
+    with handle:
+        run_tiny(i2v_pipe)  # nothing raises mid-pipeline: the planned FP8 cells run native
+        report = handle.report()
+    assert len(op.calls) == 1 and report.fallback_calls > 0 and backend_class.name not in report.call_counts
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -85,22 +85,28 @@ class PluginState:
             logger.warning("qcompile plan: %s", note)
         self._registration_hook: Any = None
         self._tripwire: Any = None
+        # vllm-omni attention layer -> the tripwire on it, for every layer built while the plan is in force
+        self._layer_tripwires: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._requests_begun = 0
 
     # -- install -------------------------------------------------------------------------------------------
     def install_hooks(self) -> None:
         self._registration_hook = torch.nn.modules.module.register_module_module_registration_hook(self._on_register)
-        # Fail closed: until the first request has been checked, any vllm-omni attention call that the plugin
-        # did not tag (a model other than Wan, or a Wan tree it did not recognise) refuses instead of running
-        # vllm-omni's own policy under a plan the user believes in force.
+        # Fail closed: any vllm-omni attention call that the plugin did not tag (a model other than Wan, or a Wan
+        # tree it did not recognise) refuses instead of running vllm-omni's own policy under a plan the user
+        # believes in force. Each attention layer built from now on carries its own tripwire (_on_register), for
+        # as long as the plan is in force: a model built after the first request is checked as the first was.
+        # This process-wide hook covers layers built before activate(); it runs on every module call, so it is
+        # removed once the first request has shown the layers it ran tagged.
         self._tripwire = torch.nn.modules.module.register_module_forward_pre_hook(self._check_tagged)
 
     def deactivate(self) -> None:
         """Remove every hook and restore vllm-omni's own gate on every tagged layer."""
-        for handle in (self._registration_hook, self._tripwire):
+        for handle in (self._registration_hook, self._tripwire, *self._layer_tripwires.values()):
             if handle is not None:
                 handle.remove()
         self._registration_hook = self._tripwire = None
+        self._layer_tripwires.clear()
         for layers in self.tagged.values():
             for tagged in layers:
                 tagged.module.__dict__.pop(omni.GATE_METHOD, None)
@@ -111,6 +117,9 @@ class PluginState:
         self.tagged_ids.clear()
 
     def _on_register(self, parent: torch.nn.Module, name: str, submodule: Any) -> None:
+        if (isinstance(submodule, torch.nn.Module) and hasattr(submodule, omni.PER_CALL_DTYPE_METHOD)
+                and submodule not in self._layer_tripwires):
+            self._layer_tripwires[submodule] = submodule.register_forward_pre_hook(self._check_tagged)
         if (isinstance(submodule, torch.nn.Module) and name in self.plan.component_names
                 and name in getattr(parent, omni.DIT_MODULES_ATTR, ())):
             self.tag_component(parent, name, submodule)
@@ -285,7 +294,7 @@ class PluginState:
     def end_request(self, finished: bool) -> None:
         self.log.end(finished)
         if self._tripwire is not None:
-            self._tripwire.remove()  # the first request proved every attention call is tagged
+            self._tripwire.remove()  # layers built from now on carry their own tripwire (_on_register)
             self._tripwire = None
 
     def decide(self, component: str, kind: str, layer: int) -> bool:
