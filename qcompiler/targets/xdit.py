@@ -140,7 +140,7 @@ def export_xdit(plan: Plan, *, conservative: bool = False, routing: str = PINNED
 
     def whole(kind: str, step: int) -> tuple[bool, bool]:
         """(any quantized cell, every cell quantized) of `kind` at `step` over the reachable experts."""
-        sizes = [(len(fp8_layers(plan, c, kind, step)), num_layers(plan, c)) for c in reach[step]]
+        sizes = [(len(fp8_layers(plan, c, kind, step)), num_layers(plan, c, kind)) for c in reach[step]]
         return any(n for n, _ in sizes), all(n == total for n, total in sizes)
 
     state = {k: [whole(k, s) for s in range(steps)] for k in kinds}
@@ -171,20 +171,20 @@ def export_xdit(plan: Plan, *, conservative: bool = False, routing: str = PINNED
     schedule = tuple(fp8_backend if s in self_steps else native_backend for s in range(steps) for _ in range(multiplier))
     fp8_cells = _cells(plan, reach, self_steps, cross_mode, steps)
     quantized = fp8_cells > 0
-    family = plan.data["family"]
-    pinned = routing == PINNED and len(plan.component_names) > 1 and family["boundary_ratio"] is not None
+    family = plan.family
+    pinned = routing == PINNED and len(plan.component_names) > 1 and family.boundary_ratio is not None
     # Routing matters only if some step's result would change with the expert serving it.
     write_shift = pinned and quantized and not _same_on_every_expert(plan, self_steps, cross_mode, steps,
                                                                       exact=not (forced or never))
     if write_shift:
         notes = routing_lines(plan, routing)
         default = RUNNER_FLOW_SHIFT.get(plan.family_name)
-        same = ("equals xDiT's runner default for this model" if default == family["flow_shift"]
+        same = ("equals xDiT's runner default for this model" if default == family.flow_shift
                 else f"differs from xDiT's runner default ({default})" if default is not None
                 else "xDiT's runner has no default for this family")
-        notes.append(f"--flow_shift {family['flow_shift']} is the plan's flow_shift ({same}); it replaces any "
+        notes.append(f"--flow_shift {family.flow_shift} is the plan's flow_shift ({same}); it replaces any "
                      "--flow_shift of your own, since the schedule is exact only with the routing it gives. Routing "
-                     f"also assumes the checkpoint's model_index.json has boundary_ratio={family['boundary_ratio']} "
+                     f"also assumes the checkpoint's model_index.json has boundary_ratio={family.boundary_ratio} "
                      "(xDiT reads it from there)")
     elif pinned and quantized:
         notes = ["routing: does not matter (at every step the schedule's backend gives the same result on either "
@@ -200,7 +200,7 @@ def export_xdit(plan: Plan, *, conservative: bool = False, routing: str = PINNED
         use_cfg_parallel=use_cfg_parallel,
         forwards_per_step=multiplier,
         num_inference_steps=steps,
-        flow_shift=family["flow_shift"] if write_shift else None,
+        flow_shift=family.flow_shift if write_shift else None,
         family=family_label(plan),
         plan_sha256=plan.content_hash,
         routing=routing,
@@ -217,7 +217,7 @@ def export_xdit(plan: Plan, *, conservative: bool = False, routing: str = PINNED
 def _forced_cells(plan: Plan, reach, kind: str, steps_on: set[int]) -> tuple[Cell, ...]:
     """Native cells of `kind` on steps that must run the quantized backend (all of a forward is one backend)."""
     return tuple((c, kind, s, layer) for s in sorted(steps_on) for c in sorted(reach[s])
-                 for layer in range(num_layers(plan, c)) if layer not in fp8_layers(plan, c, kind, s))
+                 for layer in range(num_layers(plan, c, kind)) if layer not in fp8_layers(plan, c, kind, s))
 
 
 def _same_on_every_expert(plan: Plan, self_steps: set[int], cross_mode: str, steps: int, exact: bool) -> bool:
@@ -228,7 +228,7 @@ def _same_on_every_expert(plan: Plan, self_steps: set[int], cross_mode: str, ste
             for kind in plan.attention_kinds:
                 on = (kind == SELF and s in self_steps) or (kind == CROSS and (
                     cross_mode == "quantized" or (cross_mode == "follow" and s in self_steps)))
-                got = frozenset(range(num_layers(plan, c))) if on else frozenset()
+                got = frozenset(range(num_layers(plan, c, kind))) if on else frozenset()
                 want = fp8_layers(plan, c, kind, s)
                 if (got != want) if exact else not got <= want:
                     return False
@@ -250,11 +250,10 @@ def _cells(plan: Plan, reach, self_steps: set[int], cross_mode: str, steps: int)
     total = 0
     for s in range(steps):
         for c in reach[s]:
-            layers = num_layers(plan, c)
             if SELF in plan.attention_kinds and s in self_steps:
-                total += layers
+                total += num_layers(plan, c, SELF)
             if CROSS in plan.attention_kinds and (cross_mode == "quantized" or (cross_mode == "follow" and s in self_steps)):
-                total += layers
+                total += num_layers(plan, c, CROSS)
     return total
 
 

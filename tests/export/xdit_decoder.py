@@ -55,7 +55,6 @@ def decode_forwards(plan: Plan, line: str, routing: tuple[str, ...], cfg: bool =
     assert len(backends) == steps * per_step, "xDiT refuses a schedule of the wrong length"
     assert all(b in LOW_PRECISION | FULL_PRECISION for b in backends)
     cross = args.get("cross_attention_backend")
-    layers = {c["name"]: c["num_layers"] for c in plan.components}
     forwards = []
     for index, backend in enumerate(backends):
         step = index // per_step
@@ -64,7 +63,7 @@ def decode_forwards(plan: Plan, line: str, routing: tuple[str, ...], cfg: bool =
         for kind in plan.attention_kinds:
             used = (cross or backend) if kind == "cross" else backend
             if used.upper() in LOW_PRECISION:
-                cells |= {(component, kind, step, layer) for layer in range(layers[component])}
+                cells |= {(component, kind, step, layer) for layer in range(plan.family.num_layers(component, kind))}
         forwards.append(cells)
     return forwards
 

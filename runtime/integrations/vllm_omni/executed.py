@@ -55,8 +55,8 @@ class RequestLog:
         self.vllm_omni_version = vllm_omni_version
         self.fp8_name = fp8_backend_name(kv_cache_dtype)
         self.notes: list[str] = []  # standing notes (numerics vllm-omni fixes, schedule inputs), in every report
-        self.counts = {(c["name"], kind): CellCounts(plan.num_inference_steps, c["num_layers"])
-                       for c in plan.components for kind in plan.attention_kinds}
+        self.counts = {(c, kind): CellCounts(plan.num_inference_steps, plan.family.num_layers(c, kind))
+                       for c in plan.component_names for kind in plan.attention_kinds}
         self.served: list[set[str]] = [set() for _ in range(plan.num_inference_steps)]
         self.in_request = False
         self.warmup = False
