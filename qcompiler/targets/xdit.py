@@ -11,8 +11,9 @@ model_executor/models/runner_models/{base_model,wan}.py, transformers/transforme
   is given; `--attention_backend` cannot be combined with the schedule;
 - the expert per step comes from the diffusers pipeline: `boundary_ratio` from the checkpoint's model_index.json,
   `flow_shift` from `--flow_shift`, else the runner's default (runner_models/wan.py: 5 for Wan2.2-I2V, 12 for
-  Wan2.2-T2V). The pinned export writes the plan's `--flow_shift` only when the schedule's result depends on
-  the routing (the experts' rows differ on some step), since the flag replaces any --flow_shift of the user's.
+  Wan2.2-T2V). The pinned export writes the plan's `--flow_shift` only when the result depends on the routing
+  (the experts' rows differ on some step), since the flag replaces any --flow_shift of the user's; also when
+  nothing is quantized, if the plan quantizes cells only on (step, expert) pairs its routing does not serve.
 
 So the plan must be quantized on whole steps of the expert serving them: self-attention all layers or none,
 and cross-attention following self-attention, always native or always quantized. Pure data: never imports torch.
@@ -88,7 +89,11 @@ class XditSettings:
 
     def to_flags(self) -> str:
         if not self.quantized:
-            return ""
+            # No schedule, but the run is all native only with the plan's routing when the other expert's rows
+            # quantize some step.
+            if self.flow_shift is None:
+                return ""
+            return f"--num_inference_steps {self.num_inference_steps} --flow_shift {self.flow_shift}"
         words = ["--use_hybrid_attn_schedule", f'--hybrid_attn_schedule "{",".join(self.schedule)}"',
                  f"--num_inference_steps {self.num_inference_steps}"]
         if self.cross_attention_backend is not None:
@@ -103,7 +108,13 @@ class XditSettings:
         lines = [f"qcompile export --to xdit: plan {self.plan_sha256[:12]} ({self.family}) for xfuser 0.7.0, "
                  f"num_inference_steps={self.num_inference_steps}"]
         if not self.quantized:
-            lines.append("no quantized attention on any call: run xDiT without --use_hybrid_attn_schedule")
+            if self.flow_shift is None:
+                lines.append("no quantized attention on any call: run xDiT without --use_hybrid_attn_schedule")
+            else:
+                lines.append("no quantized attention on any call with the plan's routing: run xDiT without "
+                             f"--use_hybrid_attn_schedule, with --num_inference_steps {self.num_inference_steps} "
+                             f"--flow_shift {self.flow_shift} (the plan quantizes cells only on steps that "
+                             "another routing would give to the other expert)")
             return lines + list(self.notes)
         per = ("1 entry per step (--use_cfg_parallel: one forward per rank per step)" if self.use_cfg_parallel
                else f"{self.forwards_per_step} entries per step (the conditional and unconditional forwards); "
@@ -173,8 +184,9 @@ def export_xdit(plan: Plan, *, conservative: bool = False, routing: str = PINNED
     quantized = fp8_cells > 0
     family = plan.family
     pinned = routing == PINNED and len(plan.component_names) > 1 and family.boundary_ratio is not None
-    # Routing matters only if some step's result would change with the expert serving it.
-    write_shift = pinned and quantized and not _same_on_every_expert(plan, self_steps, cross_mode, steps,
+    # Routing matters only if some step's result would change with the expert serving it; also when nothing is
+    # quantized, since the other expert's row may quantize a step.
+    write_shift = pinned and not _same_on_every_expert(plan, self_steps, cross_mode, steps,
                                                                       exact=not (forced or never))
     if write_shift:
         notes = routing_lines(plan, routing)
@@ -183,7 +195,7 @@ def export_xdit(plan: Plan, *, conservative: bool = False, routing: str = PINNED
                 else f"differs from xDiT's runner default ({default})" if default is not None
                 else "xDiT's runner has no default for this family")
         notes.append(f"--flow_shift {family.flow_shift} is the plan's flow_shift ({same}); it replaces any "
-                     "--flow_shift of your own, since the schedule is exact only with the routing it gives. Routing "
+                     "--flow_shift of your own, since the export is exact only with the routing it gives. Routing "
                      f"also assumes the checkpoint's model_index.json has boundary_ratio={family.boundary_ratio} "
                      "(xDiT reads it from there)")
     elif pinned and quantized:
