@@ -60,10 +60,13 @@ def check_private_api() -> list[str]:
     if native_op is None or tuple(inspect.signature(native_op).parameters) != _NATIVE_FORWARD_OP_PARAMS:
         problems.append("the context-parallel forward-op signature changed (diffusers' _native_attention_forward_op "
                         f"no longer takes {', '.join(_NATIVE_FORWARD_OP_PARAMS)})")
-    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+    from runtime.models import registered
 
-    problems += [f"WanAttnProcessor has no class attribute {a}" for a in _PROCESSOR_ATTRIBUTES
-                 if not hasattr(WanAttnProcessor, a)]
+    # the processors of every registered model (runtime/models/): the installer sets their backend attribute
+    for support in registered():
+        for processor in support.processor_classes():
+            problems += [f"{processor.__name__} has no class attribute {a}" for a in _PROCESSOR_ATTRIBUTES
+                         if not hasattr(processor, a)]
     return problems
 
 
