@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import threading
 from typing import Any, TypeVar
 
 from runtime.models.base import ModelSupport, ModelSupportError
@@ -22,6 +23,7 @@ _BY_CLASS: dict[str, ModelSupport] = {}
 _SUPPORTS: list[ModelSupport] = []
 _DEFAULT = ModelSupport()
 _discovered = False
+_discovering = threading.RLock()  # reentrant: a module's import may itself look a support up
 
 S = TypeVar("S", bound=type[ModelSupport])
 
@@ -43,10 +45,12 @@ def _discover() -> None:
     global _discovered
     if _discovered:
         return
-    _discovered = True
-    for module in pkgutil.iter_modules(__path__):
-        if module.name != "base" and not module.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{module.name}")
+    with _discovering:  # a second thread's first lookup waits for the modules, never sees half a registry
+        if not _discovered:
+            for module in pkgutil.iter_modules(__path__):
+                if module.name != "base" and not module.name.startswith("_"):
+                    importlib.import_module(f"{__name__}.{module.name}")
+            _discovered = True
 
 
 def registered() -> tuple[ModelSupport, ...]:

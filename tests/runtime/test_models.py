@@ -159,3 +159,90 @@ def test_tiny_builder_refuses_a_structure_the_wan_module_cannot_build(tmp_path, 
     monkeypatch.setenv("QCOMPILE_FAMILY_PATH", str(tmp_path))
     with pytest.raises(ModelSupportError, match="one block list"):
         build_tiny_pipeline("toyvid-two-lists")
+
+
+@pytest.fixture
+def scratch_registry():
+    """Registrations made by a test are dropped after it."""
+    import runtime.models as models
+
+    registered()  # discover the shipped modules first, so they are part of the snapshot
+    saved = dict(models._BY_CLASS), list(models._SUPPORTS)
+    yield models.register
+    models._BY_CLASS.clear()
+    models._BY_CLASS.update(saved[0])
+    models._SUPPORTS[:] = saved[1]
+
+
+def test_the_step_tracker_takes_cfg_branches_from_the_model_module(scratch_registry, compile_tiny) -> None:
+    from diffusers import WanPipeline
+
+    from runtime.models.base import BATCHED
+    from runtime.models.wan import WanSupport
+    from tests.runtime.conftest import recipe
+
+    class OneForwardPerStepPipeline(WanPipeline):
+        pass
+
+    @scratch_registry
+    class OneForwardPerStep(WanSupport):
+        name = "one-forward-per-step"
+        model_classes = ()
+        pipeline_classes = ("OneForwardPerStepPipeline",)
+        same_transformer_pipelines = {}
+
+        def branch(self, forward_in_step: int) -> str:
+            return BATCHED
+
+    base = build_tiny_pipeline(T2V)
+    pipe = OneForwardPerStepPipeline(**base.components)
+    pipe.set_progress_bar_config(disable=True)
+    assert type(model_support(pipe)) is OneForwardPerStep
+    plan = compile_tiny(recipe(T2V, default="native"))
+    with runtime.shadow(pipe, plan=plan, num_inference_steps=4, backend="reference", kinds=["self"]) as rec:
+        run_tiny(pipe, guidance_scale=5.0)
+    assert rec.records and {r.branch for r in rec.records} == {BATCHED}
+    with runtime.shadow(base, plan=plan, num_inference_steps=4, backend="reference", kinds=["self"]) as rec:
+        run_tiny(base, guidance_scale=5.0)
+    assert {r.branch for r in rec.records} == {COND, UNCOND}
+
+
+def test_private_api_self_check_covers_every_registered_processor(scratch_registry) -> None:
+    from runtime.diffusers_private import check_private_api
+
+    assert check_private_api() == []
+
+    class HandRolledProcessor:  # calls SDPA itself: no `_attention_backend`, no `_parallel_config`
+        pass
+
+    @scratch_registry
+    class HandRolled(ModelSupport):
+        name = "hand-rolled"
+        model_classes = ("HandRolledTransformer",)
+
+        def processor_classes(self) -> tuple[type, ...]:
+            return (HandRolledProcessor,)
+
+    assert check_private_api() == ["HandRolledProcessor has no class attribute _attention_backend",
+                                   "HandRolledProcessor has no class attribute _parallel_config"]
+
+
+def test_a_model_whose_processors_call_attention_themselves_is_refused_at_install(scratch_registry) -> None:
+    from diffusers import WanTransformer3DModel
+
+    from runtime.models.base import PROCESSOR
+
+    class SdpaWanTransformer(WanTransformer3DModel):
+        pass
+
+    @scratch_registry
+    class SdpaWan(ModelSupport):
+        name = "sdpa-wan"
+        model_classes = ("SdpaWanTransformer",)
+        attention_entry = PROCESSOR
+
+    pipe = build_tiny_pipeline(T2V)
+    pipe.transformer.__class__ = SdpaWanTransformer
+    with pytest.raises(runtime.PlanMismatchError, match="call attention themselves"):
+        runtime.shadow(pipe, num_inference_steps=4, backend="reference").__enter__()
+    assert not hasattr(pipe, "_qcompile_runtime")  # nothing left installed
