@@ -193,5 +193,6 @@ def test_diff_refuses_plans_laid_out_over_different_block_lists(tmp_path, monkey
     write_plan(first, tmp_path / "a.plan.json")
     write_plan(second, tmp_path / "b.plan.json")
     result = CliRunner().invoke(cli, ["diff", str(tmp_path / "a.plan.json"), str(tmp_path / "b.plan.json")])
-    assert result.exit_code == 1
-    assert "lay their tables out differently" in result.stderr and "(transformer/single: 5 vs 6 layers)" in result.stderr
+    assert result.exit_code == 2  # cannot compare (diff(1)'s "trouble")
+    assert "cannot compare cell by cell" in result.stderr
+    assert "single x 5 layers" in result.stderr and "single x 6 layers" in result.stderr
