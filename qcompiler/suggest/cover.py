@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from itertools import groupby
 
 from qcompiler.errors import QcompileError
-from qcompiler.numerics import quantized_name
+from qcompiler.formats import quantized_name
 from qcompiler.ranges import format_ranges
 from qcompiler.suggest.sensitivity import CellKey, CellSensitivity, Sensitivity, SensitivityError
 
