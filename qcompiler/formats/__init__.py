@@ -23,7 +23,7 @@ from qcompiler.formats.base import (
 
 __all__ = [
     "DEFAULT_FORMAT", "FORMATS", "ForeignKeyRule", "FormatSpec", "Numerics", "NumericsKey", "RecipeFinding",
-    "dtype_label", "format_names", "get_format", "plan_numerics", "quantized_name", "recipe_findings",
+    "discover_formats", "dtype_label", "format_names", "get_format", "plan_numerics", "quantized_name", "recipe_findings",
     "register_format", "registry_generation", "speed_factor", "unregister_format",
 ]
 
@@ -63,7 +63,8 @@ def registry_generation() -> int:
     return _generation
 
 
-def _discover() -> None:
+def discover_formats() -> None:
+    """Register the format of every module on this package's path (its `FORMAT`); already registered ones stay."""
     for module in pkgutil.iter_modules(__path__):
         if module.name == "base" or module.name.startswith("_"):
             continue
@@ -136,4 +137,4 @@ def recipe_findings(dtype: str, recipe_numerics: Mapping[str, Any] | None) -> li
     return findings
 
 
-_discover()
+discover_formats()
