@@ -16,7 +16,7 @@ from qcompiler.formats import FORMATS, discover_formats, get_format, unregister_
 from qcompiler.schemas import committed_schema, load_schema, schema_errors
 from tests.conftest import VALID_RECIPE
 
-SCHEMAS = ("recipe", "plan", "report", "sensitivity", "family")
+SCHEMAS = ("recipe", "plan", "plan_v1", "report", "sensitivity", "family", "family_v1")
 
 # A made-up format: one module, nothing else (no schema edit, no CLI edit, no compiler edit).
 MADE_UP = textwrap.dedent('''
