@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qcompiler.numerics import DTYPE_NAMES, DTYPES, INT8_DTYPE
+from qcompiler.formats import FORMATS, get_format
+from qcompiler.formats.int8_per_tensor import NAME as INT8_DTYPE
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class HeadDims:
         if self.exactly:
             if head_dim in self.exactly:
                 return None
-            return f"head dim {head_dim} is not one the {DTYPES[dtype].label} attention kernel takes ({self.describe(rotated)})"
+            return f"head dim {head_dim} is not one the {get_format(dtype).label} attention kernel takes ({self.describe(rotated)})"
         if head_dim % self.multiple_of:
             return f"head dim {head_dim} is not a multiple of {self.multiple_of} ({self.why})"
         if rotated and self.power_of_two_if_rotated and head_dim & (head_dim - 1):
@@ -61,9 +62,9 @@ def _kernel_head_dims(dtype: str) -> HeadDims:
 _FP8 = "fp8_e4m3_per_block"
 # backend name (runtime/backends/registry.py) -> the plan dtypes it runs -> the head dims it takes for each.
 BACKEND_HEAD_DIMS: dict[str, dict[str, HeadDims]] = {
-    "reference": {dtype: _kernel_head_dims(dtype) for dtype in DTYPE_NAMES},
-    "npu-quant-attention": {name: BLOCK_KERNEL_HEAD_DIMS for name, row in DTYPES.items()
-                            if row.quant_attention_precision is not None},
+    "reference": {dtype: _kernel_head_dims(dtype) for dtype in FORMATS},
+    "npu-quant-attention": {name: BLOCK_KERNEL_HEAD_DIMS for name, spec in FORMATS.items()
+                            if spec.target_name("mindiesd-precision") is not None},
     "npu-mindiesd-fia": {_FP8: BLOCK_KERNEL_HEAD_DIMS},
     "npu-torch-fia": {_FP8: BLOCK_KERNEL_HEAD_DIMS},
     "fp8-triton": {_FP8: BLOCK_KERNEL_HEAD_DIMS},

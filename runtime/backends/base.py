@@ -61,8 +61,7 @@ class QuantizedBackend(AttentionBackend):
     def unsupported_reason(self, head_dim: int) -> str | None:
         reason = self.dtype_reason()
         if reason is None:
-            rotated = self.numerics.hadamard_rotation or (self.numerics.is_int8 and self.numerics.v_rotation)
-            reason = head_dim_reason(self.name, self.numerics.dtype, head_dim, rotated)
+            reason = head_dim_reason(self.name, self.numerics.dtype, head_dim, self.numerics.rotated)
         return reason
 
     def check_inputs(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:

@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from qcompiler.backend_table import backend_dtypes
-from qcompiler.numerics import P_E4M3_SCALE, PV_PRECISION_DTYPES, PV_PRECISIONS
+from qcompiler.numerics import P_E4M3_SCALE, PV_PRECISIONS
 from runtime.backends.base import QuantizedBackend
 from runtime.numerics import kernel_attention_inputs
-from runtime.quant.int8 import int8_attention_reference
+from runtime.quant import quantizer
 
 
 class ReferenceBackend(QuantizedBackend):
@@ -34,11 +34,12 @@ class ReferenceBackend(QuantizedBackend):
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rotation: torch.Tensor | None
     ) -> torch.Tensor:
         self.check_inputs(query, key, value)
-        if self.numerics.is_int8:
-            return int8_attention_reference(query, key, value, rotation, self.numerics)
+        whole = quantizer(self.numerics.dtype).attention_reference  # formats that quantize inside the kernel
+        if whole is not None:
+            return whole(query, key, value, rotation, self.numerics)
         q, k, v = kernel_attention_inputs(query, key, value, rotation, self.numerics)
         softmax_scale = 1.0 / math.sqrt(query.shape[-1])
-        if self.numerics.dtype in PV_PRECISION_DTYPES:
+        if "pv_precision" in self.numerics.spec.key_names:
             out = attention_with_pv_precision(q, k, v, softmax_scale, self.numerics.pv_precision)
         else:
             out = F.scaled_dot_product_attention(q, k, v, scale=softmax_scale)

@@ -121,7 +121,7 @@ def resolve_fp8_backend(
 
 
 def _rotated(numerics: Numerics) -> bool:
-    return numerics.hadamard_rotation or (numerics.is_int8 and numerics.v_rotation)
+    return numerics.rotated
 
 
 def component_refusal(

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qcompiler.families import get_family
+from qcompiler.formats import Numerics
 from qcompiler.suggest.sensitivity import SENSITIVITY_FORMAT, sensitivity_family, sensitivity_from_dict
 from runtime.backends import resolve_fp8_backend
 from runtime.call_record import CallRecord
-from runtime.numerics import Numerics
 from runtime.quality.pipelines import (
     DEFAULT_PROMPT,
     FlopCounter,

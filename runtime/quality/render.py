@@ -13,7 +13,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from qcompiler.numerics import DEFAULT_DTYPE, dtype_label, quantized_name
+from qcompiler.formats import DEFAULT_FORMAT, dtype_label, quantized_name
 
 CELL = 14  # pixels per cell: 40 layers -> 560 px, readable in a markdown viewer without zooming
 LEFT = 70  # room for "step 39" plus the expert name initial
@@ -151,7 +151,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     else:
         psnr = f"{e2e['psnr_db']:.2f} dB"
     run_as = plan["run_as_variant"]
-    quantized = quantized_name(plan.get("dtype", DEFAULT_DTYPE))
+    quantized = quantized_name(plan.get("dtype", DEFAULT_FORMAT))
     lines = [
         f"# qcompile report: {plan['recipe']} on {plan['family']}{' (' + run_as + ' variant)' if run_as else ''}",
         "",
@@ -162,7 +162,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                   "(same components, layer counts and attention kinds).", ""]
     lines += [
         f"Pipeline `{measured['pipeline']}`, {plan['num_inference_steps']} steps, "
-        f"{dtype_label(plan.get('dtype', DEFAULT_DTYPE))}, seed {measured['seed']}, "
+        f"{dtype_label(plan.get('dtype', DEFAULT_FORMAT))}, seed {measured['seed']}, "
         f"{measured['width']}x{measured['height']}, {measured['num_frames']} frames, {quantized} backend "
         f"`{measured['backend']}` on `{measured['device']}`. Native run {measured['elapsed_s']['native']:.2f} s, "
         f"plan run {measured['elapsed_s']['plan']:.2f} s (CPU emulation: not a speed measurement).",
@@ -212,7 +212,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
          f"{estimate['throughput_ratio']:g}x the time of native attention per FLOP "
          f"({estimate['throughput_ratio_source']}) and attention time proportional to FLOPs at the family's "
          f"reference shapes ({estimate['target_shapes']}).") if estimate["attention_time_saved"] is not None else
-        (f"No estimate: {estimate['throughput_ratio_source']} (qcompiler/numerics.py); pass --throughput-ratio R "
+        (f"No estimate: {estimate['throughput_ratio_source']} (qcompiler/formats/); pass --throughput-ratio R "
          f"from a measurement on the target. {estimate['target_flop_share']:.1%} of attention FLOPs run {quantized} "
          f"at the family's reference shapes ({estimate['target_shapes']})."),
         "",

@@ -7,7 +7,7 @@ of all FP8 calls through the denoising loop.
 
 The attention-time saving is an ESTIMATE for the target: FP8 share of attention FLOPs at the real model's
 reference shapes x (1 - quantized/BF16 time ratio). The default ratio is the plan dtype's measured speed factor
-(qcompiler/numerics.py): for FP8 the seed's NPU measurement (Wan2.2 I2V 1280x720, 61 frames, 4 steps: flash
+(qcompiler/formats/<dtype>.py): for FP8 the seed's NPU measurement (Wan2.2 I2V 1280x720, 61 frames, 4 steps: flash
 attention 6.81 s -> 5.43 s, i.e. FP8 takes 0.797x the time); MX and INT8 have none yet, so no estimate is made.
 """
 
@@ -27,7 +27,8 @@ import torch
 import qcompiler
 from qcompiler.compile.resolve import predict_expert_schedule
 from qcompiler.families import Family, get_family
-from qcompiler.numerics import DEFAULT_DTYPE, DTYPES, MXFP4_SEQUENCE_MULTIPLE, speed_factor
+from qcompiler.formats import DEFAULT_FORMAT, Numerics, get_format, speed_factor
+from qcompiler.numerics import MXFP4_SEQUENCE_MULTIPLE
 from qcompiler.plan.format import PLAN_FORMAT, Plan, content_sha256
 from qcompiler.plan.io import write_text_atomically
 from qcompiler.schemas import first_violation
@@ -35,7 +36,6 @@ from qcompiler.stats import plan_cost
 from runtime.backends import resolve_fp8_backend
 from runtime.call_record import CallRecord
 from runtime.load import load
-from runtime.numerics import Numerics
 from runtime.quality.metrics import PSNR_CAP_DB, psnr, ssim
 from runtime.quality.pipelines import (
     DEFAULT_PROMPT,
@@ -52,9 +52,9 @@ from runtime.quality.pipelines import (
 from runtime.quality.render import draw_error_heatmap, draw_plan_heatmap, render_markdown
 
 REPORT_FORMAT = 1
-# FP8 attention time / native (BF16) attention time for the same work: the FP8 row of qcompiler/numerics.py.
-DEFAULT_THROUGHPUT_RATIO = speed_factor(DEFAULT_DTYPE)
-THROUGHPUT_RATIO_SOURCE = f"default from {DTYPES[DEFAULT_DTYPE].speed_factor_source}"
+# FP8 attention time / native (BF16) attention time for the same work: qcompiler/formats/fp8_e4m3_per_block.py.
+DEFAULT_THROUGHPUT_RATIO = speed_factor(DEFAULT_FORMAT)
+THROUGHPUT_RATIO_SOURCE = f"default from {get_format(DEFAULT_FORMAT).speed_factor_source}"
 WORST_STEPS = 3
 WORST_LAYERS = 5
 # The dtype whose kernel attends to zero padding (MindIE-SD 3.1.0 MXFP4QuantFA; runtime/quant/mx.py), and the
@@ -67,7 +67,7 @@ PADDING_NOTE_SHARE = 0.5
 class ReportOptions:
     """How to run a report. `backend`: "auto" (an NPU entry point where present, else the CPU reference),
     or any name in runtime.backends.registry. `throughput_ratio`: quantized attention time / BF16 attention time on
-    the target; None: the plan dtype's measured factor (qcompiler/numerics.py), no estimate where none is known."""
+    the target; None: the plan dtype's measured factor (qcompiler/formats/), no estimate where none is known."""
 
     pipeline: str = "tiny"
     seed: int = 0
@@ -126,7 +126,7 @@ def throughput_ratio(given: float | None, dtype: str) -> tuple[float | None, str
     factor = speed_factor(dtype)
     if factor is None:
         return None, f"no measured speed factor for {dtype}"
-    return factor, f"default from {DTYPES[dtype].speed_factor_source}"
+    return factor, f"default from {get_format(dtype).speed_factor_source}"
 
 
 def target_flop_share(plan: Plan) -> tuple[float, str]:

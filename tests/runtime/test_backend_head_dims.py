@@ -12,7 +12,7 @@ import runtime
 from qcompiler import compile_recipe_text
 from qcompiler.backend_table import BACKEND_HEAD_DIMS, no_backend_reason, serving_backends
 from qcompiler.families import BUILTIN_FAMILY_DIR
-from qcompiler.numerics import DTYPE_NAMES
+from qcompiler.formats import FORMATS as DTYPE_NAMES
 from runtime.backends import BACKENDS, QuantizedBackend
 from runtime.numerics import Numerics
 from runtime.tiny import build_tiny_pipeline, tiny_family

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import runtime
 from qcompiler.cli.run_options import QUANTIZED_BACKEND_NAMES
-from qcompiler.numerics import DTYPES
+from qcompiler.formats import FORMATS as DTYPES
 from runtime.backends import (
     BACKEND_NAMES,
     NpuMindiesdFiaBackend,
@@ -26,7 +26,8 @@ from runtime.backends import (
 )
 from runtime.backends.reference import attention_with_pv_precision
 from runtime.errors import BackendUnavailableError
-from runtime.numerics import KERNEL_INPUTS, Numerics
+from runtime.numerics import Numerics
+from runtime.quant import registered_quantizers
 from runtime.quant.per_block import dequantize_per_block
 from runtime.quant.rotation import get_rotation, randomized_hadamard
 from runtime.tiny import run_tiny
@@ -312,8 +313,12 @@ def test_names_and_aliases():
     # Every dtype has a quantizer; only dtypes with a quant_attention precision go to entry point (a).
     # int8_per_tensor quantizes the softmax inside its kernel: its reference is runtime/quant/int8.py, not a
     # dequantize-then-attend row, and MindIE-SD's quant_attention has no per-tensor INT8 mode.
-    assert set(KERNEL_INPUTS) == set(DTYPES) - {"int8_per_tensor"}
-    assert set(NpuQuantAttentionBackend.dtypes) == {n for n, row in DTYPES.items() if row.quant_attention_precision}
+    quantizers = registered_quantizers()
+    assert set(quantizers) == set(DTYPES)
+    assert {n for n, q in quantizers.items() if q.kernel_inputs} == set(DTYPES) - {"int8_per_tensor"}
+    assert quantizers["int8_per_tensor"].attention_reference is not None
+    assert set(NpuQuantAttentionBackend.dtypes) == {n for n, spec in DTYPES.items()
+                                                    if spec.target_name("mindiesd-precision")}
     assert NpuQuantAttentionBackend.dtypes and "int8_per_tensor" not in NpuQuantAttentionBackend.dtypes
 
 
