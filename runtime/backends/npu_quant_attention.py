@@ -18,16 +18,21 @@ from typing import Any
 
 import torch
 
-from qcompiler.backend_table import backend_dtypes
 from qcompiler.numerics import DTYPES
+from runtime.backends.base import BLOCK_KERNEL_HEAD_DIMS
 from runtime.backends.npu_device import NpuBackend, ascend_fp8_reason, import_mindiesd
+from runtime.backends.registry import register_backend
 
 LAYOUT = "BSND"  # diffusers' q/k/v layout, passed through as vllm-omni does (qkv_layout defaults to BSND)
 
 
+@register_backend(
+    "npu-quant-attention", auto_order=10, devices=("npu",),
+    dtypes=tuple(name for name, row in DTYPES.items() if row.quant_attention_precision is not None),
+    head_dims=BLOCK_KERNEL_HEAD_DIMS, pv_precisions=("e4m3",),
+    summary="MindIE-SD quant_attention, as vllm-omni 0.30.0 calls it (fp8, mxfp8, mxfp4)",
+)
 class NpuQuantAttentionBackend(NpuBackend):
-    name = "npu-quant-attention"
-    dtypes = backend_dtypes(name)
 
     def environment_reason(self) -> str | None:
         reason = ascend_fp8_reason()

@@ -32,7 +32,7 @@ from qcompiler.plan.format import Plan, content_sha256
 from qcompiler.plan.io import write_text_atomically
 from qcompiler.schemas import first_violation
 from qcompiler.stats import plan_cost
-from runtime.backends import resolve_fp8_backend
+from runtime.backends import resolve_quantized_backend
 from runtime.call_record import CallRecord
 from runtime.load import load
 from runtime.numerics import Numerics
@@ -97,7 +97,7 @@ def pick_backend(requested: str, plan: Plan) -> str:
     """`auto` means the real kernel where it runs, else the emulation: a report is about numerics."""
     if requested != "auto":
         return requested
-    backend, _ = resolve_fp8_backend("auto", Numerics.from_plan(plan))
+    backend, _ = resolve_quantized_backend("auto", Numerics.from_plan(plan))
     return backend.name if backend is not None else "reference"
 
 
