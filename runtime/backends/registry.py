@@ -162,15 +162,21 @@ def unregister_backend(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
+def import_backend_modules(package: str) -> list[str]:
+    """Import every module of `package` (each backend module registers itself when imported); returns their
+    names. The registry does it for runtime.backends on first use."""
+    folder = importlib.import_module(package)
+    names = [f"{package}.{info.name}" for info in sorted(pkgutil.iter_modules(folder.__path__), key=lambda i: i.name)]
+    for name in names:
+        importlib.import_module(name)
+    return names
+
+
 def _discover() -> None:
-    """Import every module of runtime/backends/ once: each backend module registers itself when imported."""
     global _discovered
-    if _discovered:
-        return
-    package = importlib.import_module("runtime.backends")
-    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda info: info.name):
-        importlib.import_module(f"runtime.backends.{info.name}")
-    _discovered = True
+    if not _discovered:
+        import_backend_modules("runtime.backends")
+        _discovered = True
 
 
 def _order(spec: BackendSpec) -> tuple[Any, ...]:
