@@ -11,10 +11,10 @@ import pytest
 
 import runtime
 from runtime.backends import (
-    backend_names,
-    backends,
     BackendRegistrationError,
     ReferenceBackend,
+    backend_names,
+    backends,
     canonical_name,
     register_backend,
     resolve_quantized_backend,
