@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -102,7 +103,10 @@ def render_manifest(entries: list[BackendManifestEntry]) -> str:
     data = {"manifest_format": MANIFEST_FORMAT,
             "generated_by": "python -m runtime.backends.manifest --write",
             "backends": [entry.to_json() for entry in entries]}
-    return json.dumps(data, indent=2) + "\n"
+    text = json.dumps(data, indent=2)
+    # Lists of names and numbers on one line each (none of them holds a comma).
+    return re.sub(r"\[\s+([^\[\]{}]*?)\s+\]", lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]",
+                  text) + "\n"
 
 
 def parse_manifest(text: str) -> tuple[BackendManifestEntry, ...]:
