@@ -92,8 +92,10 @@ def _check_declaration(spec: BackendSpec) -> None:
     for word in (name, *spec.aliases):
         if word in taken and taken[word] != name:
             raise _fail(name, f"{word!r} is already taken by {taken[word]!r}")
-    if name in _REGISTRY and _REGISTRY[name].cls is not spec.cls:
-        raise _fail(name, f"already registered by {_REGISTRY[name].cls.__qualname__} ({_REGISTRY[name].module})")
+    existing = _REGISTRY.get(name)
+    # The same class registering again (its module reloaded) replaces itself; another class may not.
+    if existing is not None and (existing.module, existing.cls.__qualname__) != (spec.module, spec.cls.__qualname__):
+        raise _fail(name, f"already registered by {existing.cls.__qualname__} ({existing.module})")
     if not issubclass(spec.cls, AttentionBackend):
         raise _fail(name, f"{spec.cls!r} is not an AttentionBackend")
     quantized = issubclass(spec.cls, QuantizedBackend)

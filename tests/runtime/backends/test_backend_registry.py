@@ -3,6 +3,7 @@ environment) and the names `backend=` takes all come from the `@register_backend
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 import textwrap
@@ -150,3 +151,10 @@ def test_only_a_quantized_backend_declares_dtypes_or_joins_auto():
     with pytest.raises(BackendRegistrationError, match="only a quantized backend can be tried by `auto`"):
         register_backend("plain", devices=("cpu",), auto_order=99, summary="x")(plain)
     assert "plain" not in backends()
+
+
+def test_a_reloaded_backend_module_replaces_its_own_registration(made_up):
+    old = made_up.MadeUpBackend
+    reloaded = importlib.reload(made_up)
+    assert backends()["made-up"].cls is reloaded.MadeUpBackend and reloaded.MadeUpBackend is not old
+    assert list(backends()).count("made-up") == 1
