@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from qcompiler.backend_table import BackendManifestEntry, HeadDims, no_backend_reason, serving_backends
+from qcompiler.errors import QcompileError
 from qcompiler.numerics import DTYPE_NAMES, PV_PRECISIONS
 from runtime.backends.base import AttentionBackend, QuantizedBackend
 from runtime.numerics import Numerics
@@ -33,7 +34,7 @@ MASKS = ("none", "any")  # "none": full bidirectional attention only (masked cal
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
 
-class BackendRegistrationError(ValueError):
+class BackendRegistrationError(QcompileError, ValueError):
     """A `@register_backend` declaration is inconsistent (a programming error in a backend module, found when
     the module is imported)."""
 
