@@ -18,17 +18,20 @@ import math
 import torch
 import torch.nn.functional as F
 
-from qcompiler.backend_table import backend_dtypes
+from qcompiler.formats import format_names
 from qcompiler.numerics import P_E4M3_SCALE, PV_PRECISIONS
-from runtime.backends.base import QuantizedBackend
+from runtime.backends.base import QuantizedBackend, kernel_head_dims
+from runtime.backends.registry import register_backend
 from runtime.numerics import kernel_attention_inputs
 from runtime.quant import quantizer
 
 
+@register_backend(
+    "reference", aliases=("fp8-reference",), devices=("cpu", "cuda", "npu"),
+    dtypes=format_names(), head_dims={dtype: kernel_head_dims(dtype) for dtype in format_names()}, pv_precisions=PV_PRECISIONS,
+    summary="every dtype emulated in PyTorch on any device (slow; for checking numerics)",
+)
 class ReferenceBackend(QuantizedBackend):
-    name = "reference"
-    dtypes = backend_dtypes(name)
-    pv_precisions = PV_PRECISIONS
 
     def attend(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rotation: torch.Tensor | None
@@ -46,8 +49,6 @@ class ReferenceBackend(QuantizedBackend):
         # Crop rows a format padded (mxfp4 pads sequences to 512); BNSD -> BSND.
         return out[:, :, : query.shape[1]].transpose(1, 2).to(query.dtype)
 
-
-Fp8ReferenceBackend = ReferenceBackend  # the class name before MX formats
 
 
 # Query rows per chunk: bounds the fp32 score matrix to chunk x S_kv per (batch, head).

@@ -33,7 +33,7 @@ from qcompiler.plan.format import PLAN_FORMAT, Plan, content_sha256
 from qcompiler.plan.io import write_text_atomically
 from qcompiler.schemas import first_violation
 from qcompiler.stats import plan_cost
-from runtime.backends import resolve_fp8_backend
+from runtime.backends import resolve_quantized_backend
 from runtime.call_record import CallRecord
 from runtime.load import load
 from runtime.quality.metrics import PSNR_CAP_DB, psnr, ssim
@@ -99,7 +99,7 @@ def pick_backend(requested: str, plan: Plan) -> str:
     """`auto` means the real kernel where it runs, else the emulation: a report is about numerics."""
     if requested != "auto":
         return requested
-    backend, _ = resolve_fp8_backend("auto", Numerics.from_plan(plan))
+    backend, _ = resolve_quantized_backend("auto", Numerics.from_plan(plan))
     return backend.name if backend is not None else "reference"
 
 
@@ -153,7 +153,7 @@ def _cells(plan: Plan, execution: dict, flops_per_call: Callable[[str, str], int
                     errors = _error_stats(cell_records)
                     cells.append({
                         "component": component, "kind": kind, "step": step, "layer": layer,
-                        "planned": "fp8" if plan.is_fp8(component, kind, step, layer) else "native",
+                        "planned": "fp8" if plan.is_quantized(component, kind, step, layer) else "native",
                         "calls": calls, "fp8_calls": fp8_calls,
                         "flops": calls * flops_per_call(component, kind),
                         "cos_sim": errors["cos_sim"] if errors else None,

@@ -36,7 +36,7 @@ def test_report_has_one_cell_per_attention_site_that_ran(mixed_report, mixed_pla
     assert set(cells) == _ran(mixed_plan, report["execution"]["observed_schedule"])
     assert report["execution"]["matches_plan"] is True
     for (component, kind, step, layer), cell in cells.items():
-        fp8 = mixed_plan.is_fp8(component, kind, step, layer)
+        fp8 = mixed_plan.is_quantized(component, kind, step, layer)
         assert cell["planned"] == ("fp8" if fp8 else "native")
         assert cell["calls"] == 2  # classifier-free guidance: cond and uncond
         assert cell["fp8_calls"] == (2 if fp8 else 0)

@@ -147,7 +147,7 @@ class RequestLog:
             pipeline_calls=1,
             expert_schedule=list(self.plan.expert_schedule),
             observed_schedule=["+".join(sorted(s)) if s else None for s in self.served],
-            fp8_backend=self.fp8_name if self.plan.uses_fp8() else None,
+            fp8_backend=self.fp8_name if self.plan.uses_quantized() else None,
             counted="calls",
             notes=notes,
         )

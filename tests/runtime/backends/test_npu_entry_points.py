@@ -22,7 +22,7 @@ from runtime.backends import (
     NpuQuantAttentionBackend,
     NpuTorchFiaBackend,
     ReferenceBackend,
-    resolve_fp8_backend,
+    resolve_quantized_backend,
 )
 from runtime.backends.reference import attention_with_pv_precision
 from runtime.errors import BackendUnavailableError
@@ -291,10 +291,10 @@ def test_every_dtype_runs_on_the_reference_backend_cell_for_cell(dtype, i2v_pipe
 
 
 def test_auto_here_finds_no_entry_point_and_says_why_for_each(caplog):
-    if any(resolve_fp8_backend(n)[0] is not None for n in ("npu-quant-attention", "npu-mindiesd-fia", "npu-torch-fia")):
+    if any(resolve_quantized_backend(n)[0] is not None for n in ("npu-quant-attention", "npu-mindiesd-fia", "npu-torch-fia")):
         pytest.skip("an NPU entry point is available here")
     with caplog.at_level(logging.INFO, logger="runtime"):
-        backend, reason = resolve_fp8_backend("auto", Numerics(dtype="mxfp4_e2m1"))
+        backend, reason = resolve_quantized_backend("auto", Numerics(dtype="mxfp4_e2m1"))
     assert backend is None
     positions = [reason.index(name) for name in ("npu-quant-attention", "npu-mindiesd-fia", "npu-torch-fia")]
     assert positions == sorted(positions) and "backend='reference'" in reason
@@ -302,12 +302,12 @@ def test_auto_here_finds_no_entry_point_and_says_why_for_each(caplog):
 
 
 def test_names_and_aliases():
-    assert isinstance(resolve_fp8_backend("fp8-reference")[0], ReferenceBackend)
-    assert resolve_fp8_backend("reference", Numerics(dtype="mxfp8_e4m3"))[0].numerics.dtype == "mxfp8_e4m3"
-    assert resolve_fp8_backend("fp8-npu")[1] == resolve_fp8_backend("npu-torch-fia")[1]
-    assert resolve_fp8_backend("native") == (None, "backend='native' was requested")
+    assert isinstance(resolve_quantized_backend("fp8-reference")[0], ReferenceBackend)
+    assert resolve_quantized_backend("reference", Numerics(dtype="mxfp8_e4m3"))[0].numerics.dtype == "mxfp8_e4m3"
+    assert resolve_quantized_backend("fp8-npu")[1] == resolve_quantized_backend("npu-torch-fia")[1]
+    assert resolve_quantized_backend("native") == (None, "backend='native' was requested")
     with pytest.raises(ValueError, match="choose one of auto, native, reference"):
-        resolve_fp8_backend("fp8-gpu")
+        resolve_quantized_backend("fp8-gpu")
     # The CLI's torch-free list is the registry's, minus `native`.
     assert set(QUANTIZED_BACKEND_NAMES) == set(BACKEND_NAMES) - {"native"}
     # Every dtype has a quantizer; only dtypes with a quant_attention precision go to entry point (a).
