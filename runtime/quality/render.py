@@ -84,10 +84,19 @@ def _legend(draw: ImageDraw.ImageDraw, num_steps: int, items: Sequence[tuple[tup
         x += 22 + int(draw.textlength(label, font=font))
 
 
+def plan_legend(dtype: str) -> list[list[tuple[tuple[int, int, int], str]]]:
+    """The plan heatmap's legend rows: (colour, words) per entry, naming the plan's own format."""
+    quantized = quantized_name(dtype)
+    return [[(FP8_COLOR, quantized), (NATIVE_COLOR, "native")],
+            [(_pale(FP8_COLOR), f"{quantized}, other expert (not run)"),
+             (_pale(NATIVE_COLOR), "native, other expert (not run)")]]
+
+
 def draw_plan_heatmap(
-    path: Path, title: str, table: Sequence[Sequence[bool]], served: Sequence[bool] | None = None
+    path: Path, title: str, table: Sequence[Sequence[bool]], served: Sequence[bool] | None = None,
+    dtype: str = DEFAULT_FORMAT,
 ) -> None:
-    """The plan's table: FP8 or native per cell; steps this component did not run are drawn pale."""
+    """The plan's table: quantized (in `dtype`) or native per cell; steps this component did not run are pale."""
     num_steps, num_layers = len(table), len(table[0])
     image, draw = _frame(title, num_steps, num_layers, None)
     for step, row in enumerate(table):
@@ -97,9 +106,8 @@ def draw_plan_heatmap(
             if not ran:  # the table still holds a value there; pale so the eye reads what actually ran
                 color = _pale(color)
             draw.rectangle(_cell_box(step, layer), fill=color)
-    _legend(draw, num_steps, [(FP8_COLOR, "fp8"), (NATIVE_COLOR, "native")])
-    _legend(draw, num_steps, [(_pale(FP8_COLOR), "fp8, other expert (not run)"),
-                              (_pale(NATIVE_COLOR), "native, other expert (not run)")], row=1)
+    for row, entries in enumerate(plan_legend(dtype)):
+        _legend(draw, num_steps, entries, row=row)
     image.save(path, format="PNG")
 
 

@@ -371,7 +371,7 @@ def write_report(report: dict[str, Any], plan: Plan, outdir: Path) -> dict[str, 
                 continue
             plan_file = f"plan_{name}_{kind}.png"
             draw_plan_heatmap(outdir / plan_file, f"plan: {name} / {kind} (rows: steps, columns: layers)",
-                              table, served)
+                              table, served, dtype=plan.dtype)
             heatmaps.append({"component": name, "kind": kind, "what": "plan", "file": plan_file, **size})
             if not any(cos is not None for cos in worst_by_cell[(name, kind)].values()):
                 omitted.append({"component": name, "kind": kind, "what": ["error"],

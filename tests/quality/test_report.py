@@ -215,6 +215,14 @@ def test_legends_name_every_colour_drawn(mixed_report) -> None:
     assert {NATIVE_COLOR, NOT_RUN_COLOR, *(error_color(cos) for cos, _ in ERROR_SWATCHES)} <= error_legend
 
 
+def test_plan_legend_names_the_plans_format() -> None:
+    from runtime.quality.render import plan_legend
+
+    words = [label for row in plan_legend("mxfp4_e2m1") for _, label in row]
+    assert words[0] == "quantized (mxfp4_e2m1)" and not any("fp8" in w for w in words)
+    assert plan_legend("fp8_e4m3_per_block")[0][0][1] == "FP8"
+
+
 def test_all_native_panels_are_left_out_with_a_line_saying_so(native_report, native_plan, tmp_path) -> None:
     from runtime.quality.report import write_report
 
