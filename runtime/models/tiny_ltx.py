@@ -53,7 +53,8 @@ def build_tiny_pipeline(seed: int = 0):
     torch.manual_seed(seed)
     tokenizer = t5_tokenizer()
     scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=True, base_shift=0.95,
-                                                max_shift=2.05, base_image_seq_len=1024, max_image_seq_len=4096)
+                                                max_shift=2.05, base_image_seq_len=1024, max_image_seq_len=4096,
+                                                shift_terminal=0.1)
     pipe = LTXPipeline(scheduler=scheduler, vae=_vae(), text_encoder=t5_encoder(len(tokenizer)), tokenizer=tokenizer,
                        transformer=_transformer())
     pipe.set_progress_bar_config(disable=True)

@@ -66,7 +66,7 @@ def build_tiny_pipeline(seed: int = 0):
     # The released scheduler config: exponential time shift, dynamic shifting from the image sequence length.
     scheduler = FlowMatchEulerDiscreteScheduler(
         shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9, base_image_seq_len=256,
-        max_image_seq_len=8192, time_shift_type="exponential",
+        max_image_seq_len=8192, time_shift_type="exponential", shift_terminal=0.02,
     )
     pipe = QwenImagePipeline(scheduler=scheduler, vae=_vae(), text_encoder=_text_encoder(tokenizer),
                              tokenizer=tokenizer, transformer=_transformer())
