@@ -8,7 +8,7 @@ template), a tiny ByT5 (`T5EncoderModel` + `ByT5Tokenizer`), a tiny `Autoencoder
 
 The real text lengths (1000 Qwen tokens after a 108-token system prompt, 256 ByT5 tokens, 729 image tokens) are
 instance attributes of the pipeline, not config; the tiny pipeline sets them small (not saved with
-`save_pretrained`): 16 Qwen tokens, 8 ByT5 tokens, 4 image tokens -> a joint call over 48 video + 28 text-side
+`save_pretrained`): 32 Qwen tokens, 8 ByT5 tokens, 4 image tokens -> a joint call over 48 video + 44 text-side
 tokens, most of them padding (the joint mask is always passed).
 16x16 pixels, 9 frames -> 3 latent frames x 4x4 (4x spatial, 4x temporal compression) = 48 video tokens.
 """
@@ -28,7 +28,7 @@ NUM_REFINER_LAYERS = 2
 HEIGHT = WIDTH = 16
 NUM_FRAMES = 9
 LATENT_CHANNELS = 4
-TEXT_TOKENS = 16
+TEXT_TOKENS = 32
 BYT5_TOKENS = 8
 IMAGE_TOKENS = 4
 SYSTEM_MESSAGE = "Describe the video."

@@ -146,6 +146,28 @@ def test_qwen_image_passes_a_joint_mask_only_for_unequal_prompts_in_one_batch():
     assert obs.per_forward(0) == Counter({("transformer_blocks", "attn", "dispatch", True): 60})
 
 
+@pytest.mark.slow
+def test_mask_forms_of_ltx_and_hunyuanvideo15():
+    """LTX-Video's cross mask: additive float bias (B, H, 1, Skv), on every call. HunyuanVideo-1.5: boolean
+    (B, 1, S, S) on every joint call and (B, H, S, S) on every refiner call (AttnProcessor2_0 repeats it per head), with fully masked query rows (the padded text-side tokens)."""
+    module, pipe = _build("ltx_video")
+    with observe(pipe.transformer) as obs:
+        _run(module, pipe)
+    cross = [c for c in obs.forwards[0] if c.kind_module == "attn2"]
+    assert {(c.mask_dtype, c.mask_shape) for c in cross} == {("float32", (2, 2, 1, 16))}
+
+    module, pipe = _build("hunyuanvideo15_t2v_480p")
+    with observe(pipe.transformer) as obs:
+        _run(module, pipe)
+    joint = [c for c in obs.forwards[0] if c.block_list == "transformer_blocks"]
+    refiner = [c for c in obs.forwards[0] if c.block_list != "transformer_blocks"]
+    assert {(c.mask_dtype, c.mask_shape) for c in joint} == {("bool", (1, 1, 92, 92))}
+    assert {(c.mask_dtype, c.mask_shape) for c in refiner} == {("bool", (1, 2, 32, 32))}  # per head
+    # Text-to-video: the 4 image tokens are all padding, and so are the padded ByT5 and Qwen tokens; the
+    # refiner's padded Qwen rows too (per head).
+    assert all(c.fully_masked_rows > 4 for c in joint) and all(c.fully_masked_rows > 0 for c in refiner)
+
+
 def test_flux_true_cfg_runs_a_second_forward_per_step():
     module, pipe = _build("flux1_dev")
     with observe(pipe.transformer) as obs:

@@ -10,6 +10,7 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import torch
 import torch.nn.functional as F
 
 _LAYER = re.compile(r"^(?P<block_list>.+)\.(?P<layer>\d+)\.(?P<module>\w+)$")
@@ -25,6 +26,10 @@ class Call:
     q_len: int
     kv_len: int
     batch: int
+    mask_dtype: str | None = None  # "bool" or a float dtype name (additive bias)
+    mask_shape: tuple[int, ...] | None = None
+    # Query rows whose mask allows no key at all (boolean masks only; stock SDPA writes zeros there).
+    fully_masked_rows: int = 0
 
     @property
     def block_list(self) -> str:
@@ -77,7 +82,15 @@ def observe(transformer):
         else:
             batch, heads, q_len, head_dim = q.shape
             kv_len = k.shape[2]
-        obs.forwards[-1].append(Call(state["module"], via, mask is not None, heads, head_dim, q_len, kv_len, batch))
+        mask_dtype = mask_shape = None
+        fully_masked = 0
+        if mask is not None:
+            mask_dtype = "bool" if mask.dtype == torch.bool else str(mask.dtype).removeprefix("torch.")
+            mask_shape = tuple(mask.shape)
+            if mask.dtype == torch.bool:
+                fully_masked = int((~mask.expand(batch, -1, q_len, kv_len).any(dim=-1)).sum())
+        obs.forwards[-1].append(Call(state["module"], via, mask is not None, heads, head_dim, q_len, kv_len, batch,
+                                     mask_dtype, mask_shape, fully_masked))
 
     patched = []
     stock_sdpa = F.scaled_dot_product_attention
