@@ -6,13 +6,13 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from runtime.quality.metrics import call_error
+from runtime.metrics import call_error
 
 
 @dataclass(frozen=True)
 class CallRecord:
     """Error of one attention call's FP8 output against its native output on the same inputs (the attention
-    outputs, BSND, before the output projection), metrics as in runtime.quality.metrics.
+    outputs, BSND, before the output projection), metrics as in runtime.metrics.
 
     `branch` is "cond" or "uncond" (classifier-free guidance pass); `used` says which output the pipeline
     continued with: "fp8" under a loaded plan with an observer, "native" in shadow mode.

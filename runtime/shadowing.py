@@ -51,7 +51,7 @@ class ShadowRecorder:
         return [r.to_dict() for r in self.records]
 
 
-def _fp8_backend(backend: str, numerics: Numerics) -> AttentionBackend:
+def _quantized_backend(backend: str, numerics: Numerics) -> AttentionBackend:
     resolved, reason = resolve_fp8_backend(backend, numerics)
     if resolved is None:
         raise BackendUnavailableError(f"shadow mode needs an FP8 backend: {reason}")
@@ -90,7 +90,7 @@ def shadow(
         if unknown:
             raise PlanMismatchError(f"unknown attention kind(s) {unknown}; this family has {sorted(modules)}")
         modules = {k: modules[k] for k in kinds}
-    fp8 = _fp8_backend(backend, numerics)
+    fp8 = _quantized_backend(backend, numerics)
     recorder = ShadowRecorder(backend=fp8.name, numerics=numerics)
     context = CallContext()
     hint = "the step count given to runtime.shadow(num_inference_steps=...)"

@@ -10,6 +10,7 @@ import click
 from qcompiler.cli.common import needs_runtime_extra
 from qcompiler.cli.run_options import check_frame_sizes, pipeline_options
 from qcompiler.families import get_family
+from qcompiler.fileio import write_text_atomically
 from qcompiler.numerics import (
     DEFAULT_DTYPE,
     DEFAULT_ROTATION_SEED,
@@ -18,7 +19,6 @@ from qcompiler.numerics import (
     INT8_SCALE_SCOPES,
     MAX_ROTATION_SEED,
 )
-from qcompiler.plan.io import write_text_atomically
 from qcompiler.recipe.schema import MAX_STEPS
 
 

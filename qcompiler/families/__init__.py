@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from qcompiler.errors import FamilyError, close_matches
-from qcompiler.plan.io import InputRefused, read_json_file
+from qcompiler.fileio import InputRefused, read_json_file
 from qcompiler.schemas import first_violation
 
 MAX_FAMILY_BYTES = 1_000_000  # a family file is a page of JSON

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
 
 from runtime.backends.base import AttentionBackend
+from runtime.diffusers_private import dispatch_attention_fn
 
 
 class NativeBackend(AttentionBackend):

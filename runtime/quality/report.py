@@ -27,16 +27,16 @@ import torch
 import qcompiler
 from qcompiler.compile.resolve import predict_expert_schedule
 from qcompiler.families import get_family
+from qcompiler.fileio import write_text_atomically
 from qcompiler.numerics import DEFAULT_DTYPE, DTYPES, MXFP4_SEQUENCE_MULTIPLE, speed_factor
 from qcompiler.plan.format import Plan, content_sha256
-from qcompiler.plan.io import write_text_atomically
 from qcompiler.schemas import first_violation
 from qcompiler.stats import plan_cost
 from runtime.backends import resolve_fp8_backend
 from runtime.call_record import CallRecord
-from runtime.load import load
+from runtime.loading import load
+from runtime.metrics import PSNR_CAP_DB, psnr, ssim
 from runtime.numerics import Numerics
-from runtime.quality.metrics import PSNR_CAP_DB, psnr, ssim
 from runtime.quality.pipelines import (
     DEFAULT_PROMPT,
     FlopCounter,
@@ -270,7 +270,7 @@ def build_report(plan: Plan, options: ReportOptions, pipe: Any = None) -> dict[s
             plan_s = time.perf_counter() - start
             execution = handle.report()
     execution_dict = execution.to_dict()
-    fp8_name = execution.fp8_backend
+    fp8_name = execution.quantized_backend
     cells = _cells(plan, execution_dict, counter.flops, fp8_name, records)
 
     calls_total = sum(c["calls"] for c in cells)

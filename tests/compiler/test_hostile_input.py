@@ -17,8 +17,8 @@ import qcompiler
 from qcompiler.cli.main import cli
 from qcompiler.compile.compiler import compile_path, compile_source
 from qcompiler.errors import PlanError
+from qcompiler.fileio import MAX_JSON_DEPTH, read_regular_file
 from qcompiler.plan.format import content_sha256, load_plan
-from qcompiler.plan.io import MAX_JSON_DEPTH, read_regular_file
 from tests.conftest import RECIPES_DIR, VALID_RECIPE
 
 HEAD = VALID_RECIPE.split("rules:")[0]

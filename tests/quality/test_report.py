@@ -12,7 +12,7 @@ from PIL import Image
 from qcompiler.cli.main import cli
 from qcompiler.cli.report import DEFAULT_THROUGHPUT_RATIO as CLI_DEFAULT_RATIO
 from qcompiler.schemas import load_schema
-from runtime.quality.metrics import PSNR_CAP_DB
+from runtime.metrics import PSNR_CAP_DB
 from runtime.quality.render import heatmap_size
 from runtime.quality.report import DEFAULT_THROUGHPUT_RATIO
 from tests.quality.conftest import MIXED_RECIPE, STEPS

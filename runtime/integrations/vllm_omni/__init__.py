@@ -7,22 +7,26 @@ QCOMPILE_VLLM_OMNI_PLAN names a plan (spawned workers inherit the variable). See
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
-
-from runtime.integrations.vllm_omni import vllm_omni_private as omni
-from runtime.integrations.vllm_omni.executed import read_executed
-from runtime.integrations.vllm_omni.plugin import (
-    PLAN_ENV,
-    REPORT_DIR_ENV,
-    PluginRefusal,
-    PluginState,
-    activate,
-    active_state,
-    deactivate,
-)
+from typing import Any
 
 logger = logging.getLogger("qcompile.vllm_omni")
+
+PLAN_ENV = "QCOMPILE_VLLM_OMNI_PLAN"
+REPORT_DIR_ENV = "QCOMPILE_VLLM_OMNI_REPORT_DIR"
+
+# vllm-omni calls register() in every process: with no plan named it must cost nothing, so the plugin's modules
+# (torch, the plan reader) are imported on first use (PEP 562), not here.
+_HOMES = {
+    "PluginRefusal": "runtime.integrations.vllm_omni.plugin",
+    "PluginState": "runtime.integrations.vllm_omni.plugin",
+    "activate": "runtime.integrations.vllm_omni.plugin",
+    "active_state": "runtime.integrations.vllm_omni.plugin",
+    "deactivate": "runtime.integrations.vllm_omni.plugin",
+    "read_executed": "runtime.integrations.vllm_omni.executed",
+}
 
 __all__ = [
     "PLAN_ENV",
@@ -37,6 +41,15 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
 def register() -> None:
     """The entry point. Without QCOMPILE_VLLM_OMNI_PLAN: nothing. With it: refuse an untested vllm-omni, verify
     the plan, and install the hooks that tag each Wan expert as vllm-omni builds it. Raises PluginRefusal (vllm-omni
@@ -44,6 +57,9 @@ def register() -> None:
     plan_path = os.environ.get(PLAN_ENV)
     if not plan_path:
         return
+    from runtime.integrations.vllm_omni import vllm_omni_private as omni
+    from runtime.integrations.vllm_omni.plugin import PluginRefusal, activate, active_state
+
     state = active_state()
     if state is not None and state.log.plan_path == plan_path:
         return  # vllm-omni loads general plugins once per process; tolerate a second call all the same
