@@ -4,10 +4,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import torch
-
-from runtime.metrics import call_error
-
 
 @dataclass(frozen=True)
 class CallRecord:
@@ -31,11 +27,3 @@ class CallRecord:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def make_record(
-    component: str, step: int, layer: int, kind: str, branch: str, backend: str,
-    fp8: torch.Tensor, native: torch.Tensor, used: str,
-) -> CallRecord:
-    error = call_error(fp8, native)
-    return CallRecord(component, step, layer, kind, branch, backend, error.cos_sim, error.rel_l1, error.rmse, used)

@@ -84,7 +84,7 @@ class ComponentHook:
         tracker: StepTracker,
         counts: dict[str, CellCounts] | None,
         rotation: tuple[int, int] | None,  # (head_dim, seed) when FP8 calls rotate Q and K
-        needs_fp8: bool,  # whether this component runs any FP8 attention (the layout check applies then)
+        needs_quantized: bool,  # whether this component runs any quantized attention (the layout check applies)
     ):
         self.name = state.component
         self.model = model
@@ -93,7 +93,7 @@ class ComponentHook:
         self.rows = rows
         self.counts = counts
         self.rotation = rotation
-        self.needs_fp8 = needs_fp8
+        self.needs_quantized = needs_quantized
         self._by_kind = list(sites.items())
         self._all = [s for kind_sites in sites.values() for s in kind_sites]
         self._rotation_key: tuple[torch.device, torch.dtype] | None = None
@@ -119,7 +119,7 @@ class ComponentHook:
         parallel = model_parallel_config(self.model)
         if parallel is self._layout_seen:
             return
-        why = unsupported_layout_reason(self.model) if self.needs_fp8 else None
+        why = unsupported_layout_reason(self.model) if self.needs_quantized else None
         if why:
             raise ParallelLayoutError(f"{self.name} runs with context parallelism ({parallel_layout(self.model)}) "
                                       f"and its plan has FP8 attention cells: {why}")

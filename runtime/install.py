@@ -42,7 +42,7 @@ class ComponentSpec:
     rows: Mapping[str, Sequence[Sequence[bool]]] | None
     counts: Mapping[str, CellCounts] | None
     rotation: tuple[int, int] | None
-    needs_fp8: bool
+    needs_quantized: bool
 
 
 @dataclass
@@ -151,7 +151,7 @@ def install(specs: Sequence[ComponentSpec], modules: Mapping[str, str], tracker:
                 sites[kind] = kind_sites
                 installation.sites.extend(kind_sites)
             hook = ComponentHook(spec.model, spec.state, sites, spec.rows, tracker, spec.counts, spec.rotation,
-                                 spec.needs_fp8)
+                                 spec.needs_quantized)
             hook.check_layout()  # refuse an unservable parallel layout at install time too
             hook.install()
             installation._undo.append(hook.remove)

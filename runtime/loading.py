@@ -92,11 +92,11 @@ class PlanHandle:
                 # backend="native" runs every cell natively, whatever the plan says (a deliberate override).
                 rows[kind] = tuple(tuple(False for _ in row) for row in table) if force_native else table
                 counts[kind] = self._counts[(name, kind)] = CellCounts(steps, layers)
-            needs_fp8 = backend is not None and any(any(row) for kind_rows in rows.values() for row in kind_rows)
+            needs_quantized = backend is not None and any(any(row) for kind_rows in rows.values() for row in kind_rows)
             rotation = (component["head_dim"], numerics.rotation_seed) if (
                 backend is not None and numerics.hadamard_rotation) else None
             specs.append(ComponentSpec(name, models[name], layers, ComponentState(name, PLAN, backend, self._context),
-                                       rows, counts, rotation, needs_fp8))
+                                       rows, counts, rotation, needs_quantized))
         self._models = models
         self._installation = install(specs, modules, self._tracker)
         self._active = True

@@ -104,7 +104,7 @@ def shadow(
         state = ComponentState(name, SHADOW, fp8, context)
         state.sink = recorder.records
         rotation = (found.head_dim, numerics.rotation_seed) if numerics.hadamard_rotation else None
-        specs.append(ComponentSpec(name, model, found.num_layers, state, None, None, rotation, needs_fp8=True))
+        specs.append(ComponentSpec(name, model, found.num_layers, state, None, None, rotation, needs_quantized=True))
     mark_installed(pipe, recorder)
     try:
         installation = install(specs, modules, tracker)

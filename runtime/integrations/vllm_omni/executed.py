@@ -30,7 +30,7 @@ logger = logging.getLogger("qcompile.vllm_omni")
 FILE_FORMAT = 1
 
 
-def fp8_backend_name(kv_cache_dtype: str) -> str:
+def quantized_backend_name(kv_cache_dtype: str) -> str:
     return f"vllm-omni kv_cache_dtype={kv_cache_dtype}"
 
 
@@ -51,7 +51,7 @@ class RequestLog:
         self.plan_path = plan_path
         self.report_dir = Path(report_dir)
         self.vllm_omni_version = vllm_omni_version
-        self.fp8_name = fp8_backend_name(kv_cache_dtype)
+        self.quantized_name = quantized_backend_name(kv_cache_dtype)
         self.notes: list[str] = []  # standing notes (numerics vllm-omni fixes, schedule inputs), in every report
         self.counts = {(c["name"], kind): CellCounts(plan.num_inference_steps, c["num_layers"])
                        for c in plan.components for kind in plan.attention_kinds}
@@ -118,12 +118,12 @@ class RequestLog:
                          f"(step: calls {self.unknown_step_calls}); they are not in the table")
         if self.outside_calls:
             notes.append(f"{self.outside_calls} attention calls outside a pipeline request ran native (since start)")
-        names = {c["name"]: self.fp8_name for c in self.plan.components}
+        names = {c["name"]: self.quantized_name for c in self.plan.components}
         # fallback_reasons stays empty: the plugin never falls back, vllm-omni's kernels raise where they cannot.
         return build_report(
             self.plan, self.counts, names, fallback_reasons={}, pipeline_calls=1,
             observed_schedule=["+".join(sorted(s)) if s else None for s in self.served],
-            quantized_backend=self.fp8_name if self.plan.uses_fp8() else None, notes=notes,
+            quantized_backend=self.quantized_name if self.plan.uses_fp8() else None, notes=notes,
         )
 
     def write(self, report: ExecutionReport, rank: int, world: int) -> Path:
