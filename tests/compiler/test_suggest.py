@@ -27,7 +27,7 @@ from qcompiler.suggest.cover import (
     suggest_recipe,
 )
 from qcompiler.suggest.sensitivity import SensitivityError, load_sensitivity, sensitivity_from_dict
-from tests.quality.synthetic import synthetic_sensitivity
+from tests.compiler.synthetic import synthetic_sensitivity
 
 
 def _plan_cells(text: str, variant: str | None):
