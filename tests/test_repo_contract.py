@@ -6,6 +6,7 @@ import shlex
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from tests.conftest import REPO_ROOT
@@ -59,6 +60,7 @@ def test_every_package_is_installed():
     assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages"
 
 
+@pytest.mark.slow  # two pytest processes
 def test_plain_pytest_leaves_slow_tests_out_and_the_ci_command_runs_them(tmp_path):
     (tmp_path / "test_probe.py").write_text(
         "import pytest\n\n\ndef test_fast():\n    pass\n\n\n@pytest.mark.slow\ndef test_heavy():\n    pass\n")

@@ -193,6 +193,7 @@ LEAVES = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floa
                    st.text(alphabet="01\n2x{layer}", max_size=8), st.just([]), st.just({}))
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_mutated_rehashed_plans_load_or_raise_plan_error(data):

@@ -76,6 +76,7 @@ def test_lint_passes_on_a_written_recipe(tmp_path) -> None:
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 10_000),
