@@ -9,8 +9,9 @@ FP8 enters at diffusers' attention dispatch (runtime/dispatch.py), so it compose
 `enable_parallelism(ContextParallelConfig(ulysses_degree=N))` and diffusers' caches. See docs/runtime.md.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from runtime.lazy import lazy_getattr
 
 # `import runtime` imports neither torch nor diffusers, and leaves diffusers' backend enum alone: each name is
 # imported from its module on first use (PEP 562), and qcompile's attention backend is registered with diffusers
@@ -48,17 +49,12 @@ if TYPE_CHECKING:
     from runtime.shadowing import ShadowRecorder, shadow
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'runtime' has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _HOMES, globals())
 
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_HOMES))
+
 
 __all__ = [
     "BackendUnavailableError",

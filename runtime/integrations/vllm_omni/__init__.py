@@ -7,10 +7,10 @@ QCOMPILE_VLLM_OMNI_PLAN names a plan (spawned workers inherit the variable). See
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
-from typing import Any
+
+from runtime.lazy import lazy_getattr
 
 logger = logging.getLogger("qcompile.vllm_omni")
 
@@ -41,13 +41,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _HOMES, globals())
 
 
 def register() -> None:
