@@ -8,10 +8,9 @@ the absolute figures.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
+from qcompiler.families.model import Family
 from qcompiler.plan.format import Plan
 
 
@@ -37,31 +36,21 @@ class PlanCost:
         return self.flops_fp8 / self.flops_total if self.flops_total else 0.0
 
 
-def reference_tokens(shapes: Mapping[str, Any], kind: str) -> tuple[int, int]:
-    """(query tokens, key/value tokens) of one `kind` ("self" or "cross") call at a family's reference shapes."""
-    query = shapes["self_tokens"]
-    keys = query if kind == "self" else shapes.get("text_tokens", 0) + shapes.get("image_tokens", 0)
-    return query, keys
-
-
-def plan_cost(plan: Plan, family: Mapping[str, Any] | None = None) -> PlanCost:
-    """FP8 calls and FLOPs of `plan` at the reference shapes of `family` (a Family.structure() mapping; by
-    default the family the plan records, i.e. its variant's shapes)."""
-    family = plan.data["family"] if family is None else family
-    shapes = family["reference_shapes"]
-    specs = {c["name"]: c for c in family["components"]}
-    batch = shapes.get("batch", 1)
-    branches = 2 if shapes.get("cfg", True) else 1
+def plan_cost(plan: Plan, family: Family | None = None) -> PlanCost:
+    """FP8 calls and FLOPs of `plan` at the reference shapes of `family` (by default the family the plan
+    records, i.e. its variant's shapes)."""
+    family = plan.family if family is None else family
+    branches = 2 if family.cfg else 1
     calls_total = calls_fp8 = 0
     flops_total = flops_fp8 = 0.0
     for step, component in enumerate(plan.expert_schedule):
-        spec = specs[component]
         for kind in plan.attention_kinds:
             row = plan.table(component, kind)[step]
-            per_call = float(attention_flops(batch, spec["num_heads"], *reference_tokens(shapes, kind), spec["head_dim"]))
+            heads, head_dim = family.heads(component, kind)
+            per_call = float(attention_flops(family.batch, heads, *family.call_tokens(kind), head_dim))
             fp8_layers = sum(row)
             calls_total += branches * len(row)
             calls_fp8 += branches * fp8_layers
             flops_total += branches * len(row) * per_call
             flops_fp8 += branches * fp8_layers * per_call
-    return PlanCost(calls_total, calls_fp8, flops_total, flops_fp8, shapes.get("description", ""))
+    return PlanCost(calls_total, calls_fp8, flops_total, flops_fp8, family.shapes_description)

@@ -37,7 +37,7 @@ class ComponentSpec:
 
     name: str
     model: torch.nn.Module
-    num_layers: int
+    modules: Mapping[str, Sequence[str]]  # kind -> the module path of each layer (runtime.checks.attention_paths)
     state: ComponentState
     rows: Mapping[str, Sequence[Sequence[bool]]] | None
     counts: Mapping[str, CellCounts] | None
@@ -74,8 +74,7 @@ def unmark_installed(pipe: Any, owner: object) -> None:
         delattr(pipe, INSTALLED_ATTR)
 
 
-def attention_module(model: torch.nn.Module, component: str, kind: str, pattern: str, layer: int) -> Any:
-    path = pattern.format(layer=layer)
+def attention_module(model: torch.nn.Module, component: str, kind: str, path: str) -> Any:
     try:
         module = model.get_submodule(path)
     except AttributeError:
@@ -130,7 +129,7 @@ def guard_calls(tracker: StepTracker) -> Callable[[], None]:
     return undo
 
 
-def install(specs: Sequence[ComponentSpec], modules: Mapping[str, str], tracker: StepTracker) -> Installation:
+def install(specs: Sequence[ComponentSpec], tracker: StepTracker) -> Installation:
     """Install on every spec'd component; on any error, remove what was installed and re-raise."""
     installation = Installation()
     ours = qcompile_backend()
@@ -138,10 +137,10 @@ def install(specs: Sequence[ComponentSpec], modules: Mapping[str, str], tracker:
         installation._undo.append(guard_calls(tracker))
         for spec in specs:
             sites: dict[str, list[Site]] = {}
-            for kind, pattern in sorted(modules.items()):
+            for kind, paths in sorted(spec.modules.items()):
                 kind_sites = []
-                for layer in range(spec.num_layers):
-                    module = attention_module(spec.model, spec.name, kind, pattern, layer)
+                for layer, path in enumerate(paths):
+                    module = attention_module(spec.model, spec.name, kind, path)
                     site = Site(spec.name, kind, layer, module, spec.state)
                     set_processor_backend(site.processor, ours)
                     installation._undo.append(lambda s=site: set_processor_backend(s.processor, s.stock_backend))

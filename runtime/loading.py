@@ -19,7 +19,7 @@ from qcompiler.plan.format import Plan, load_plan
 from runtime.backends import AttentionBackend, NativeBackend, resolve_fp8_backend
 from runtime.backends.registry import component_refusal
 from runtime.call_record import CallRecord
-from runtime.checks import check_structure, transformer_components
+from runtime.checks import attention_paths, check_structure, transformer_components
 from runtime.dispatch import PLAN, ComponentState
 from runtime.errors import BackendUnavailableError, PlanMismatchError, UnknownBackendError
 from runtime.execution_report import FALLBACK_BACKEND, CellCounts, ExecutionReport, build_report
@@ -32,9 +32,12 @@ logger = logging.getLogger("runtime")
 
 
 def _embedded_plan(pipe: Any) -> Plan:
+    from qcompiler.families import list_families
     from qcompiler.targets.pipeline_dir import PLAN_KEY, embedded_plan_from_configs
 
-    configs = {name: model.config for name, model in transformer_components(pipe).items()}
+    # the transformers of any known family: the plan, once read, says which family it is
+    configs = {name: model.config for family in list_families()
+               for name, model in transformer_components(pipe, family).items()}
     data = embedded_plan_from_configs(configs)
     if data is None:
         raise PlanMismatchError(
@@ -80,25 +83,25 @@ class PlanHandle:
     def _install(self, models: dict[str, torch.nn.Module]) -> None:
         plan, steps = self.plan, self.plan.num_inference_steps
         numerics = Numerics.from_plan(plan)
-        modules = {kind: spec["module"] for kind, spec in plan.data["family"]["attention_kinds"].items()}
+        family = plan.family
         force_native = self.backend == "native" or isinstance(self.backend, NativeBackend)
         specs = []
-        for component in plan.components:
-            name, layers = component["name"], component["num_layers"]
+        for name in plan.component_names:
             backend = self._served[name]
             rows, counts = {}, {}
+            modules = attention_paths(family, name)
             for kind in sorted(modules):
                 table = plan.table(name, kind)
                 # backend="native" runs every cell natively, whatever the plan says (a deliberate override).
                 rows[kind] = tuple(tuple(False for _ in row) for row in table) if force_native else table
-                counts[kind] = self._counts[(name, kind)] = CellCounts(steps, layers)
+                counts[kind] = self._counts[(name, kind)] = CellCounts(steps, len(modules[kind]))
             needs_quantized = backend is not None and any(any(row) for kind_rows in rows.values() for row in kind_rows)
-            rotation = (component["head_dim"], numerics.rotation_seed) if (
+            rotation = (family.component(name).head_dim, numerics.rotation_seed) if (
                 backend is not None and numerics.hadamard_rotation) else None
-            specs.append(ComponentSpec(name, models[name], layers, ComponentState(name, PLAN, backend, self._context),
+            specs.append(ComponentSpec(name, models[name], modules, ComponentState(name, PLAN, backend, self._context),
                                        rows, counts, rotation, needs_quantized))
         self._models = models
-        self._installation = install(specs, modules, self._tracker)
+        self._installation = install(specs, self._tracker)
         self._active = True
 
     def unload(self) -> None:
@@ -182,9 +185,9 @@ def _serving_backends(
     quantized, reason = resolve_fp8_backend(backend, numerics)
     served: dict[str, AttentionBackend | None] = {}
     fallbacks: dict[str, str] = {}
-    for component in plan.components:
-        name = component["name"]
-        why, remedy = component_refusal(backend, quantized, reason, numerics, component["head_dim"]) or ("", "")
+    for name in plan.component_names:
+        why, remedy = component_refusal(backend, quantized, reason, numerics,
+                                        plan.family.component(name).head_dim) or ("", "")
         wants_fp8 = any(any(row) for kind in plan.attention_kinds for row in plan.table(name, kind))
         served[name] = None if why else quantized
         if not why or not wants_fp8 or backend == "native" or isinstance(backend, NativeBackend):

@@ -13,11 +13,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from qcompiler.families import list_families
+from qcompiler.families import Family, list_families
 from qcompiler.plan.format import Plan, load_plan
 from runtime.backends import AttentionBackend, resolve_fp8_backend
 from runtime.call_record import CallRecord
-from runtime.checks import check_structure, inspect_component, transformer_components
+from runtime.checks import attention_paths, check_structure, inspect_component, transformer_components
 from runtime.dispatch import SHADOW, ComponentState
 from runtime.errors import BackendUnavailableError, PlanMismatchError
 from runtime.install import ComponentSpec, install, mark_installed, unmark_installed
@@ -25,17 +25,22 @@ from runtime.numerics import Numerics
 from runtime.step_tracker import CallContext, StepTracker
 
 
-def family_attention_modules(pipe: Any) -> dict[str, str]:
-    """Attention module patterns by kind from the family data of this pipeline's class (all families of one
-    pipeline class must agree, or a plan has to say which)."""
+def _kind_layout(family: Family) -> tuple:
+    first = family.components[0]
+    return tuple((k.name, first.block_list(k.block_list).path, k.module) for k in family.kind_specs)
+
+
+def family_layout(pipe: Any) -> Family:
+    """A family of this pipeline's class, for where its attention modules are (all families of one pipeline
+    class must place them alike, or a plan has to say which); layer counts are read from the model."""
     pipeline_classes = {cls.__name__ for cls in type(pipe).__mro__}
-    found = {tuple(f.attention_modules) for f in list_families() if f.pipeline_class in pipeline_classes}
-    if len(found) != 1:
+    families = [f for f in list_families() if f.pipeline_class in pipeline_classes]
+    if len({_kind_layout(f) for f in families}) != 1:
         raise PlanMismatchError(
-            f"no single family layout for a {type(pipe).__name__} ({len(found)} found): pass plan=... to "
+            f"no single family layout for a {type(pipe).__name__} ({len(families)} found): pass plan=... to "
             "runtime.shadow so its family names the attention modules"
         )
-    return dict(found.pop())
+    return families[0]
 
 @dataclass
 class ShadowRecorder:
@@ -79,17 +84,16 @@ def shadow(
     loaded = load_plan(plan) if plan is not None else None
     if loaded is not None:
         models = check_structure(pipe, loaded)
-        modules = {k: v["module"] for k, v in loaded.data["family"]["attention_kinds"].items()}
+        family = loaded.family
         numerics = numerics or Numerics.from_plan(loaded)
     else:
-        models = transformer_components(pipe)
-        modules = family_attention_modules(pipe)
+        family = family_layout(pipe)
+        models = transformer_components(pipe, family)
         numerics = numerics or Numerics()
     if kinds is not None:
-        unknown = sorted(set(kinds) - set(modules))
+        unknown = sorted(set(kinds) - set(family.kinds))
         if unknown:
-            raise PlanMismatchError(f"unknown attention kind(s) {unknown}; this family has {sorted(modules)}")
-        modules = {k: modules[k] for k in kinds}
+            raise PlanMismatchError(f"unknown attention kind(s) {unknown}; this family has {list(family.kinds)}")
     fp8 = _quantized_backend(backend, numerics)
     recorder = ShadowRecorder(backend=fp8.name, numerics=numerics)
     context = CallContext()
@@ -97,17 +101,19 @@ def shadow(
     tracker = StepTracker(pipe, num_inference_steps, context, "or pass num_inference_steps={steps} to " + hint)
     specs = []
     for name, model in models.items():
-        found = inspect_component(name, model)
+        found = inspect_component(name, model, family)
         why = fp8.unsupported_reason(found.head_dim)
         if why:
             raise BackendUnavailableError(f"shadow mode cannot run FP8 attention in {name}: {why}")
         state = ComponentState(name, SHADOW, fp8, context)
         state.sink = recorder.records
         rotation = (found.head_dim, numerics.rotation_seed) if numerics.hadamard_rotation else None
-        specs.append(ComponentSpec(name, model, found.num_layers, state, None, None, rotation, needs_quantized=True))
+        # without a plan, the family may be another size of this pipeline class: count the model's blocks
+        modules = attention_paths(family, name, kinds, None if loaded is not None else model)
+        specs.append(ComponentSpec(name, model, modules, state, None, None, rotation, needs_quantized=True))
     mark_installed(pipe, recorder)
     try:
-        installation = install(specs, modules, tracker)
+        installation = install(specs, tracker)
     except BaseException:
         unmark_installed(pipe, recorder)
         raise

@@ -145,7 +145,9 @@ def build_tiny_pipeline(family_name: str, *, seed: int = 0, family: Family | Non
     # I2V conditions on 4 mask channels + 16 image-latent channels next to the 16 noise channels.
     in_channels = LATENT_CHANNELS + (LATENT_CHANNELS + 4 if image_to_video else 0)
     models = {
-        c.name: _transformer(c.num_layers, c.num_heads, c.head_dim, in_channels, IMAGE_DIM if clip_image else None)
+        # a Wan transformer has one block list
+        c.name: _transformer(c.block_lists[0].length, c.num_heads, c.head_dim, in_channels,
+                             IMAGE_DIM if clip_image else None)
         for c in family.components
     }
     scheduler = UniPCMultistepScheduler(

@@ -16,12 +16,18 @@ from qcompiler.cli.diagnostics_format import format_text
 from qcompiler.cli.lint import expand_recipe_paths
 from qcompiler.compile.compiler import compile_path
 from qcompiler.errors import PlanError
-from qcompiler.plan.format import load_plan, write_plan
+from qcompiler.plan.format import PLAN_FORMAT, load_plan, write_plan
 
 
 def committed_plan_path(recipe: str) -> Path:
     path = Path(recipe)
     return path.with_name(path.stem + ".plan.json")
+
+
+def _recipe_steps(recipe: str) -> int | None:
+    """The recipe's own num_inference_steps (None when it does not compile)."""
+    plan = compile_path(recipe, build_plan=True).plan
+    return plan.num_inference_steps if plan is not None else None
 
 
 @click.command(name="check")
@@ -44,7 +50,10 @@ def command(recipes: tuple[str, ...], plan_path: str | None, write: bool) -> Non
         except PlanError as exc:
             unreadable = str(exc)
         variant = committed.variant if committed is not None else None
-        result = compile_path(recipe, variant=variant)
+        # a format-1 plan is refreshed for the compile it was made with: its variant and its step count
+        old_format = committed is not None and committed.plan_format < PLAN_FORMAT
+        steps = committed.num_inference_steps if old_format else None
+        result = compile_path(recipe, variant=variant, steps=steps)
         if result.errors or result.plan is None:
             click.echo(format_text(result.diagnostics), err=True, nl=False)
             click.echo(f"{recipe}: does not compile{f' (variant {variant})' if variant else ''}", err=True)
@@ -53,6 +62,9 @@ def command(recipes: tuple[str, ...], plan_path: str | None, write: bool) -> Non
         fresh = result.plan
         if committed is None:
             stale_reason = unreadable
+        elif old_format:
+            stale_reason = (f"is a format-{committed.plan_format} plan (this qcompile writes format {PLAN_FORMAT}; "
+                            "format-1 plans still load, show, export and run as before)")
         elif committed.content_hash != fresh.content_hash:
             stale_reason = "differs from what the recipe compiles to now"
         else:
@@ -66,7 +78,8 @@ def command(recipes: tuple[str, ...], plan_path: str | None, write: bool) -> Non
             continue
         problems += 1
         variant_option = f" --variant {variant}" if variant else ""
-        click.echo(f"{recipe}: {target} is stale: {stale_reason}\n  fix: qcompile {recipe}{variant_option} -o {target}",
-                   err=True)
+        steps_option = f" --steps {steps}" if steps is not None and steps != _recipe_steps(recipe) else ""
+        click.echo(f"{recipe}: {target} is stale: {stale_reason}\n  fix: qcompile {recipe}{variant_option}{steps_option} "
+                   f"-o {target}", err=True)
     if problems:
         raise SystemExit(1)

@@ -25,7 +25,7 @@ def table_differences(a: Plan, b: Plan) -> list[str]:
     The plans must have the same structure (see structure_difference)."""
     lines = []
     for component in a.component_names:
-        for kind in a.attention_kinds:
+        for kind in a.family.kinds:
             for step, (row_a, row_b) in enumerate(zip(a.table(component, kind), b.table(component, kind), strict=True)):
                 to_fp8 = [layer for layer, (x, y) in enumerate(zip(row_a, row_b, strict=True)) if not x and y]
                 to_native = [layer for layer, (x, y) in enumerate(zip(row_a, row_b, strict=True)) if x and not y]
@@ -62,8 +62,10 @@ def describe(plan: Plan) -> str:
 
 
 def _layout(plan: Plan) -> str:
-    components = ", ".join(f"{c['name']} x {c['num_layers']} layers" for c in plan.components)
-    return f"{components}; attention kinds {', '.join(plan.attention_kinds)}"
+    """`transformer: cross x 40, self x 40; ...`: the (component, kind) row lengths two plans must share."""
+    family = plan.family
+    return "; ".join(f"{c}: " + ", ".join(f"{k} x {family.num_layers(c, k)} layers" for k in family.kinds)
+                     for c in family.component_names)
 
 
 def structure_difference(a: Plan, b: Plan, name_a: str, name_b: str) -> str | None:

@@ -17,7 +17,7 @@ UNSERVED_MARK = " "  # step served by another expert (per expert_schedule)
 
 def cell_word(plan: Plan) -> str:
     """What a row's count of '#' cells is called: fp8 for FP8 plans, quantized for MX and INT8 ones."""
-    return "fp8" if plan.data["dtype"] == DEFAULT_DTYPE else "quantized"
+    return "fp8" if plan.dtype == DEFAULT_DTYPE else "quantized"
 
 
 def render_table(plan: Plan, component: str, kind: str) -> list[str]:
@@ -38,33 +38,41 @@ def render_table(plan: Plan, component: str, kind: str) -> list[str]:
 @click.command(name="show")
 @click.argument("plan_path", metavar="PLAN")
 @click.option("--component", help="Show only this component.")
-@click.option("--kind", type=click.Choice(["self", "cross"]), help="Show only this attention kind.")
+@click.option("--kind", help="Show only this attention kind (the plan's family declares them, e.g. self, cross).")
 def command(plan_path: str, component: str | None, kind: str | None) -> None:
     """Print PLAN's tables as heatmaps (# = quantized, . = native) and its quantized share of calls and FLOPs."""
     plan = load_plan_or_recipe(plan_path)
     if component is not None and component not in plan.component_names:
         raise click.BadParameter(f"{component!r} is not in this plan; components: {', '.join(plan.component_names)}",
                                  param_hint="--component")
+    if kind is not None and kind not in plan.family.kinds:
+        raise click.BadParameter(f"{kind!r} is not an attention kind of this plan; kinds: {', '.join(plan.family.kinds)}",
+                                 param_hint="--kind")
     variant = f" ({plan.variant} variant)" if plan.variant else ""
-    click.echo(f"plan for {plan.family_name}{variant}: {plan.num_inference_steps} steps, {dtype_label(plan.data['dtype'])}, "
+    click.echo(f"plan for {plan.family_name}{variant}: {plan.num_inference_steps} steps, {dtype_label(plan.dtype)}, "
                f"fallback={plan.fallback}, rotation={'on' if plan.numerics['hadamard_rotation'] else 'off'}"
                f" (seed {plan.numerics['rotation_seed']}), sha256 {plan.content_hash[:12]}")
-    if plan.data["dtype"] == "int8_per_tensor":  # issue 14: the INT8 numerics and where it runs
+    if plan.dtype == "int8_per_tensor":  # issue 14: the INT8 numerics and where it runs
         n = plan.numerics
         click.echo(f"int8 numerics: k_mean_subtraction={'on' if n['k_mean_subtraction'] else 'off'}, "
                    f"q/k rotation={'on' if n['hadamard_rotation'] else 'off'}, "
                    f"v_rotation={'on' if n['v_rotation'] else 'off'}, p_scale={n['p_scale']}, "
                    f"scale_scope={n['scale_scope']}; '#' cells run INT8, on Atlas A2/A3 only (backend int8-npu)")
     click.echo(f"expert schedule: {', '.join(f'{i}:{c}' for i, c in enumerate(plan.expert_schedule))}")
+    family = plan.family
     for name in plan.component_names:
         if component and name != component:
             continue
-        for attention_kind in plan.attention_kinds:
-            if kind and attention_kind != kind:
-                continue
-            click.echo(f"\n{name} / {attention_kind}-attention  ({QUANTIZED_CELL} {cell_word(plan)}, {NATIVE_CELL} native)")
-            for line in render_table(plan, name, attention_kind):
-                click.echo(line)
+        lists = family.component(name).block_list_names
+        for block_list in lists:
+            # a component with one block list reads as before: "transformer / self-attention"
+            where = f"{name} / {block_list}" if len(lists) > 1 else name
+            for attention_kind in family.kinds_in((block_list,)):
+                if kind and attention_kind != kind:
+                    continue
+                click.echo(f"\n{where} / {attention_kind}-attention  ({QUANTIZED_CELL} {cell_word(plan)}, {NATIVE_CELL} native)")
+                for line in render_table(plan, name, attention_kind):
+                    click.echo(line)
     click.echo("\nrules (last matching rule wins):")
     click.echo(f"  default: {plan.data['recipe']['default']}")
     for rule in plan.data["rules"]:

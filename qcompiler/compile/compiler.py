@@ -89,11 +89,11 @@ def _compile_document(doc: SourceDocument, recipe_sha: str, steps: int | None, v
         return CompileResult(None, findings)
     num_steps = steps if steps is not None else (data["num_inference_steps"] if clean("num_inference_steps") else None)
     scope_components = tuple(data.get("components") or family.component_names) if clean("components") else family.component_names
-    scope_kinds = tuple(data["attention_kinds"]) if clean("attention_kinds") else family.attention_kinds
+    scope_kinds = tuple(data["attention_kinds"]) if clean("attention_kinds") else family.kinds
     if clean("components"):
         _check_names(doc, ("components",), scope_components, family.component_names, "component", family, findings)
     if clean("attention_kinds"):
-        _check_names(doc, ("attention_kinds",), scope_kinds, family.attention_kinds, "attention kind", family, findings)
+        _check_names(doc, ("attention_kinds",), scope_kinds, family.kinds, "attention kind", family, findings)
     settings_clean = clean("dtype") and clean("numerics")
     if settings_clean:
         _check_pv_precision(doc, findings)
@@ -161,10 +161,11 @@ def _check_names(doc: SourceDocument, path: tuple, names: tuple[str, ...], valid
     for index, item in enumerate(names):
         if item not in valid:
             mark = doc.mark_for((*path, index))
+            close = close_matches(item, list(valid), n=1) if isinstance(item, str) else []
             findings.append(Diagnostic(
                 doc.path, mark.line, mark.column, "error", "QC121",
                 f"{family.display_name} has no {what} `{item}`",
-                f"valid: {', '.join(valid)}",
+                (f"did you mean `{close[0]}`? " if close else "") + f"valid: {', '.join(valid)}",
             ))
 
 
@@ -186,16 +187,56 @@ def _read_rules(doc: SourceDocument, family: Family, num_steps: int | None, scop
         components = tuple(rule.get("components") or scope_components)
         kinds = tuple(rule.get("attention_kinds") or scope_kinds)
         _check_scope(doc, index, "components", components, scope_components, family.component_names, "component", family, findings)
-        _check_scope(doc, index, "attention_kinds", kinds, scope_kinds, family.attention_kinds, "attention kind", family, findings)
+        _check_scope(doc, index, "attention_kinds", kinds, scope_kinds, family.kinds, "attention kind", family, findings)
+        lists = _rule_block_lists(doc, index, family, findings) if clean("rules", index, "block_lists") else None
+        if lists is not None:
+            kinds = tuple(k for k in kinds if k in family.kinds_in(lists))
         steps = (_select_or_finding(doc, index, "steps", rule.get("steps", "all"), num_steps, findings)
                  if num_steps is not None and clean("rules", index, "steps") else None)
-        layer_count = min((family.component(c).num_layers for c in components if c in family.component_names),
-                          default=min(c.num_layers for c in family.components))
-        layers = (_select_or_finding(doc, index, "layers", rule.get("layers", "all"), layer_count, findings)
+        layers = (_layers_per_block_list(doc, index, family, components, kinds, rule.get("layers", "all"), findings)
                   if clean("rules", index, "layers") else None)
         if steps is not None and layers is not None and clean("rules", index, "name") and clean("rules", index, "precision"):
             rules.append(RuleSelection(name, rule["precision"], components, kinds, steps, layers))
     return rules
+
+
+def _rule_block_lists(doc: SourceDocument, index: int, family: Family,
+                      findings: list[Diagnostic]) -> tuple[str, ...] | None:
+    """The rule's `block_lists` (None when it has none); a name the family lacks is QC122."""
+    chosen = doc.data["rules"][index].get("block_lists")
+    if chosen is None:
+        return None
+    known = family.block_list_names
+    for position, item in enumerate(chosen):
+        if item not in known:
+            mark = doc.mark_for(("rules", index, "block_lists", position))
+            close = close_matches(item, list(known), n=1)
+            findings.append(Diagnostic(
+                doc.path, mark.line, mark.column, "error", "QC122",
+                f"rule `{_rule_label(doc, index)}` selects block list `{item}`, which "
+                f"{family.display_name} does not have" + (f" (did you mean `{close[0]}`?)" if close else ""),
+                f"block lists of {family.name}: {', '.join(known)}",
+            ))
+    return tuple(chosen)
+
+
+def _layers_per_block_list(doc: SourceDocument, index: int, family: Family, components: tuple[str, ...],
+                           kinds: tuple[str, ...], value: Any,
+                           findings: list[Diagnostic]) -> dict[str, frozenset[int]] | None:
+    """The rule's `layers`, read against each block list its kinds live in (its length: the shortest among
+    the rule's components). One finding at most, for the first list the selector does not fit."""
+    names = [c for c in components if c in family.component_names] or list(family.component_names)
+    lists = sorted({family.kind(k).block_list for k in kinds if k in family.kinds})
+    if not lists:  # no kind selected (or only unknown ones, reported already): read against the first list
+        lists = [family.kind_specs[0].block_list]
+    selected: dict[str, frozenset[int]] = {}
+    for block_list in lists:
+        length = min(family.block_list(c, block_list).length for c in names)
+        layers = _select_or_finding(doc, index, "layers", value, length, findings)
+        if layers is None:
+            return None
+        selected[block_list] = layers
+    return selected
 
 
 def _check_pv_precision(doc: SourceDocument, findings: list[Diagnostic]) -> None:

@@ -21,7 +21,7 @@ class RuleSelection:
     components: tuple[str, ...]
     kinds: tuple[str, ...]
     steps: frozenset[int]
-    layers: frozenset[int]
+    layers: dict[str, frozenset[int]]  # block list -> the layers selected in it (`layers` is read per list)
 
 @dataclass(frozen=True)
 class RuleEffect:
@@ -39,11 +39,11 @@ class RuleEffect:
 class Resolution:
     # (component, kind) -> one int per step; bit `layer` set = FP8. Bitmasks make a rule O(steps), not O(cells).
     masks: dict[tuple[str, str], tuple[int, ...]]
-    num_layers: dict[str, int]
+    num_layers: dict[tuple[str, str], int]  # (component, kind) -> row length
     effects: tuple[RuleEffect, ...]
 
     def rows(self, component: str, kind: str) -> list[str]:
-        return masks_to_rows(self.masks[(component, kind)], self.num_layers[component])
+        return masks_to_rows(self.masks[(component, kind)], self.num_layers[(component, kind)])
 
 
 def masks_to_rows(masks: tuple[int, ...], num_layers: int) -> list[str]:
@@ -67,18 +67,18 @@ def resolve_tables(
     rules: list[RuleSelection],
 ) -> Resolution:
     grids: dict[tuple[str, str], list[int]] = {}
-    for component in family.components:
-        full = (1 << component.num_layers) - 1
-        for kind in family.attention_kinds:
-            in_scope = component.name in scope_components and kind in scope_kinds
-            grids[(component.name, kind)] = [full if default_fp8 and in_scope else 0] * num_steps
+    num_layers = {(c, k): family.num_layers(c, k) for c in family.component_names for k in family.kinds}
+    for (component, kind), layers in num_layers.items():
+        in_scope = component in scope_components and kind in scope_kinds
+        grids[(component, kind)] = [(1 << layers) - 1 if default_fp8 and in_scope else 0] * num_steps
     effects = []
     for rule in rules:
-        layer_mask = _mask_of(rule.layers)
         set_fp8 = rule.precision == "fp8"
         changed: dict[tuple[str, str], int] = {}
         for component in rule.components:
             for kind in rule.kinds:
+                # a layer past the end of this component's list (the selector read the shortest) selects nothing
+                layer_mask = _mask_of(rule.layers[family.kind(kind).block_list]) & ((1 << num_layers[(component, kind)]) - 1)
                 grid = grids[(component, kind)]
                 cells = 0
                 for step in rule.steps:  # O(selected steps) per plane: a rule is a bitmask operation per row
@@ -91,7 +91,7 @@ def resolve_tables(
         effects.append(RuleEffect(rule.name, rule.precision, changed))
     return Resolution(
         masks={key: tuple(grid) for key, grid in grids.items()},
-        num_layers={c.name: c.num_layers for c in family.components},
+        num_layers=num_layers,
         effects=tuple(effects),
     )
 

@@ -8,84 +8,32 @@ tests and the offline demo compile plans for exactly the model they run.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 from qcompiler.errors import FamilyError, close_matches
+from qcompiler.families.model import (
+    AttentionKind,
+    BlockList,
+    Component,
+    Family,
+    build_family,
+    family_v1_to_v2,
+    structure_problems,
+)
 from qcompiler.fileio import InputRefused, read_json_file
-from qcompiler.schemas import first_violation
+from qcompiler.schemas import first_violation, json_path
 
 MAX_FAMILY_BYTES = 1_000_000  # a family file is a page of JSON
 
+FAMILY_FORMAT = 2
 BUILTIN_FAMILY_DIR = Path(__file__).parent / "data"
 FAMILY_PATH_ENV = "QCOMPILE_FAMILY_PATH"
+# Schedulers whose timesteps qcompiler.compile.resolve.predict_expert_schedule mirrors.
+EXPERT_SCHEDULERS = ("UniPCMultistepScheduler",)
 
-
-@dataclass(frozen=True)
-class Component:
-    name: str
-    role: str
-    diffusers_class: str
-    num_layers: int
-    num_heads: int
-    head_dim: int
-
-@dataclass(frozen=True)
-class Family:
-    name: str
-    variant: str | None
-    description: str
-    pipeline_class: str
-    components: tuple[Component, ...]
-    attention_kinds: tuple[str, ...]
-    attention_modules: tuple[tuple[str, str], ...]  # (kind, module pattern), e.g. ("self", "blocks.{layer}.attn1")
-    boundary_ratio: float | None
-    num_train_timesteps: int
-    flow_shift: float
-    reference_shapes: tuple[tuple[str, Any], ...]
-    variants: tuple[str, ...]
-
-    @property
-    def display_name(self) -> str:
-        return f"{self.name} ({self.variant} variant)" if self.variant else self.name
-
-    def component(self, name: str) -> Component:
-        for component in self.components:
-            if component.name == name:
-                return component
-        raise KeyError(name)
-
-    @property
-    def component_names(self) -> tuple[str, ...]:
-        return tuple(c.name for c in self.components)
-
-    def shapes(self) -> dict[str, Any]:
-        return dict(self.reference_shapes)
-
-    def structure(self) -> dict[str, Any]:
-        """The part of the family a plan records and a runtime checks against the real pipeline."""
-        return {
-            "name": self.name,
-            "variant": self.variant,
-            "pipeline_class": self.pipeline_class,
-            "boundary_ratio": self.boundary_ratio,
-            "num_train_timesteps": self.num_train_timesteps,
-            "flow_shift": self.flow_shift,
-            "components": [
-                {
-                    "name": c.name,
-                    "diffusers_class": c.diffusers_class,
-                    "num_layers": c.num_layers,
-                    "num_heads": c.num_heads,
-                    "head_dim": c.head_dim,
-                }
-                for c in self.components
-            ],
-            "attention_kinds": {kind: {"module": module} for kind, module in self.attention_modules},
-            "reference_shapes": self.shapes(),
-        }
+__all__ = ["AttentionKind", "BlockList", "Component", "Family", "FamilyError", "family_names", "get_family",
+           "list_families"]
 
 
 def _family_dirs() -> list[Path]:
@@ -124,10 +72,30 @@ def _load_family_files(dirs: tuple[Path, ...]) -> tuple[dict[str, tuple[Path, di
 
 @lru_cache(maxsize=64)
 def _checked(name: str, dirs: tuple[Path, ...]) -> dict:
+    """The family's data as format 2: a format-1 file (no `family_format`) is checked against its own schema
+    and converted in memory."""
     path, data = _load_family_files(dirs)[0][name]
-    violation = first_violation("family", data)
+    found = data.get("family_format", 1)
+    schema = {1: "family_v1", FAMILY_FORMAT: "family"}.get(found) if type(found) is int else None
+    if schema is None:
+        raise FamilyError(f"{path}: family_format {found!r} is not supported (this qcompile reads formats 1 and "
+                          f"{FAMILY_FORMAT}; see schemas/family.schema.json)")
+    violation = first_violation(schema, data)
     if violation:
-        raise FamilyError(f"{path}: {violation[0]}: {violation[1]} (see schemas/family.schema.json)")
+        raise FamilyError(f"{path}: {violation[0]}: {violation[1]} (see schemas/{schema}.schema.json)")
+    if found == 1:
+        try:
+            data = family_v1_to_v2(data)
+        except ValueError as exc:
+            raise FamilyError(f"{path}: $.attention_kinds: {exc}") from None
+    problems = structure_problems(data)
+    if problems:
+        where, message = problems[0]
+        raise FamilyError(f"{path}: {json_path(where)}: {message}")
+    if len(data["components"]) > 1 and data["boundary_ratio"] is not None \
+            and data["scheduler"]["class"] not in EXPERT_SCHEDULERS:
+        raise FamilyError(f"{path}: $.scheduler.class: the expert schedule of a two-component family is predicted "
+                          f"for {', '.join(EXPERT_SCHEDULERS)} only, not {data['scheduler']['class']!r}")
     return data
 
 
@@ -140,43 +108,10 @@ def family_names() -> list[str]:
 
 
 def _build(data: dict, variant: str | None) -> Family:
-    components = [dict(c) for c in data["components"]]
-    scheduler = dict(data["scheduler"])
-    shapes = dict(data["reference_shapes"])
-    if variant is not None:
-        override = data.get("variants", {}).get(variant)
-        if override is None:
-            known = ", ".join(sorted(data.get("variants", {}))) or "none"
-            raise FamilyError(f"family {data['name']!r} has no variant {variant!r} (variants: {known})")
-        by_name = {c["name"]: c for c in override.get("components", [])}
-        for component in components:
-            component.update({k: v for k, v in by_name.get(component["name"], {}).items() if k != "name"})
-        scheduler.update(override.get("scheduler", {}))
-        shapes.update(override.get("reference_shapes", {}))
-    return Family(
-        name=data["name"],
-        variant=variant,
-        description=data["description"],
-        pipeline_class=data["pipeline_class"],
-        components=tuple(
-            Component(
-                name=c["name"],
-                role=c["role"],
-                diffusers_class=c["diffusers_class"],
-                num_layers=c["num_layers"],
-                num_heads=c["num_heads"],
-                head_dim=c["head_dim"],
-            )
-            for c in components
-        ),
-        attention_kinds=tuple(sorted(data["attention_kinds"])),
-        attention_modules=tuple(sorted((k, v["module"]) for k, v in data["attention_kinds"].items())),
-        boundary_ratio=data["boundary_ratio"],
-        num_train_timesteps=data["num_train_timesteps"],
-        flow_shift=scheduler["flow_shift"],
-        reference_shapes=tuple(sorted(shapes.items())),
-        variants=tuple(sorted(data.get("variants", {}))),
-    )
+    if variant is not None and variant not in (data.get("variants") or {}):
+        known = ", ".join(sorted(data.get("variants") or {})) or "none"
+        raise FamilyError(f"family {data['name']!r} has no variant {variant!r} (variants: {known})")
+    return build_family(data, variant)
 
 
 def get_family(name: str, variant: str | None = None) -> Family:

@@ -13,11 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from qcompiler.errors import PlanError
+from qcompiler.families.model import Family
 from qcompiler.fileio import InputRefused, read_json_file, sha256, write_text_atomically
 from qcompiler.plan.validate import check_plan_consistency
 from qcompiler.schemas import check_versioned_document
 
-PLAN_FORMAT = 1
+PLAN_FORMAT = 2
+# Formats this qcompile reads, and the schema of each: format-1 plans load unchanged (their family converted in
+# memory, their hash checked over their own data).
+READABLE_PLAN_FORMATS = {1: "plan_v1", 2: "plan"}
 FP8 = "1"
 NATIVE = "0"
 
@@ -72,6 +76,7 @@ class FamilyDocument:
 
     @property
     def attention_kinds(self) -> tuple[str, ...]:
+        """Kind names, sorted (the same as `family.kinds` of a plan)."""
         return tuple(sorted(self.data["family"]["attention_kinds"]))
 
     @property
@@ -85,11 +90,13 @@ class Plan(FamilyDocument):
     Immutable: `data` and `tables` are read-only mappings and the attributes cannot be rebound.
     """
 
-    __slots__ = ("data", "tables")
+    __slots__ = ("data", "tables", "family")
 
     def __init__(self, data: Mapping[str, Any], tables: Mapping[tuple[str, str], Table]) -> None:
         object.__setattr__(self, "data", data)
         object.__setattr__(self, "tables", tables)
+        # The recorded family, typed (format-1 plans: converted in memory; the data stays as stored).
+        object.__setattr__(self, "family", Family.from_structure(data["family"]))
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("plans are immutable; compile a new plan instead")
@@ -119,8 +126,12 @@ class Plan(FamilyDocument):
     # -- accessors --------------------------------------------------------------------------------
 
     @property
-    def components(self) -> tuple[dict, ...]:
-        return tuple(self.data["family"]["components"])
+    def plan_format(self) -> int:
+        return self.data["plan_format"]
+
+    @property
+    def dtype(self) -> str:
+        return self.data["dtype"]
 
     @property
     def component_names(self) -> tuple[str, ...]:
@@ -141,11 +152,14 @@ class Plan(FamilyDocument):
     def table(self, component: str, kind: str) -> Table:
         return self.tables[(component, kind)]
 
-    def is_fp8(self, component: str, kind: str, step: int, layer: int) -> bool:
+    def is_quantized(self, component: str, kind: str, step: int, layer: int) -> bool:
         return self.tables[(component, kind)][step][layer]
 
-    def uses_fp8(self) -> bool:
+    def uses_quantized(self) -> bool:
         return any(any(row) for table in self.tables.values() for row in table)
+
+    is_fp8 = is_quantized  # the names before INT8 plans; callers move to the new ones
+    uses_fp8 = uses_quantized
 
     def to_dict(self) -> dict[str, Any]:
         return thaw(self.data)
@@ -161,8 +175,11 @@ def plan_json(data: Mapping[str, Any]) -> str:
 
 def validate_plan_dict(data: Any, *, verify_hash: bool = True) -> None:
     """Raise PlanError unless `data` is a well-formed plan of a known format whose hash matches."""
-    check_versioned_document(data, name="plan", format_key="plan_format", version=PLAN_FORMAT, error=PlanError,
-                             what="a plan", redo="recompile the recipe with this qcompile: qcompile RECIPE -o plan.json")
+    found = data.get("plan_format") if isinstance(data, Mapping) else None
+    version = found if type(found) is int and found in READABLE_PLAN_FORMATS else PLAN_FORMAT
+    check_versioned_document(data, name=READABLE_PLAN_FORMATS[version], format_key="plan_format", version=version,
+                             error=PlanError, what="a plan",
+                             redo="recompile the recipe with this qcompile: qcompile RECIPE -o plan.json")
     check_plan_consistency(data)
     if verify_hash:
         expected = content_sha256(data)

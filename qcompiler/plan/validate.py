@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from qcompiler.errors import PlanError
+from qcompiler.families.model import structure_problems, structure_v1_to_v2
 from qcompiler.schemas import json_path
 
 ROW_ALPHABET = frozenset("01")
@@ -21,22 +22,29 @@ def _fail(path: tuple, message: str) -> PlanError:
 
 
 def check_plan_consistency(data: Mapping[str, Any]) -> None:
-    """Raise PlanError at the first inconsistency of schema-valid plan `data`."""
+    """Raise PlanError at the first inconsistency of schema-valid plan `data` (format 1 or 2)."""
     family = data["family"]
     steps = data["num_inference_steps"]
-    components = {}
-    for index, component in enumerate(family["components"]):
-        if component["name"] in components:
-            raise _fail(("family", "components", index, "name"), f"component {component['name']!r} is listed twice")
-        components[component["name"]] = component["num_layers"]
-    kinds = set(family["attention_kinds"])
+    if data["plan_format"] == 1:
+        family = _v1_family_or_fail(family)
+    else:
+        problems = structure_problems(family)
+        if problems:
+            where, message = problems[0]
+            raise _fail(("family", *where), message)
+    components = {c["name"]: {b["name"]: b["length"] for b in c["block_lists"]} for c in family["components"]}
+    kinds = {kind: spec["block_list"] for kind, spec in family["attention_kinds"].items()}
+
+    def layers(component: str, kind: str) -> int:
+        return components[component][kinds[kind]]
+
     if set(data["tables"]) != set(components):
         raise _fail(("tables",), f"tables cover components {sorted(data['tables'])}, the family has {sorted(components)}")
     for component, by_kind in data["tables"].items():
-        if set(by_kind) != kinds:
+        if set(by_kind) != set(kinds):
             raise _fail(("tables", component), f"tables cover kinds {sorted(by_kind)}, the family has {sorted(kinds)}")
         for kind, rows in by_kind.items():
-            _check_rows(("tables", component, kind), rows, steps, components[component])
+            _check_rows(("tables", component, kind), rows, steps, layers(component, kind))
     schedule = data["expert_schedule"]
     if len(schedule) != steps:
         raise _fail(("expert_schedule",), f"{len(schedule)} entries for {steps} steps")
@@ -50,11 +58,23 @@ def check_plan_consistency(data: Mapping[str, Any]) -> None:
             for kind, cells in by_kind.items():
                 if kind not in kinds:
                     raise _fail(("rules", index, "changed", component, kind), f"{kind!r} is not an attention kind of the family")
-                if cells > steps * components[component]:
+                if cells > steps * layers(component, kind):
                     raise _fail(("rules", index, "changed", component, kind),
-                                f"{cells} cells changed; the plane has {steps * components[component]}")
+                                f"{cells} cells changed; the plane has {steps * layers(component, kind)}")
         if rule["cells_changed"] != sum(c for by_kind in rule["changed"].values() for c in by_kind.values()):
             raise _fail(("rules", index, "cells_changed"), "is not the sum of the rule's `changed` counts")
+
+
+def _v1_family_or_fail(family: Mapping[str, Any]) -> dict[str, Any]:
+    seen: set[str] = set()
+    for index, component in enumerate(family["components"]):
+        if component["name"] in seen:
+            raise _fail(("family", "components", index, "name"), f"component {component['name']!r} is listed twice")
+        seen.add(component["name"])
+    try:
+        return structure_v1_to_v2(family)
+    except ValueError as exc:
+        raise _fail(("family", "attention_kinds"), str(exc)) from None
 
 
 def _check_rows(path: tuple, rows: list, steps: int, layers: int) -> None:

@@ -197,7 +197,7 @@ def _drop_redundant(rects: list, needed: set[Cell]) -> list:
 @dataclass(frozen=True)
 class _Layout:
     num_steps: int
-    layers: dict[str, int]  # component -> num_layers
+    layers: dict[Plane, int]  # (component, kind) -> layers
 
 
 def _plane_grids(
@@ -208,7 +208,7 @@ def _plane_grids(
     for component, kind in planes:
         grid: Grid = {}
         for s in range(layout.num_steps):
-            for layer in range(layout.layers[component]):
+            for layer in range(layout.layers[(component, kind)]):
                 key = (component, kind, s, layer)
                 if key not in measured_set:
                     grid[(s, layer)] = ANY
@@ -230,15 +230,15 @@ def _cover_planes(grids: dict[Plane, Grid], layout: _Layout, grouping: Callable[
     """Cover jointly within each group of planes (same layer count), then per plane for what is left."""
     rects: list[Rect] = []
     planes = sorted(grids)
-    for _, members in groupby(sorted(planes, key=lambda p: (str(grouping(p)), layout.layers[p[0]], p)),
-                              key=lambda p: (str(grouping(p)), layout.layers[p[0]])):
+    for _, members in groupby(sorted(planes, key=lambda p: (str(grouping(p)), layout.layers[p], p)),
+                              key=lambda p: (str(grouping(p)), layout.layers[p])):
         group = list(members)
-        joint = _cover_grid(_combine([grids[p] for p in group]), layout.num_steps, layout.layers[group[0][0]])
+        joint = _cover_grid(_combine([grids[p] for p in group]), layout.num_steps, layout.layers[group[0]])
         rects.extend(Rect(frozenset(group), steps, layers) for steps, layers in joint)
     for plane in planes:
         covered = {(s, layer) for r in rects if plane in r.planes for s in r.steps for layer in r.layers}
         rest = {cell: (ANY if cell in covered and state == FLIP else state) for cell, state in grids[plane].items()}
-        for steps, layers in _cover_grid(rest, layout.num_steps, layout.layers[plane[0]]):
+        for steps, layers in _cover_grid(rest, layout.num_steps, layout.layers[plane]):
             rects.append(Rect(frozenset({plane}), steps, layers))
     return _merge_products(rects)
 
@@ -299,7 +299,8 @@ class Suggestion:
 
 
 def _layout(sensitivity: Sensitivity) -> _Layout:
-    return _Layout(sensitivity.num_inference_steps, dict(sensitivity.components))
+    return _Layout(sensitivity.num_inference_steps,
+                   {(c, k): sensitivity.num_layers(c, k) for c, _ in sensitivity.components for k in sensitivity.attention_kinds})
 
 
 def _best_cover(sensitivity: Sensitivity, fp8: frozenset[CellKey], scope: list[Plane]) -> tuple[bool, list[Rect]]:
@@ -354,7 +355,7 @@ def _rules(rects: list[Rect], precision: str, scope_components: list[str], scope
         components = sorted({c for c, _ in rect.planes}, key=scope_components.index)
         kinds = sorted({k for _, k in rect.planes})
         # "all" only when every selected component has the same layer count, else spell the range out.
-        layer_counts = {layout.layers[c] for c in components}
+        layer_counts = {layout.layers[p] for p in rect.planes}
         num_layers = layer_counts.pop() if len(layer_counts) == 1 else -1
         steps = format_selector(rect.steps, layout.num_steps)
         layers = format_selector(rect.layers, num_layers)

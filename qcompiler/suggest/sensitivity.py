@@ -14,6 +14,7 @@ from typing import Any
 
 from qcompiler.errors import FamilyError, QcompileError
 from qcompiler.families import get_family
+from qcompiler.families.model import Family
 from qcompiler.fileio import InputRefused, read_json_file
 from qcompiler.numerics import DEFAULT_DTYPE
 from qcompiler.plan.format import FamilyDocument
@@ -59,8 +60,12 @@ class Sensitivity(FamilyDocument):
 
     @property
     def components(self) -> tuple[tuple[str, int], ...]:
-        """(name, num_layers) in denoising order."""
+        """(name, num_layers) in denoising order (num_layers: the blocks of kinds without their own count)."""
         return tuple((c["name"], c["num_layers"]) for c in self.data["family"]["components"])
+
+    def num_layers(self, component: str, kind: str) -> int:
+        """Layers of `kind` in `component` (its row length)."""
+        return _layer_counts(self.data)[(component, kind)]
 
     @property
     def measured(self) -> Mapping[str, Any]:
@@ -72,13 +77,34 @@ class Sensitivity(FamilyDocument):
         return self.data["numerics"].get("dtype", DEFAULT_DTYPE)
 
 
+def _layer_counts(data: Mapping[str, Any]) -> dict[tuple[str, str], int]:
+    """(component, kind) -> layers: a component's `layers` per kind where given, else its num_layers."""
+    return {(c["name"], kind): c.get("layers", {}).get(kind, c["num_layers"])
+            for c in data["family"]["components"] for kind in data["family"]["attention_kinds"]}
+
+
+def sensitivity_family(family: Family) -> dict[str, Any]:
+    """The `family` a sensitivity file records: per component num_layers, plus `layers` per kind when the
+    family's kinds live in block lists of different lengths."""
+    components = []
+    for component in family.components:
+        counts = {kind: family.num_layers(component.name, kind) for kind in family.kinds}
+        entry: dict[str, Any] = {"name": component.name, "num_layers": max(counts.values())}
+        if len(set(counts.values())) > 1:
+            entry["layers"] = counts
+        components.append(entry)
+    return {"name": family.name, "variant": family.variant, "components": components,
+            "attention_kinds": list(family.kinds)}
+
+
 def sensitivity_from_dict(data: Any) -> Sensitivity:
     """Validate `data` against the schema and index its cells. Raises SensitivityError."""
     check_versioned_document(data, name="sensitivity", format_key="sensitivity_format", version=SENSITIVITY_FORMAT,
                              error=SensitivityError, what="a sensitivity file",
                              redo="re-run qcompile calibrate with this qcompile")
     _check_family(data)
-    layers = {c["name"]: c["num_layers"] for c in data["family"]["components"]}
+    layers = _layer_counts(data)
+    components = {c["name"] for c in data["family"]["components"]}
     kinds = set(data["family"]["attention_kinds"])
     steps = data["num_inference_steps"]
     cells: dict[CellKey, CellSensitivity] = {}
@@ -90,12 +116,12 @@ def sensitivity_from_dict(data: Any) -> Sensitivity:
             rel_l1_mean=raw["rel_l1"]["mean"], rel_l1_worst=raw["rel_l1"]["worst"],
             rmse_mean=raw["rmse"]["mean"], rmse_worst=raw["rmse"]["worst"],
         )
-        if cell.component not in layers or cell.kind not in kinds:
+        if cell.component not in components or cell.kind not in kinds:
             raise SensitivityError(f"cells/{index}: {cell.component}/{cell.kind} is not in the file's family structure")
-        if cell.step >= steps or cell.layer >= layers[cell.component]:
+        if cell.step >= steps or cell.layer >= layers[(cell.component, cell.kind)]:
             raise SensitivityError(
                 f"cells/{index}: step {cell.step}, layer {cell.layer} is outside {steps} steps x "
-                f"{layers[cell.component]} layers of {cell.component}"
+                f"{layers[(cell.component, cell.kind)]} layers of {cell.component}/{cell.kind}"
             )
         if cell.key in cells:
             raise SensitivityError(f"cells/{index}: cell {cell.key} is listed twice")
@@ -116,20 +142,21 @@ def _check_family(data: Mapping[str, Any]) -> None:
         family = get_family(declared["name"], declared["variant"])
     except FamilyError as exc:
         raise SensitivityError(f"$.family: {exc}; the file must name a family `qcompile families` lists") from None
-    found = [(c["name"], c["num_layers"]) for c in declared["components"]]
-    expected = [(c.name, c.num_layers) for c in family.components]
-    if found != expected:
+    expected = sensitivity_family(family)
+    found = [(c["name"], c["num_layers"], c.get("layers")) for c in declared["components"]]
+    wanted = [(c["name"], c["num_layers"], c.get("layers")) for c in expected["components"]]
+    if found != wanted:
         raise SensitivityError(
-            f"$.family.components is {_layout(found)}, but {family.display_name} has {_layout(expected)}; "
+            f"$.family.components is {_layout(found)}, but {family.display_name} has {_layout(wanted)}; "
             "re-run qcompile calibrate for this family")
-    if sorted(declared["attention_kinds"]) != sorted(family.attention_kinds):
+    if sorted(declared["attention_kinds"]) != sorted(expected["attention_kinds"]):
         raise SensitivityError(
             f"$.family.attention_kinds is {', '.join(declared['attention_kinds'])}, but {family.display_name} has "
-            f"{', '.join(family.attention_kinds)}; re-run qcompile calibrate for this family")
+            f"{', '.join(expected['attention_kinds'])}; re-run qcompile calibrate for this family")
 
 
-def _layout(components: list[tuple[str, int]]) -> str:
-    return ", ".join(f"{name} ({layers} layers)" for name, layers in components)
+def _layout(components: list[tuple[str, int, Any]]) -> str:
+    return ", ".join(f"{name} ({layers or count} layers)" for name, count, layers in components)
 
 
 def load_sensitivity(source: str | os.PathLike[str] | Mapping[str, Any]) -> Sensitivity:

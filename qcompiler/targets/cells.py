@@ -87,22 +87,17 @@ def diffusers_expert_schedule(plan: Plan) -> list[str]:
     num_train_timesteps): what xDiT and a MindIE-SD-patched diffusers pipeline do. Equal to the plan's
     expert_schedule for every compiled plan; recomputed here so a plan whose schedule was written by hand
     cannot make a pinned export claim cells the pipeline never routes that way."""
-    from types import SimpleNamespace
-
     from qcompiler.compile.resolve import predict_expert_schedule
 
-    family = plan.data["family"]
-    view = SimpleNamespace(component_names=plan.component_names, boundary_ratio=family["boundary_ratio"],
-                           num_train_timesteps=family["num_train_timesteps"], flow_shift=family["flow_shift"])
-    return predict_expert_schedule(view, plan.num_inference_steps)
+    return predict_expert_schedule(plan.family, plan.num_inference_steps)
 
 
 def fp8_layers(plan: Plan, component: str, kind: str, step: int) -> frozenset[int]:
     return frozenset(layer for layer, fp8 in enumerate(plan.table(component, kind)[step]) if fp8)
 
 
-def num_layers(plan: Plan, component: str) -> int:
-    return next(c["num_layers"] for c in plan.components if c["name"] == component)
+def num_layers(plan: Plan, component: str, kind: str) -> int:
+    return plan.family.num_layers(component, kind)
 
 
 def family_label(plan: Plan) -> str:
@@ -140,9 +135,9 @@ def routing_lines(plan: Plan, routing: str) -> list[str]:
     if routing == ANY:
         return ["routing: any (every row of every expert is treated as reachable; nothing about flow_shift or "
                 "boundary_ratio is assumed)"]
-    family = plan.data["family"]
-    return [f"routing: pinned to the plan's expert_schedule (flow_shift={family['flow_shift']}, "
-            f"boundary_ratio={family['boundary_ratio']}, num_inference_steps={plan.num_inference_steps}): "
+    family = plan.family
+    return [f"routing: pinned to the plan's expert_schedule (flow_shift={family.flow_shift}, "
+            f"boundary_ratio={family.boundary_ratio}, num_inference_steps={plan.num_inference_steps}): "
             f"{schedule_text(plan.expert_schedule)}"]
 
 

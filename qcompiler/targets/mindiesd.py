@@ -38,6 +38,7 @@ from qcompiler.targets.cells import (
     family_label,
     fp8_layers,
     group_cells,
+    num_layers,
     reachable_experts,
     routing_lines,
     target_dtype,
@@ -217,7 +218,7 @@ def export_mindiesd(plan: Plan, *, conservative: bool = False, routing: str = PI
     strategy = target_dtype(plan, TARGET, DTYPE_STRATEGIES, DTYPE_REFUSALS)
     reach = reachable_experts(plan, routing, extra=[diffusers_expert_schedule(plan)])
     kinds = plan.attention_kinds
-    width = max(c["num_layers"] for c in plan.components)
+    width = max(num_layers(plan, c, k) for c in plan.component_names for k in kinds)
 
     def column(kind: str, layer: int) -> int:
         return kinds.index(kind) * width + layer
@@ -239,7 +240,6 @@ def export_mindiesd(plan: Plan, *, conservative: bool = False, routing: str = PI
         steps, cols = best_rectangle(on) if missing else (frozenset(on), union)
         if steps and cols:
             chosen[c] = (steps, cols)
-    module_patterns = {k: plan.data["family"]["attention_kinds"][k]["module"] for k in kinds}
     configs: list[tuple[list[str], frozenset[int], frozenset[int]]] = []
     for c, (steps, cols) in chosen.items():
         # Share a config with an earlier transformer when its steps, registered for both, change nothing either
@@ -257,7 +257,8 @@ def export_mindiesd(plan: Plan, *, conservative: bool = False, routing: str = PI
         configs=tuple(
             ComponentConfig(
                 components=tuple(names),
-                fa_layers=tuple(module_patterns[kinds[col // width]].format(layer=col % width) for col in sorted(cols)),
+                fa_layers=tuple(plan.family.module_path(names[0], kinds[col // width], col % width)
+                                for col in sorted(cols)),
                 quantized_steps=tuple(sorted(steps)),
             )
             for names, steps, cols in configs

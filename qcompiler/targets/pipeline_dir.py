@@ -435,9 +435,9 @@ def _transformer_components(folder: Path, plan: Plan) -> tuple[str, ...]:
     index = _read_json(folder / MODEL_INDEX)
     problems = []
     pipeline_class = index.get("_class_name")
-    if pipeline_class != plan.data["family"]["pipeline_class"]:
-        problems.append(f"pipeline class is {pipeline_class}, the plan's family uses {plan.data['family']['pipeline_class']}")
-    classes = {c["diffusers_class"] for c in plan.components}
+    if pipeline_class != plan.family.pipeline_class:
+        problems.append(f"pipeline class is {pipeline_class}, the plan's family uses {plan.family.pipeline_class}")
+    classes = {c.diffusers_class for c in plan.family.components}
     # An absent optional component is saved as [null, null]; only present ones count.
     present = sorted(
         name for name, value in index.items()
@@ -453,14 +453,18 @@ def _transformer_components(folder: Path, plan: Plan) -> tuple[str, ...]:
 
 def _check_structure(folder: Path, plan: Plan, configs: Mapping[str, tuple[bytes, dict[str, Any]]]) -> None:
     problems = []
-    for component in plan.components:
+    for spec in plan.family.components:
+        # diffusers configs name one block count (`num_layers`): compared where the component has one list
+        component = {"name": spec.name, "diffusers_class": spec.diffusers_class, "num_heads": spec.num_heads,
+                     "head_dim": spec.head_dim,
+                     "num_layers": spec.block_lists[0].length if len(spec.block_lists) == 1 else None}
         _, config = configs[component["name"]]
         if config.get("_class_name") != component["diffusers_class"]:
             problems.append(
                 f"{component['name']}: class {config.get('_class_name')}, the plan expects {component['diffusers_class']}"
             )
         for config_key, plan_key in _STRUCTURE_KEYS:
-            if config.get(config_key) != component[plan_key]:
+            if component[plan_key] is not None and config.get(config_key) != component[plan_key]:
                 problems.append(
                     f"{component['name']}: {config_key} is {config.get(config_key)}, the plan expects {component[plan_key]}"
                 )

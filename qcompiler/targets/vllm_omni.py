@@ -176,15 +176,15 @@ def vllm_omni_expert_schedule(plan: Plan) -> list[str]:
     * T, a comparison torch makes in float32 (an int64 tensor against a Python float).
     """
     names = plan.component_names
-    family = plan.data["family"]
+    family = plan.family
     steps = plan.num_inference_steps
-    if family["boundary_ratio"] is None or len(names) < 2:
+    if family.boundary_ratio is None or len(names) < 2:
         return [names[0]] * steps
-    train = family["num_train_timesteps"]
-    shift = family["flow_shift"]
+    train = family.num_train_timesteps
+    shift = family.flow_shift
     sigma_max = _float32(1.0 - 1.0 / train)
     step_size = (0.0 - sigma_max) / steps
-    boundary = _float32(family["boundary_ratio"] * train)
+    boundary = _float32(family.boundary_ratio * train)
     schedule = []
     for index in range(steps):
         sigma = index * step_size + sigma_max
@@ -218,9 +218,9 @@ def export_vllm_omni(plan: Plan, *, conservative: bool = False, routing: str = P
     forced = tuple(
         (c, QUANTIZED_KIND, step, layer)
         for step in fp8_steps for c in sorted(reach[step])
-        for layer in sorted(union - rows[(step, c)]) if layer < num_layers(plan, c)
+        for layer in sorted(union - rows[(step, c)]) if layer < num_layers(plan, c, QUANTIZED_KIND)
     )
-    pinned = routing == PINNED and len(plan.component_names) > 1 and plan.data["family"]["boundary_ratio"] is not None
+    pinned = routing == PINNED and len(plan.component_names) > 1 and plan.family.boundary_ratio is not None
     if not forced and not never:
         return _settings(plan, dtype, frozenset(fp8_steps), union, reach, planned, conservative, routing, pinned)
     # Conservative: a step may run its layers L only if L is quantized on every expert that can serve it.
@@ -234,12 +234,12 @@ def export_vllm_omni(plan: Plan, *, conservative: bool = False, routing: str = P
 
 def _settings(plan: Plan, dtype: str, steps: frozenset[int], layers: frozenset[int], reach, planned: int,
               conservative: bool, routing: str, pinned: bool) -> VllmOmniSettings:
-    all_layers = range(max(c["num_layers"] for c in plan.components))
+    all_layers = range(max(num_layers(plan, c, QUANTIZED_KIND) for c in plan.component_names))
     fp8 = bool(steps) and bool(layers)
     fp8_cells = sum(
-        len([layer for layer in layers if layer < num_layers(plan, c)]) for step in steps for c in reach[step]
+        len([layer for layer in layers if layer < num_layers(plan, c, QUANTIZED_KIND)]) for step in steps for c in reach[step]
     ) if fp8 else 0
-    family = plan.data["family"]
+    family = plan.family
     return VllmOmniSettings(
         fp8=fp8,
         dtype=dtype,
@@ -250,8 +250,8 @@ def _settings(plan: Plan, dtype: str, steps: frozenset[int], layers: frozenset[i
         plan_sha256=plan.content_hash,
         routing=routing,
         # Pinned even when nothing is quantized: the plan's cells are those of its routing.
-        boundary_ratio=family["boundary_ratio"] if pinned else None,
-        flow_shift=family["flow_shift"] if pinned else None,
+        boundary_ratio=family.boundary_ratio if pinned else None,
+        flow_shift=family.flow_shift if pinned else None,
         fp8_cells=fp8_cells,
         planned_fp8_cells=planned,
         conservative=conservative,

@@ -11,8 +11,9 @@ model_executor/models/runner_models/{base_model,wan}.py, transformers/transforme
   is given; `--attention_backend` cannot be combined with the schedule;
 - the expert per step comes from the diffusers pipeline: `boundary_ratio` from the checkpoint's model_index.json,
   `flow_shift` from `--flow_shift`, else the runner's default (runner_models/wan.py: 5 for Wan2.2-I2V, 12 for
-  Wan2.2-T2V). The pinned export writes the plan's `--flow_shift` only when the schedule's result depends on
-  the routing (the experts' rows differ on some step), since the flag replaces any --flow_shift of the user's.
+  Wan2.2-T2V). The pinned export writes the plan's `--flow_shift` only when the result depends on the routing
+  (the experts' rows differ on some step), since the flag replaces any --flow_shift of the user's; also when
+  nothing is quantized, if the plan quantizes cells only on (step, expert) pairs its routing does not serve.
 
 So the plan must be quantized on whole steps of the expert serving them: self-attention all layers or none,
 and cross-attention following self-attention, always native or always quantized. Pure data: never imports torch.
@@ -88,7 +89,11 @@ class XditSettings:
 
     def to_flags(self) -> str:
         if not self.quantized:
-            return ""
+            # No schedule, but the run is all native only with the plan's routing when the other expert's rows
+            # quantize some step.
+            if self.flow_shift is None:
+                return ""
+            return f"--num_inference_steps {self.num_inference_steps} --flow_shift {self.flow_shift}"
         words = ["--use_hybrid_attn_schedule", f'--hybrid_attn_schedule "{",".join(self.schedule)}"',
                  f"--num_inference_steps {self.num_inference_steps}"]
         if self.cross_attention_backend is not None:
@@ -103,7 +108,13 @@ class XditSettings:
         lines = [f"qcompile export --to xdit: plan {self.plan_sha256[:12]} ({self.family}) for xfuser 0.7.0, "
                  f"num_inference_steps={self.num_inference_steps}"]
         if not self.quantized:
-            lines.append("no quantized attention on any call: run xDiT without --use_hybrid_attn_schedule")
+            if self.flow_shift is None:
+                lines.append("no quantized attention on any call: run xDiT without --use_hybrid_attn_schedule")
+            else:
+                lines.append("no quantized attention on any call with the plan's routing: run xDiT without "
+                             f"--use_hybrid_attn_schedule, with --num_inference_steps {self.num_inference_steps} "
+                             f"--flow_shift {self.flow_shift} (the plan quantizes cells only on steps that "
+                             "another routing would give to the other expert)")
             return lines + list(self.notes)
         per = ("1 entry per step (--use_cfg_parallel: one forward per rank per step)" if self.use_cfg_parallel
                else f"{self.forwards_per_step} entries per step (the conditional and unconditional forwards); "
@@ -140,7 +151,7 @@ def export_xdit(plan: Plan, *, conservative: bool = False, routing: str = PINNED
 
     def whole(kind: str, step: int) -> tuple[bool, bool]:
         """(any quantized cell, every cell quantized) of `kind` at `step` over the reachable experts."""
-        sizes = [(len(fp8_layers(plan, c, kind, step)), num_layers(plan, c)) for c in reach[step]]
+        sizes = [(len(fp8_layers(plan, c, kind, step)), num_layers(plan, c, kind)) for c in reach[step]]
         return any(n for n, _ in sizes), all(n == total for n, total in sizes)
 
     state = {k: [whole(k, s) for s in range(steps)] for k in kinds}
@@ -171,20 +182,21 @@ def export_xdit(plan: Plan, *, conservative: bool = False, routing: str = PINNED
     schedule = tuple(fp8_backend if s in self_steps else native_backend for s in range(steps) for _ in range(multiplier))
     fp8_cells = _cells(plan, reach, self_steps, cross_mode, steps)
     quantized = fp8_cells > 0
-    family = plan.data["family"]
-    pinned = routing == PINNED and len(plan.component_names) > 1 and family["boundary_ratio"] is not None
-    # Routing matters only if some step's result would change with the expert serving it.
-    write_shift = pinned and quantized and not _same_on_every_expert(plan, self_steps, cross_mode, steps,
+    family = plan.family
+    pinned = routing == PINNED and len(plan.component_names) > 1 and family.boundary_ratio is not None
+    # Routing matters only if some step's result would change with the expert serving it; also when nothing is
+    # quantized, since the other expert's row may quantize a step.
+    write_shift = pinned and not _same_on_every_expert(plan, self_steps, cross_mode, steps,
                                                                       exact=not (forced or never))
     if write_shift:
         notes = routing_lines(plan, routing)
         default = RUNNER_FLOW_SHIFT.get(plan.family_name)
-        same = ("equals xDiT's runner default for this model" if default == family["flow_shift"]
+        same = ("equals xDiT's runner default for this model" if default == family.flow_shift
                 else f"differs from xDiT's runner default ({default})" if default is not None
                 else "xDiT's runner has no default for this family")
-        notes.append(f"--flow_shift {family['flow_shift']} is the plan's flow_shift ({same}); it replaces any "
-                     "--flow_shift of your own, since the schedule is exact only with the routing it gives. Routing "
-                     f"also assumes the checkpoint's model_index.json has boundary_ratio={family['boundary_ratio']} "
+        notes.append(f"--flow_shift {family.flow_shift} is the plan's flow_shift ({same}); it replaces any "
+                     "--flow_shift of your own, since the export is exact only with the routing it gives. Routing "
+                     f"also assumes the checkpoint's model_index.json has boundary_ratio={family.boundary_ratio} "
                      "(xDiT reads it from there)")
     elif pinned and quantized:
         notes = ["routing: does not matter (at every step the schedule's backend gives the same result on either "
@@ -200,7 +212,7 @@ def export_xdit(plan: Plan, *, conservative: bool = False, routing: str = PINNED
         use_cfg_parallel=use_cfg_parallel,
         forwards_per_step=multiplier,
         num_inference_steps=steps,
-        flow_shift=family["flow_shift"] if write_shift else None,
+        flow_shift=family.flow_shift if write_shift else None,
         family=family_label(plan),
         plan_sha256=plan.content_hash,
         routing=routing,
@@ -217,7 +229,7 @@ def export_xdit(plan: Plan, *, conservative: bool = False, routing: str = PINNED
 def _forced_cells(plan: Plan, reach, kind: str, steps_on: set[int]) -> tuple[Cell, ...]:
     """Native cells of `kind` on steps that must run the quantized backend (all of a forward is one backend)."""
     return tuple((c, kind, s, layer) for s in sorted(steps_on) for c in sorted(reach[s])
-                 for layer in range(num_layers(plan, c)) if layer not in fp8_layers(plan, c, kind, s))
+                 for layer in range(num_layers(plan, c, kind)) if layer not in fp8_layers(plan, c, kind, s))
 
 
 def _same_on_every_expert(plan: Plan, self_steps: set[int], cross_mode: str, steps: int, exact: bool) -> bool:
@@ -228,7 +240,7 @@ def _same_on_every_expert(plan: Plan, self_steps: set[int], cross_mode: str, ste
             for kind in plan.attention_kinds:
                 on = (kind == SELF and s in self_steps) or (kind == CROSS and (
                     cross_mode == "quantized" or (cross_mode == "follow" and s in self_steps)))
-                got = frozenset(range(num_layers(plan, c))) if on else frozenset()
+                got = frozenset(range(num_layers(plan, c, kind))) if on else frozenset()
                 want = fp8_layers(plan, c, kind, s)
                 if (got != want) if exact else not got <= want:
                     return False
@@ -250,11 +262,10 @@ def _cells(plan: Plan, reach, self_steps: set[int], cross_mode: str, steps: int)
     total = 0
     for s in range(steps):
         for c in reach[s]:
-            layers = num_layers(plan, c)
             if SELF in plan.attention_kinds and s in self_steps:
-                total += layers
+                total += num_layers(plan, c, SELF)
             if CROSS in plan.attention_kinds and (cross_mode == "quantized" or (cross_mode == "follow" and s in self_steps)):
-                total += layers
+                total += num_layers(plan, c, CROSS)
     return total
 
 

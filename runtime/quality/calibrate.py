@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qcompiler.families import get_family
-from qcompiler.suggest.sensitivity import SENSITIVITY_FORMAT, sensitivity_from_dict
+from qcompiler.suggest.sensitivity import SENSITIVITY_FORMAT, sensitivity_family, sensitivity_from_dict
 from runtime.backends import resolve_fp8_backend
 from runtime.call_record import CallRecord
 from runtime.numerics import Numerics
@@ -83,15 +83,13 @@ def calibrate(options: CalibrateOptions, pipe: Any = None) -> dict[str, Any]:
     variant = detect_variant(pipe, family.name)
     family = get_family(family.name, variant)
     backend = _pick_backend(options.backend, options.numerics)
-    patterns = dict(family.attention_modules)
-    components = {c.name: c.num_layers for c in family.components}
     samples = [(prompt, seed) for prompt in options.prompts for seed in options.seeds]
 
     start = time.perf_counter()
     with progress_bar(len(samples) * options.steps, options.progress, "qcompile calibrate") as bar, \
-            FlopCounter(pipe, patterns, components) as counter, \
+            FlopCounter(pipe, family) as counter, \
             shadow(pipe, num_inference_steps=options.steps, backend=backend, numerics=options.numerics,
-                   kinds=tuple(sorted(patterns))) as recorder:
+                   kinds=family.kinds) as recorder:
         for prompt, seed in samples:
             kwargs = call_kwargs(pipe, spec=options.pipeline, seed=seed, prompt=prompt, steps=options.steps,
                                  frames=options.frames, output_type="latent")
@@ -103,12 +101,7 @@ def calibrate(options: CalibrateOptions, pipe: Any = None) -> dict[str, Any]:
     data = {
         "sensitivity_format": SENSITIVITY_FORMAT,
         "producer": {"name": "qcompile", "version": versions()["qcompile"]},
-        "family": {
-            "name": family.name,
-            "variant": variant,
-            "components": [{"name": c.name, "num_layers": c.num_layers} for c in family.components],
-            "attention_kinds": list(family.attention_kinds),
-        },
+        "family": sensitivity_family(family),
         "num_inference_steps": options.steps,
         "numerics": {"dtype": options.numerics.dtype, **options.numerics.to_mapping()},
         "measured": {

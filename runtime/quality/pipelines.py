@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from qcompiler.errors import QcompileError
-from qcompiler.families import Family, get_family, list_families
+from qcompiler.families import Component, Family, get_family, list_families
 from qcompiler.stats import attention_flops
 from runtime import tiny
 
@@ -84,7 +84,7 @@ def detect_variant(pipe, family_name: str) -> str | None:
         variant = _matching_variant(pipe, base)
         if variant is not False:
             return variant
-        seen = {c.name: _shape_of(getattr(pipe, c.name, None)) for c in base.components}
+        seen = {c.name: _shape_of(getattr(pipe, c.name, None), c) for c in base.components}
         mismatch = f"its transformers {seen} (layers, heads, head dim) match no variant of {family_name}"
     matching = [name for name in _matching_family_names(pipe) if name != family_name]
     fix = (f"pass --family {matching[0]}" + (f" (or {', '.join(matching[1:])})" if matching[1:] else "") if matching
@@ -96,7 +96,7 @@ def _matching_variant(pipe, base: Family) -> str | None | bool:
     """The variant whose components' (layers, heads, head dim) the pipeline's transformers have; False if none."""
     for variant in (None, *base.variants):
         family = get_family(base.name, variant)
-        if all(_matches(getattr(pipe, c.name, None), c.num_layers, c.num_heads, c.head_dim) for c in family.components):
+        if all(_shape_of(getattr(pipe, c.name, None), c) == _wanted(c) for c in family.components):
             return variant
     return False
 
@@ -113,9 +113,9 @@ def _structure_mismatch(pipe, family: Family) -> str | None:
     if present != expected:
         return f"it has the transformers {present}, the family has {expected}"
     for component in family.components:
-        layers = getattr(pipe, component.name).config.num_layers
-        if layers != component.num_layers:
-            return f"its {component.name} has {layers} layers, the family's has {component.num_layers}"
+        layers = _shape_of(getattr(pipe, component.name), component)[0]
+        if layers != _wanted(component)[0]:
+            return f"its {component.name} has {layers} layers, the family's has {_wanted(component)[0]}"
     return None
 
 
@@ -124,15 +124,20 @@ def _matching_family_names(pipe) -> list[str]:
             if _structure_mismatch(pipe, family) is None and _matching_variant(pipe, family) is not False]
 
 
-def _shape_of(model) -> tuple[int, int, int] | None:
+def _shape_of(model, component: Component) -> tuple[int | tuple[int, ...], int, int] | None:
+    """(blocks of each of the component's block lists, heads, head dim); one list: its block count alone."""
     if model is None:
         return None
+    from runtime.checks import block_list_length
+
     config = model.config
-    return (config.num_layers, config.num_attention_heads, config.attention_head_dim)
+    layers = tuple(block_list_length(model, b.path) for b in component.block_lists)
+    return (layers[0] if len(layers) == 1 else layers, config.num_attention_heads, config.attention_head_dim)
 
 
-def _matches(model, layers: int, heads: int, head_dim: int) -> bool:
-    return _shape_of(model) == (layers, heads, head_dim)
+def _wanted(component: Component) -> tuple[int | tuple[int, ...], int, int]:
+    layers = tuple(b.length for b in component.block_lists)
+    return (layers[0] if len(layers) == 1 else layers, component.num_heads, component.head_dim)
 
 
 def encode(pipe, prompt: str, negative_prompt: str, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,15 +215,15 @@ class FlopCounter:
     (component, kind) is kept; a second, different figure is recorded too and reported as varying.
     """
 
-    def __init__(self, pipe, attention_kinds: dict[str, str], components: dict[str, int]):
+    def __init__(self, pipe, family: Family):
         self._handles = []
         self.per_call: dict[tuple[str, str], set[int]] = {}
-        for name, num_layers in components.items():
+        for name in family.component_names:
             model = getattr(pipe, name)
             head_dim = int(model.config.attention_head_dim)
-            for kind, pattern in attention_kinds.items():
-                for layer in range(num_layers):
-                    module = model.get_submodule(pattern.format(layer=layer))
+            for kind in family.kinds:
+                for layer in range(family.num_layers(name, kind)):
+                    module = model.get_submodule(family.module_path(name, kind, layer))
                     self._handles.append(module.register_forward_pre_hook(
                         self._hook(name, kind, int(module.heads), head_dim), with_kwargs=True))
 

@@ -26,10 +26,10 @@ import torch
 
 import qcompiler
 from qcompiler.compile.resolve import predict_expert_schedule
-from qcompiler.families import get_family
+from qcompiler.families import Family, get_family
 from qcompiler.fileio import write_text_atomically
 from qcompiler.numerics import DEFAULT_DTYPE, DTYPES, MXFP4_SEQUENCE_MULTIPLE, speed_factor
-from qcompiler.plan.format import Plan, content_sha256
+from qcompiler.plan.format import PLAN_FORMAT, Plan, content_sha256
 from qcompiler.schemas import first_violation
 from qcompiler.stats import plan_cost
 from runtime.backends import resolve_fp8_backend
@@ -83,9 +83,11 @@ def retarget_plan(plan: Plan, variant: str | None) -> Plan:
     a table is indexed by; widths, scheduler shift and so the predicted expert schedule are the variant's."""
     family = get_family(plan.family_name, variant)
     data = plan.to_dict()
-    for component in family.components:
-        if len(plan.table(component.name, plan.attention_kinds[0])[0]) != component.num_layers:
-            raise PipelineLoadError(f"{component.name} has another layer count in variant {variant!r}; recompile")
+    for component in family.component_names:
+        for kind in family.kinds:
+            if len(plan.table(component, kind)[0]) != family.num_layers(component, kind):
+                raise PipelineLoadError(f"{component} has another layer count in variant {variant!r}; recompile")
+    data["plan_format"] = PLAN_FORMAT  # the family record below is format 2
     data["family"] = family.structure()
     data["expert_schedule"] = predict_expert_schedule(family, plan.num_inference_steps)
     data["content_sha256"] = content_sha256(data)
@@ -128,7 +130,7 @@ def throughput_ratio(given: float | None, dtype: str) -> tuple[float | None, str
 
 def target_flop_share(plan: Plan) -> tuple[float, str]:
     """FP8 share of attention FLOPs at the REAL model's reference shapes (the family without variant)."""
-    cost = plan_cost(plan, get_family(plan.family_name).structure())
+    cost = plan_cost(plan, get_family(plan.family_name))
     return cost.flop_share, str(cost.shapes_description)
 
 
@@ -177,14 +179,14 @@ class SequenceLengths:
     """The longest query and key/value token counts each (component, kind) attention module sees (forward
     pre-hooks, as FlopCounter reads them): the MXFP4 padding note needs them."""
 
-    def __init__(self, pipe, attention_kinds: dict[str, str], components: dict[str, int]):
+    def __init__(self, pipe, family: Family):
         self.tokens: dict[str, dict[str, int]] = {}
         self._handles = []
-        for name, num_layers in components.items():
+        for name in family.component_names:
             model = getattr(pipe, name)
-            for kind, pattern in attention_kinds.items():
-                for layer in range(num_layers):
-                    module = model.get_submodule(pattern.format(layer=layer))
+            for kind in family.kinds:
+                for layer in range(family.num_layers(name, kind)):
+                    module = model.get_submodule(family.module_path(name, kind, layer))
                     self._handles.append(module.register_forward_pre_hook(self._hook(f"{name}/{kind}"),
                                                                           with_kwargs=True))
 
@@ -249,12 +251,10 @@ def build_report(plan: Plan, options: ReportOptions, pipe: Any = None) -> dict[s
         plan = retarget_plan(plan, variant)
     steps = plan.num_inference_steps
     backend = pick_backend(options.backend, plan)
-    patterns = {k: v["module"] for k, v in plan.data["family"]["attention_kinds"].items()}
-    components = {c["name"]: c["num_layers"] for c in plan.components}
 
     records: list[CallRecord] = []
     with progress_bar(2 * steps, options.progress, "qcompile report") as bar, \
-            FlopCounter(pipe, patterns, components) as counter, SequenceLengths(pipe, patterns, components) as lengths:
+            FlopCounter(pipe, plan.family) as counter, SequenceLengths(pipe, plan.family) as lengths:
         kwargs = call_kwargs(pipe, spec=options.pipeline, seed=options.seed, prompt=options.prompt, steps=steps,
                              frames=options.frames)
         start = time.perf_counter()
@@ -357,10 +357,10 @@ def write_report(report: dict[str, Any], plan: Plan, outdir: Path) -> dict[str, 
         cos = cell["cos_sim"]["worst"] if cell["cos_sim"] is not None else None
         worst_by_cell[(cell["component"], cell["kind"])][(cell["step"], cell["layer"])] = cos
     omitted = []
-    for component in plan.components:
-        name, layers = component["name"], component["num_layers"]
+    for name in plan.component_names:
         served = [bool(seen) and name in seen.split("+") for seen in observed]
         for kind in plan.attention_kinds:
+            layers = plan.family.num_layers(name, kind)
             table = plan.table(name, kind)
             size = {"steps": steps, "layers": layers}
             # An all-native table, or one with no quantized call run, draws a panel of one colour: say it instead.

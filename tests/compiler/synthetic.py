@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from qcompiler.compile.resolve import predict_expert_schedule
 from qcompiler.families import get_family
-from qcompiler.suggest.sensitivity import Sensitivity, sensitivity_from_dict
+from qcompiler.suggest.sensitivity import Sensitivity, sensitivity_family, sensitivity_from_dict
 
 NUMERICS = {"hadamard_rotation": True, "rotation_seed": 425500, "query_block_tokens": 128, "kv_block_tokens": 256,
             "k_mean_subtraction": False}
@@ -21,15 +21,15 @@ def synthetic_sensitivity(
     noise: float = 0.004,
     single_expert: bool = False,
     worst_cos: Callable[[str, str, int, int], float] | None = None,
+    family_name: str | None = None,
 ) -> Sensitivity:
-    family = get_family("wan2.1-t2v-1.3b" if single_expert else "wan2.2-i2v-a14b", "tiny")
+    family = get_family(family_name or ("wan2.1-t2v-1.3b" if single_expert else "wan2.2-i2v-a14b"), "tiny")
     schedule = predict_expert_schedule(family, steps)
     rng = random.Random(seed)
     cells = []
     for step, component in enumerate(schedule):
-        layers = family.component(component).num_layers
-        for kind in family.attention_kinds:
-            for layer in range(layers):
+        for kind in family.kinds:
+            for layer in range(family.num_layers(component, kind)):
                 if worst_cos is not None:
                     cos = worst_cos(component, kind, step, layer)
                 else:
@@ -46,9 +46,7 @@ def synthetic_sensitivity(
     data = {
         "sensitivity_format": 1,
         "producer": {"name": "qcompile", "version": "0.1.0"},
-        "family": {"name": family.name, "variant": "tiny",
-                   "components": [{"name": c.name, "num_layers": c.num_layers} for c in family.components],
-                   "attention_kinds": list(family.attention_kinds)},
+        "family": sensitivity_family(family),
         "num_inference_steps": steps,
         "numerics": dict(NUMERICS),
         "measured": {"backend": "synthetic", "device": "none", "pipeline": "generated", "seeds": [seed],

@@ -76,7 +76,8 @@ def test_steps_override_recomputes_percentages(repo_root):
 def test_variant_keeps_structure_and_changes_widths():
     plan = qcompiler.compile_recipe_text(VALID_RECIPE, variant="tiny")
     assert plan.variant == "tiny"
-    assert [(c["num_layers"], c["num_heads"], c["head_dim"]) for c in plan.components] == [(40, 2, 64), (40, 2, 64)]
+    family = plan.family
+    assert [(family.num_layers(c.name, "self"), c.num_heads, c.head_dim) for c in family.components] == [(40, 2, 64), (40, 2, 64)]
     real = qcompiler.compile_recipe_text(VALID_RECIPE)
     assert real.tables == plan.tables
 
@@ -109,7 +110,7 @@ def test_compiler_version_is_not_part_of_the_meaning():
 @pytest.mark.parametrize(
     ("mutate", "fragment"),
     [
-        (lambda d: d.update(plan_format=2), "plan_format 2 is not supported"),
+        (lambda d: d.update(plan_format=3), "plan_format 3 is not supported"),
         (lambda d: d.pop("tables"), "schemas/plan.schema.json"),
         (lambda d: d["tables"]["transformer"]["self"].pop(), "3 rows for 4 steps"),
     ],

@@ -17,7 +17,8 @@ from tests.conftest import VALID_RECIPE
 
 
 def test_builtin_families_match_the_reference_sizes():
-    sizes = {f.name: [(c.name, c.num_layers, c.num_heads, c.head_dim) for c in f.components] for f in list_families()}
+    sizes = {f.name: [(c.name, f.num_layers(c.name, "self"), c.num_heads, c.head_dim) for c in f.components]
+             for f in list_families()}
     assert sizes["wan2.2-i2v-a14b"] == [("transformer", 40, 40, 128), ("transformer_2", 40, 40, 128)]
     assert sizes["wan2.2-ti2v-5b"] == [("transformer", 30, 24, 128)]
     assert sizes["wan2.1-t2v-1.3b"] == [("transformer", 30, 12, 128)]
@@ -27,7 +28,7 @@ def test_builtin_families_match_the_reference_sizes():
 def test_a_new_family_needs_only_a_data_file(tmp_path, monkeypatch):
     data = json.loads((BUILTIN_FAMILY_DIR / "wan21_t2v_13b.json").read_text())
     data.update(name="my-wan-variant", description="a family added as data")
-    data["components"][0]["num_layers"] = 12
+    data["components"][0]["block_lists"][0]["length"] = 12
     (tmp_path / "mine.json").write_text(json.dumps(data))
     monkeypatch.setenv(FAMILY_PATH_ENV, str(tmp_path))
     text = VALID_RECIPE.replace("wan2.2-i2v-a14b", "my-wan-variant").replace("components: [transformer, transformer_2]\n", "")
@@ -74,7 +75,7 @@ def test_recipe_schema_is_closed_and_documented():
             assert sub.get("additionalProperties") is False, f"{path} is not closed"
 
 
-@pytest.mark.parametrize("name", ["plan", "family", "sensitivity", "report"])
+@pytest.mark.parametrize("name", ["plan", "plan_v1", "family", "family_v1", "sensitivity", "report"])
 def test_other_schemas_are_valid(name):
     jsonschema.Draft202012Validator.check_schema(load_schema(name))
 

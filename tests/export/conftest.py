@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from qcompiler.families import get_family
-from qcompiler.plan.format import Plan, content_sha256, load_plan
+from qcompiler.plan.format import PLAN_FORMAT, Plan, content_sha256, load_plan
 
 FAMILY = "wan2.2-i2v-a14b"
 RECIPE = """\
@@ -47,7 +47,7 @@ def build_plan(
     fam = get_family(family, variant)
     steps = len(schedule)
     data = {
-        "plan_format": 1,
+        "plan_format": PLAN_FORMAT,
         "compiler": {"name": "qcompile", "version": "test"},
         "family": fam.structure(),
         "num_inference_steps": steps,
@@ -63,7 +63,7 @@ def build_plan(
         "fallback": fallback,
         "expert_schedule": list(schedule),
         "tables": {
-            c.name: {kind: list(tables.get((c.name, kind), ["0" * c.num_layers] * steps)) for kind in fam.attention_kinds}
+            c.name: {kind: list(tables.get((c.name, kind), ["0" * fam.num_layers(c.name, kind)] * steps)) for kind in fam.kinds}
             for c in fam.components
         },
         "rules": [],

@@ -125,19 +125,17 @@ def configs_from_json(text: str, components: tuple[str, ...]) -> dict[str, Onlin
 def decode(plan: Plan, configs: dict[str, OnlineQuantConfig], routing: tuple[str, ...]) -> set[Cell]:
     """The cells MindIE-SD quantizes (with the plan dtype's strategy) when steps are served as `routing` says."""
     expected = STRATEGY_OF_DTYPE[plan.data["dtype"]]
-    modules = {kind: spec["module"] for kind, spec in plan.data["family"]["attention_kinds"].items()}
-    layers = {c["name"]: c["num_layers"] for c in plan.components}
     attached: dict[int, set[tuple[str, int]]] = {}  # id(config) -> (kind, layer) with FA quantization
     for component, config in configs.items():
         if config.fa_quant_type is None or id(config) in attached:
             continue
         attached[id(config)] = {
             (kind, layer)
-            for kind, pattern in modules.items()
-            for layer in range(layers[component])
-            if any(matches(candidate, p) for candidate in (pattern.format(layer=layer), *ATTENTION_CLASS)
+            for kind in plan.family.kinds
+            for layer in range(plan.family.num_layers(component, kind))
+            if any(matches(candidate, p) for candidate in (plan.family.module_path(component, kind, layer), *ATTENTION_CLASS)
                    for p in config.fa_layers)
-            and not keeps_w16a16(pattern.format(layer=layer), config)
+            and not keeps_w16a16(plan.family.module_path(component, kind, layer), config)
         }
     cells = set()
     for step, component in enumerate(routing):
@@ -152,5 +150,5 @@ def decode(plan: Plan, configs: dict[str, OnlineQuantConfig], routing: tuple[str
             continue
         assert strategy == expected, f"step {step} runs {strategy}, the plan's dtype needs {expected}"
         cells |= {(component, kind, step, layer) for kind, layer in attached[id(config)]
-                  if layer < layers[component]}
+                  if layer < plan.family.num_layers(component, kind)}
     return cells

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from qcompiler import compile_recipe_text
 from qcompiler.plan.format import Plan, content_sha256, load_plan
 from qcompiler.targets.cells import NotExpressibleError, UnsupportedDtypeError
 from qcompiler.targets.mindiesd import export_mindiesd
@@ -414,6 +415,42 @@ def test_xdit_writes_flow_shift_when_exactness_depends_on_routing_and_says_it_is
     assert check_xdit(plan, "pinned") == "exact"
     with pytest.raises(NotExpressibleError):
         export_xdit(plan, routing="any")
+
+
+ONE_STEP_LOW_NOISE_ONLY_RECIPE = """\
+version: 1
+family: wan2.2-i2v-a14b
+num_inference_steps: 1
+dtype: fp8_e4m3_per_block
+numerics: {hadamard_rotation: true, rotation_seed: 425500}
+fallback: native
+attention_kinds: [self]
+components: [transformer, transformer_2]
+default: fp8
+rules:
+  - {name: high-noise-native, components: [transformer], precision: native}
+"""
+
+
+def test_xdit_pins_the_routing_when_only_the_unserved_expert_quantizes():
+    """A 1-step plan: the pinned routing runs transformer (all native), transformer_2's row is all FP8. With no
+    schedule, the export used to print nothing, and another flow_shift (routing step 0 to transformer_2) left
+    the plan's 40 cells native: the run is exact only with the plan's routing, so it is written."""
+    plan = compile_recipe_text(ONE_STEP_LOW_NOISE_ONLY_RECIPE)
+    assert plan.expert_schedule == ("transformer",)
+    exported = export_xdit(plan)
+    assert not exported.quantized and exported.fp8_cells == exported.planned_fp8_cells == 0
+    assert exported.to_flags() == "--num_inference_steps 1 --flow_shift 5.0"
+    summary = "\n".join(exported.summary_lines())
+    assert "run xDiT without --use_hybrid_attn_schedule, with --num_inference_steps 1 --flow_shift 5.0" in summary
+    assert "equals xDiT's runner default" in summary
+    assert check_xdit(plan, "pinned") == "exact"
+    # Routing any: transformer_2 may serve step 0, and one backend per forward cannot tell the experts apart.
+    assert check_xdit(plan, "any") == "refused"
+    assert export_xdit(plan, routing="any", conservative=True).to_flags() == ""
+    # An all-native plan still prints nothing: no routing changes it.
+    native = compile_recipe_text(ONE_STEP_LOW_NOISE_ONLY_RECIPE.replace("components: [transformer], ", ""))
+    assert export_xdit(native).to_flags() == "" and check_xdit(native, "pinned") == "exact"
 
 
 def test_xdit_cross_attention_following_the_schedule_needs_no_flag():

@@ -72,7 +72,7 @@ def decode(plan: Plan, engine_args: Mapping, routing: tuple[str, ...] | None = N
         return set()
     skip_steps = selector(engine_args.get("diffusion_kv_cache_skip_steps", ""))
     skip_layers = selector(engine_args.get("diffusion_kv_cache_skip_layers", ""))
-    layers = {c["name"]: c["num_layers"] for c in plan.components}
+    layers = {c: plan.family.num_layers(c, "self") for c in plan.component_names}
     return {
         (component, "self", step, layer)
         for step, component in enumerate(routing)

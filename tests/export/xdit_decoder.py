@@ -8,6 +8,7 @@ runner_models/wan.py), NOT from qcompiler.targets.xdit:
 - one backend for every layer of the forward; cross-attention uses --cross_attention_backend when given, else
   the forward's backend; --attention_backend cannot be combined with the schedule;
 - a backend is quantized iff it is one of xDiT's low-precision AttentionBackendType names.
+- without --use_hybrid_attn_schedule every forward runs xDiT's default, full-precision attention.
 """
 
 from __future__ import annotations
@@ -44,18 +45,20 @@ def parse(line: str) -> dict:
 
 def decode_forwards(plan: Plan, line: str, routing: tuple[str, ...], cfg: bool = True) -> list[set[Cell]]:
     """One set of quantized cells per transformer forward, as xDiT would run this command line."""
-    if not line.strip():
+    args = parse(line) if line.strip() else {}
+    if "num_inference_steps" in args:
+        assert int(args["num_inference_steps"]) == plan.num_inference_steps
+    if not args.get("use_hybrid_attn_schedule"):
+        # Without the schedule xDiT runs its default full-precision attention on every forward.
+        assert "hybrid_attn_schedule" not in args and "cross_attention_backend" not in args, (
+            "the schedule and --cross_attention_backend are read only with --use_hybrid_attn_schedule")
         return [set() for _ in range(plan.num_inference_steps * (2 if cfg else 1))]
-    args = parse(line)
-    assert args.get("use_hybrid_attn_schedule"), "the schedule is read only with --use_hybrid_attn_schedule"
     steps = int(args["num_inference_steps"])
-    assert steps == plan.num_inference_steps
     per_step = 1 if args.get("use_cfg_parallel") or not cfg else 2
     backends = [token.strip().upper() for token in args["hybrid_attn_schedule"].split(",")]
     assert len(backends) == steps * per_step, "xDiT refuses a schedule of the wrong length"
     assert all(b in LOW_PRECISION | FULL_PRECISION for b in backends)
     cross = args.get("cross_attention_backend")
-    layers = {c["name"]: c["num_layers"] for c in plan.components}
     forwards = []
     for index, backend in enumerate(backends):
         step = index // per_step
@@ -64,7 +67,7 @@ def decode_forwards(plan: Plan, line: str, routing: tuple[str, ...], cfg: bool =
         for kind in plan.attention_kinds:
             used = (cross or backend) if kind == "cross" else backend
             if used.upper() in LOW_PRECISION:
-                cells |= {(component, kind, step, layer) for layer in range(layers[component])}
+                cells |= {(component, kind, step, layer) for layer in range(plan.family.num_layers(component, kind))}
         forwards.append(cells)
     return forwards
 

@@ -112,8 +112,8 @@ def generated_plans() -> list[Plan]:
     rng = random.Random(20261201)
     for family, steps in (("wan2.2-i2v-a14b", 4), ("wan2.1-t2v-1.3b", 5)):
         fam = get_family(family)
-        tables = {(c.name, kind): ["".join(rng.choice("01") for _ in range(c.num_layers)) for _ in range(steps)]
-                  for c in fam.components for kind in fam.attention_kinds}
+        tables = {(c.name, kind): ["".join(rng.choice("01") for _ in range(fam.num_layers(c.name, kind))) for _ in range(steps)]
+                  for c in fam.components for kind in fam.kinds}
         names = fam.component_names
         schedule = [names[0] if s < steps // 2 else names[-1] for s in range(steps)]
         plans.append(build_plan(tables, schedule, family=family))
@@ -134,7 +134,7 @@ def test_vllm_omni_gate_follows_every_cell(plan: Plan, world: wheel.WanWorld, ga
     report = state.log.last_report
     assert report is not None and report.matches_plan(), report.format()
     tagged = {c: len(layers) for c, layers in state.tagged.items()}
-    assert tagged == {c["name"]: c["num_layers"] * len(plan.attention_kinds) for c in plan.components}
+    assert tagged == {c: sum(plan.family.num_layers(c, k) for k in plan.attention_kinds) for c in plan.component_names}
     written, served = plugin.read_executed(tmp_path / "executed" / "rank0.json")
     assert written.matches_plan() and written.executed == report.executed
     assert served["plan_sha256"] == plan.content_hash and served["request_id"] == "req-1"
@@ -159,7 +159,7 @@ def test_executed_table_counts_each_call_and_shows_a_deviation(world: wheel.WanW
     pipe = world.pipeline(get_family(plan.family_name), wheel.od_config(), list(plan.expert_schedule))
     pipe.forward(wheel.request_batch(plan.num_inference_steps))
     report = state.log.last_report
-    layers = {c["name"]: c["num_layers"] for c in plan.components}
+    layers = {c: plan.family.num_layers(c, "self") for c in plan.component_names}
     assert sum(report.call_counts.values()) == sum(layers[e] * 2 for e in plan.expert_schedule) == len(world.sink)
     assert report.schedule_matches_plan() and report.matches_plan()
     # A layer whose gate vllm-omni took back (as an untested version might) shows as a deviation, not as "ok".

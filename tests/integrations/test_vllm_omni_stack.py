@@ -72,8 +72,8 @@ def run_ranks(world: int, ulysses: int, tmp_path: Path, env: dict[str, str], mod
 def plan():
     family = get_family("wan2.2-t2v-a14b", "tiny")
     rng = random.Random(15)
-    tables = {(c.name, kind): ["".join(rng.choice("01") for _ in range(c.num_layers)) for _ in range(STEPS)]
-              for c in family.components for kind in family.attention_kinds}
+    tables = {(c.name, kind): ["".join(rng.choice("01") for _ in range(family.num_layers(c.name, kind))) for _ in range(STEPS)]
+              for c in family.components for kind in family.kinds}
     built = build_plan(tables, ["transformer", "transformer", "transformer_2", "transformer_2"],
                        family="wan2.2-t2v-a14b", variant="tiny")
     with pytest.raises(NotExpressibleError):
@@ -131,7 +131,7 @@ def test_vllm_omni_npu_path_calls_quant_attention_exactly_on_fp8_cells(plan, sta
     (result,) = run_ranks(1, 1, tmp_path, stack_env, model="npu")
     want = []  # (step, kind, entry) in call order: per step, per layer, self then cross
     for step, component in enumerate(plan.expert_schedule):
-        for layer in range(plan.components[0]["num_layers"]):
+        for layer in range(plan.family.num_layers(plan.component_names[0], "self")):
             for kind in ("self", "cross"):
                 fp8 = plan.table(component, kind)[step][layer]
                 want.append((step, kind, "quant_attention" if fp8 else "attention_forward"))

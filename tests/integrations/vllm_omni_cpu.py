@@ -175,8 +175,8 @@ def build_world(plan: Any, od_config: Any) -> Any:
 
         def __init__(self) -> None:
             super().__init__()
-            for c in plan.components:
-                setattr(self, c["name"], Transformer(c["num_layers"], c["num_heads"], c["head_dim"]))
+            for c in plan.family.components:
+                setattr(self, c.name, Transformer(c.block_lists[0].length, c.num_heads, c.head_dim))
 
         def forward(self, batch: Any) -> dict[str, list[list[float]]]:
             from vllm_omni.diffusion.forward_context import set_forward_context_denoise_step_idx
@@ -217,13 +217,13 @@ def build_wan_world(plan: Any) -> Any:
 
         def __init__(self) -> None:
             super().__init__()
-            for c in plan.components:
-                model = wan(num_layers=c["num_layers"], num_attention_heads=c["num_heads"],
-                            attention_head_dim=c["head_dim"], text_dim=32, ffn_dim=64, freq_dim=32, in_channels=4,
+            for c in plan.family.components:
+                model = wan(num_layers=c.block_lists[0].length, num_attention_heads=c.num_heads,
+                            attention_head_dim=c.head_dim, text_dim=32, ffn_dim=64, freq_dim=32, in_channels=4,
                             out_channels=4)
                 for parameter in model.parameters():  # vllm-omni allocates with torch.empty until load_weights
                     torch.nn.init.normal_(parameter, std=0.02)
-                setattr(self, c["name"], model)
+                setattr(self, c.name, model)
 
         def forward(self, batch: Any) -> dict[str, list[float]]:
             from vllm_omni.diffusion.forward_context import set_forward_context_denoise_step_idx

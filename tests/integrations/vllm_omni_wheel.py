@@ -257,7 +257,7 @@ class WanWorld:
 
     def pipeline(self, family: Any, config: Any, schedule: list[str], components: list[str] | None = None) -> Any:
         chosen = [c for c in family.components if components is None or c.name in components]
-        return self.Wan22Pipeline([(c.name, c.num_layers, c.num_heads, c.head_dim) for c in chosen], config, schedule)
+        return self.Wan22Pipeline([(c.name, c.block_lists[0].length, c.num_heads, c.head_dim) for c in chosen], config, schedule)
 
 
 def request_batch(steps: int | None, *, warmup: bool = False, request_id: str = "req-1") -> Any:

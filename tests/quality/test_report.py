@@ -21,12 +21,12 @@ from tests.quality.conftest import MIXED_RECIPE, STEPS
 def _ran(plan, observed):
     """Every (component, kind, step, layer) the pipeline ran, from the runtime's observed expert schedule."""
     return {
-        (component["name"], kind, step, layer)
+        (component, kind, step, layer)
         for step, seen in enumerate(observed)
-        for component in plan.components
-        if seen and component["name"] in seen.split("+")
+        for component in plan.component_names
+        if seen and component in seen.split("+")
         for kind in plan.attention_kinds
-        for layer in range(component["num_layers"])
+        for layer in range(plan.family.num_layers(component, kind))
     }
 
 
@@ -95,7 +95,7 @@ def test_json_validates_and_pngs_are_images_of_the_documented_size(mixed_report,
     left_out = {(item["component"], item["kind"], what) for item in written["files"]["omitted"] for what in item["what"]}
     # transformer_2 serves only the last step, where cross-attention is native: its cross error panel is left out.
     assert left_out == {("transformer_2", "cross", "error")} and not drawn & left_out
-    assert len(drawn | left_out) == 2 * len(mixed_plan.components) * len(mixed_plan.attention_kinds)
+    assert len(drawn | left_out) == 2 * len(mixed_plan.component_names) * len(mixed_plan.attention_kinds)
     for item in heatmaps:
         with Image.open(outdir / item["file"]) as image:
             image.verify()
@@ -223,7 +223,7 @@ def test_all_native_panels_are_left_out_with_a_line_saying_so(native_report, nat
     report = write_report(native_report, native_plan, tmp_path)
     assert report["files"]["heatmaps"] == [] and not list(tmp_path.glob("*.png"))
     assert sorted((o["component"], o["kind"], tuple(o["what"])) for o in report["files"]["omitted"]) == sorted(
-        (c["name"], k, ("plan", "error")) for c in native_plan.components for k in native_plan.attention_kinds)
+        (c, k, ("plan", "error")) for c in native_plan.component_names for k in native_plan.attention_kinds)
     markdown = (tmp_path / "report.md").read_text()
     assert "- transformer / self: no plan or error picture, native on every step and layer." in markdown
     jsonschema.Draft202012Validator(load_schema("report")).validate(json.loads((tmp_path / "report.json").read_text()))

@@ -11,8 +11,8 @@ from tests.runtime.conftest import recipe
 
 def test_build_report_names_each_lane_and_counts_totals_fallbacks_and_skips():
     plan = compile_recipe_text(recipe(steps=2), name="t.yaml", variant="tiny")
-    counts = {(c["name"], "self"): CellCounts(2, c["num_layers"]) for c in plan.components}
-    first, second = (c["name"] for c in plan.components)
+    counts = {(c, "self"): CellCounts(2, plan.family.num_layers(c, "self")) for c in plan.component_names}
+    first, second = plan.component_names
     counts[(first, "self")].row(0)[0][FP8] = 3
     counts[(first, "self")].row(0)[1][NATIVE] = 2
     counts[(first, "self")].row(1)[0][SKIPPED] = 1

@@ -53,8 +53,8 @@ class RequestLog:
         self.vllm_omni_version = vllm_omni_version
         self.quantized_name = quantized_backend_name(kv_cache_dtype)
         self.notes: list[str] = []  # standing notes (numerics vllm-omni fixes, schedule inputs), in every report
-        self.counts = {(c["name"], kind): CellCounts(plan.num_inference_steps, c["num_layers"])
-                       for c in plan.components for kind in plan.attention_kinds}
+        self.counts = {(c, kind): CellCounts(plan.num_inference_steps, plan.family.num_layers(c, kind))
+                       for c in plan.component_names for kind in plan.attention_kinds}
         self.served: list[set[str]] = [set() for _ in range(plan.num_inference_steps)]
         self.in_request = False
         self.warmup = False
@@ -118,7 +118,7 @@ class RequestLog:
                          f"(step: calls {self.unknown_step_calls}); they are not in the table")
         if self.outside_calls:
             notes.append(f"{self.outside_calls} attention calls outside a pipeline request ran native (since start)")
-        names = {c["name"]: self.quantized_name for c in self.plan.components}
+        names = dict.fromkeys(self.plan.component_names, self.quantized_name)
         # fallback_reasons stays empty: the plugin never falls back, vllm-omni's kernels raise where they cannot.
         return build_report(
             self.plan, self.counts, names, fallback_reasons={}, pipeline_calls=1,

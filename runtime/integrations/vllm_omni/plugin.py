@@ -28,7 +28,6 @@ from runtime.integrations.vllm_omni.qcompile_api import (
     QcompileError,
     get_family,
     load_plan,
-    plan_family_dict,
     vllm_omni_numerics_notes,
 )
 
@@ -141,32 +140,36 @@ class PluginState:
     # -- tagging -------------------------------------------------------------------------------------------
     def tag_component(self, pipe: torch.nn.Module, name: str, model: torch.nn.Module) -> None:
         """Check one expert against the plan and put a CellGate on each of its attention layers."""
-        component = next(c for c in self.plan.components if c["name"] == name)
+        family = self.plan.family
+        component = family.component(name)
         where = f"{type(pipe).__name__}.{name}"
-        blocks = getattr(model, "blocks", None)
-        if blocks is None:
-            raise PluginRefusal(f"{where} has no `blocks`: not a vllm-omni Wan transformer; unset {PLAN_ENV}")
-        if any(type(b).__name__ == omni.MISSING_LAYER_CLASS for b in blocks):
+        lists = [_submodule(model, b.path) for b in component.block_lists]
+        if any(blocks is None for blocks in lists):
+            missing = next(b.path for b, blocks in zip(component.block_lists, lists, strict=True) if blocks is None)
+            raise PluginRefusal(f"{where} has no `{missing}`: not a vllm-omni Wan transformer; unset {PLAN_ENV}")
+        if any(type(b).__name__ == omni.MISSING_LAYER_CLASS for blocks in lists for b in blocks):
             raise PluginRefusal(
                 f"{where}: pipeline parallelism puts some blocks on other stages; the plugin supports Ulysses "
                 "sequence parallelism, tensor and CFG parallelism, not pipeline parallelism: drop the "
                 "pipeline-parallel setting or unset " + PLAN_ENV
             )
         config = getattr(model, "config", None)
-        found = (len(blocks), getattr(config, "num_attention_heads", None), getattr(config, "attention_head_dim", None))
-        wanted = (component["num_layers"], component["num_heads"], component["head_dim"])
+        counts = [len(blocks) for blocks in lists]
+        found = (counts[0] if len(counts) == 1 else tuple(counts), getattr(config, "num_attention_heads", None),
+                 getattr(config, "attention_head_dim", None))
+        lengths = [b.length for b in component.block_lists]
+        wanted = (lengths[0] if len(lengths) == 1 else tuple(lengths), component.num_heads, component.head_dim)
         if found != wanted:
             raise PluginRefusal(
                 f"{where} has {found[0]} layers, {found[1]} heads x head dim {found[2]}; the plan for "
                 f"{self.plan.family_name} expects {wanted[0]} layers, {wanted[1]} heads x head dim {wanted[2]}: "
                 "serve the model the plan was compiled for, or compile the recipe for this model's family"
             )
-        kinds = self.plan.data["family"]["attention_kinds"]
         layers: list[_Tagged] = []
         for kind in self.plan.attention_kinds:
-            for layer in range(component["num_layers"]):
-                path = f"{kinds[kind]['module'].format(layer=layer)}.{omni.ATTENTION_CHILD}"
-                layers.append(self._check_attention(where, model, path, name, kind, layer, component))
+            for layer in range(family.num_layers(name, kind)):
+                path = f"{family.module_path(name, kind, layer)}.{omni.ATTENTION_CHILD}"
+                layers.append(self._check_attention(where, model, path, name, kind, layer, family.heads(name, kind)))
         for old in self.tagged.pop(name, ()):
             self.tagged_ids.discard(id(old.module))
         for tagged in layers:
@@ -183,7 +186,7 @@ class PluginState:
         logger.info("qcompile plan %s: tagged %s (%d attention layers)", self.plan.content_hash[:12], where, len(layers))
 
     def _check_attention(self, where: str, model: torch.nn.Module, path: str, component_name: str, kind: str,
-                         layer: int, component: dict) -> _Tagged:
+                         layer: int, wanted_heads: tuple[int, int]) -> _Tagged:
         try:
             module = model.get_submodule(path)
         except AttributeError:
@@ -200,9 +203,10 @@ class PluginState:
             raise PluginRefusal(f"{label} has role {role!r} and layer index {index!r}; the plan's {kind} attention "
                                 f"at layer {layer} needs role {omni.KIND_ROLES[kind]!r} and index {layer}")
         heads, head_size = getattr(module, "num_heads", None), getattr(module, "head_size", None)
-        if head_size != component["head_dim"] or not heads or component["num_heads"] % heads:
+        num_heads, head_dim = wanted_heads
+        if head_size != head_dim or not heads or num_heads % heads:
             raise PluginRefusal(f"{label} runs {heads} heads of size {head_size}; the plan expects "
-                                f"{component['num_heads']} heads (or a tensor-parallel share) of {component['head_dim']}")
+                                f"{num_heads} heads (or a tensor-parallel share) of {head_dim}")
         skips = {flag: getattr(module, attr) for flag, attr in (("--diffusion-kv-cache-skip-steps", omni.SKIP_STEPS_ATTR),
                                                                ("--diffusion-kv-cache-skip-layers", omni.SKIP_LAYERS_ATTR))
                  if getattr(module, attr, None)}
@@ -222,11 +226,11 @@ class PluginState:
         return _Tagged(module, component_name, kind, layer, path)
 
     def _check_schedule_inputs(self, pipe: torch.nn.Module) -> None:
-        family = self.plan.data["family"]
+        family = self.plan.family
         if len(self.plan.component_names) < 2:
             return
-        for attr, want, what in ((omni.BOUNDARY_RATIO_ATTR, family["boundary_ratio"], "boundary_ratio"),
-                                 (omni.FLOW_SHIFT_ATTR, family["flow_shift"], "flow_shift")):
+        for attr, want, what in ((omni.BOUNDARY_RATIO_ATTR, family.boundary_ratio, "boundary_ratio"),
+                                 (omni.FLOW_SHIFT_ATTR, family.flow_shift, "flow_shift")):
             have = getattr(pipe, attr, None)
             if have is not None and have != want:
                 note = (f"vllm-omni's {what} is {have}, the plan's family has {want}: each expert still follows its "
@@ -351,7 +355,7 @@ def verify_plan(source: str | os.PathLike[str]) -> Plan:
         family = get_family(plan.family_name, plan.variant)
     except FamilyError as exc:
         raise PluginRefusal(f"{source}: {exc}") from None
-    if family.structure() != plan_family_dict(plan.data["family"]):
+    if family.structure() != plan.family.structure():
         raise PluginRefusal(
             f"{source}: the plan's family record differs from {family.display_name} as this qcompile knows it; "
             "recompile the recipe with this qcompile (qcompile RECIPE -o plan.json)"
@@ -359,3 +363,10 @@ def verify_plan(source: str | os.PathLike[str]) -> Plan:
     if plan.data["dtype"] not in PLAN_DTYPE_KV_CACHE:
         raise PluginRefusal(f"{source}: vllm-omni has no kv_cache_dtype for plan dtype {plan.data['dtype']!r}")
     return plan
+
+
+def _submodule(model: torch.nn.Module, path: str) -> torch.nn.Module | None:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return None

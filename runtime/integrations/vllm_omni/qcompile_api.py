@@ -6,11 +6,9 @@ When those modules move, only these imports follow them.
 from qcompiler.errors import FamilyError, PlanError, QcompileError
 from qcompiler.families import get_family
 from qcompiler.fileio import write_text_atomically
-from qcompiler.plan.format import Plan, load_plan, thaw
+from qcompiler.plan.format import Plan, load_plan
 from qcompiler.targets.vllm_omni import numerics_notes as vllm_omni_numerics_notes
 from runtime.execution_report import FP8, NATIVE, CellCounts, ExecutionReport, build_report, report_from_dict
-
-plan_family_dict = thaw  # a loaded plan's (frozen) family mapping as plain dicts, to compare with the registry
 
 __all__ = [
     "FP8",
@@ -25,7 +23,6 @@ __all__ = [
     "report_from_dict",
     "get_family",
     "load_plan",
-    "plan_family_dict",
     "vllm_omni_numerics_notes",
     "write_text_atomically",
 ]
