@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from qcompiler.plan.format import Plan, load_plan
-from runtime.backends import AttentionBackend, NativeBackend, resolve_fp8_backend
+from runtime.backends import AttentionBackend, NativeBackend, resolve_quantized_backend
 from runtime.backends.registry import component_refusal
 from runtime.call_record import CallRecord
 from runtime.checks import attention_paths, check_structure, transformer_components
@@ -182,7 +182,7 @@ def _serving_backends(
     """Per component, the backend serving its FP8 cells (None: native), and why FP8 falls back where it does.
     Raises BackendUnavailableError where the plan wants FP8, nothing can serve it and the policy is `error`."""
     numerics = Numerics.from_plan(plan)
-    quantized, reason = resolve_fp8_backend(backend, numerics)
+    quantized, reason = resolve_quantized_backend(backend, numerics)
     served: dict[str, AttentionBackend | None] = {}
     fallbacks: dict[str, str] = {}
     for name in plan.component_names:

@@ -15,7 +15,7 @@ from typing import Any
 
 from qcompiler.families import Family, list_families
 from qcompiler.plan.format import Plan, load_plan
-from runtime.backends import AttentionBackend, resolve_fp8_backend
+from runtime.backends import AttentionBackend, resolve_quantized_backend
 from runtime.call_record import CallRecord
 from runtime.checks import attention_paths, check_structure, inspect_component, transformer_components
 from runtime.dispatch import SHADOW, ComponentState
@@ -57,7 +57,7 @@ class ShadowRecorder:
 
 
 def _quantized_backend(backend: str, numerics: Numerics) -> AttentionBackend:
-    resolved, reason = resolve_fp8_backend(backend, numerics)
+    resolved, reason = resolve_quantized_backend(backend, numerics)
     if resolved is None:
         raise BackendUnavailableError(f"shadow mode needs an FP8 backend: {reason}")
     return resolved

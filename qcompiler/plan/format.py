@@ -158,9 +158,6 @@ class Plan(FamilyDocument):
     def uses_quantized(self) -> bool:
         return any(any(row) for table in self.tables.values() for row in table)
 
-    is_fp8 = is_quantized  # the names before INT8 plans; callers move to the new ones
-    uses_fp8 = uses_quantized
-
     def to_dict(self) -> dict[str, Any]:
         return thaw(self.data)
 

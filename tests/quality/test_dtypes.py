@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from qcompiler.cli.main import cli
-from qcompiler.numerics import DTYPES
+from qcompiler.formats import FORMATS as DTYPES
 from tests.quality.conftest import FAMILY, STEPS
 
 MX_DTYPES = ["mxfp8_e4m3", "mxfp4_e2m1"]

@@ -36,7 +36,7 @@ def test_report_has_one_cell_per_attention_site_that_ran(mixed_report, mixed_pla
     assert set(cells) == _ran(mixed_plan, report["execution"]["observed_schedule"])
     assert report["execution"]["matches_plan"] is True
     for (component, kind, step, layer), cell in cells.items():
-        fp8 = mixed_plan.is_fp8(component, kind, step, layer)
+        fp8 = mixed_plan.is_quantized(component, kind, step, layer)
         assert cell["planned"] == ("fp8" if fp8 else "native")
         assert cell["calls"] == 2  # classifier-free guidance: cond and uncond
         assert cell["fp8_calls"] == (2 if fp8 else 0)
@@ -215,6 +215,14 @@ def test_legends_name_every_colour_drawn(mixed_report) -> None:
     assert {FP8_COLOR, NATIVE_COLOR, _pale(FP8_COLOR), _pale(NATIVE_COLOR)} <= plan_legend
     error_legend = _legend_pixels(outdir / "error_transformer_self.png", STEPS)
     assert {NATIVE_COLOR, NOT_RUN_COLOR, *(error_color(cos) for cos, _ in ERROR_SWATCHES)} <= error_legend
+
+
+def test_plan_legend_names_the_plans_format() -> None:
+    from runtime.quality.render import plan_legend
+
+    words = [label for row in plan_legend("mxfp4_e2m1") for _, label in row]
+    assert words[0] == "quantized (mxfp4_e2m1)" and not any("fp8" in w for w in words)
+    assert plan_legend("fp8_e4m3_per_block")[0][0][1] == "FP8"
 
 
 def test_all_native_panels_are_left_out_with_a_line_saying_so(native_report, native_plan, tmp_path) -> None:

@@ -123,7 +123,7 @@ class RequestLog:
         return build_report(
             self.plan, self.counts, names, fallback_reasons={}, pipeline_calls=1,
             observed_schedule=["+".join(sorted(s)) if s else None for s in self.served],
-            quantized_backend=self.quantized_name if self.plan.uses_fp8() else None, notes=notes,
+            quantized_backend=self.quantized_name if self.plan.uses_quantized() else None, notes=notes,
         )
 
     def write(self, report: ExecutionReport, rank: int, world: int) -> Path:
