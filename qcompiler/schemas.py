@@ -15,6 +15,8 @@ from typing import Any
 import jsonschema
 from jsonschema.exceptions import ValidationError
 
+from qcompiler.formats import FORMATS, registry_generation
+
 _CANDIDATE_DIRS = (
     Path(__file__).parent / "_schemas",  # installed wheel: schemas copied into the package
     Path(__file__).parent.parent / "schemas",  # source checkout
@@ -40,8 +42,74 @@ def schema_path(name: str) -> Path:
 
 
 @cache
-def load_schema(name: str) -> dict:
+def committed_schema(name: str) -> dict:
+    """schemas/NAME.schema.json as the file says (a test checks it equals `load_schema(name)`)."""
     return json.loads(schema_path(name).read_text(encoding="utf-8"))
+
+
+def load_schema(name: str) -> dict:
+    """schemas/NAME.schema.json with its format parts taken from the registry (qcompiler/formats/): every `dtype`
+    enum lists the registered formats, and the per-dtype numerics pairing (which keys each dtype records) comes
+    from their specs. The committed files carry the same (so editors validate), checked by a test."""
+    return _load_schema(name, registry_generation())
+
+
+@cache
+def _load_schema(name: str, generation: int) -> dict:
+    return with_formats(committed_schema(name))
+
+
+def _dtype_pairing(node: dict) -> bool:
+    """Whether `node` pairs dtypes with numerics keys (an if/then per dtype, or today's if/then/else)."""
+    def keyed(item: Any) -> bool:
+        return isinstance(item, dict) and "const" in item.get("if", {}).get("properties", {}).get("dtype", {})
+    if not isinstance(node.get("properties"), dict) or "dtype" not in node["properties"]:
+        return False
+    return keyed(node) or (isinstance(node.get("allOf"), list) and bool(node["allOf"])
+                           and all(keyed(item) for item in node["allOf"]))
+
+
+def _pairs(node: dict) -> list[dict]:
+    """One if/then per format: a `dtype` of that format requires the numerics keys it records and forbids the
+    keys it lacks. `node` holds `dtype` and either holds `numerics` (a plan) or is the numerics object."""
+    numerics = node["properties"].get("numerics", node)
+    known = [key for key in numerics["properties"] if key != "dtype"]
+    always = set(numerics.get("required", ()))
+    dtype_default = node["properties"]["dtype"].get("default")
+    pairs = []
+    for spec in FORMATS.values():
+        then: dict[str, Any] = {
+            "required": [key for key in spec.required_plan_keys if key in known and key not in always],
+            "properties": {key: False for key in known if spec.key(key) is None},
+        }
+        condition: dict[str, Any] = {"properties": {"dtype": {"const": spec.name}}}
+        if spec.name != dtype_default:  # an absent dtype means the default one
+            condition["required"] = ["dtype"]
+        pairs.append({"if": condition, "then": then if numerics is node else {"properties": {"numerics": then}}})
+    return pairs
+
+
+def with_formats(schema: Any) -> Any:
+    """`schema` with every `dtype` enum set to the registry's names and every dtype/numerics pairing rebuilt from
+    the format specs."""
+    if isinstance(schema, list):
+        return [with_formats(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: with_formats(value) for key, value in schema.items()}
+    dtype = out.get("properties", {}).get("dtype") if isinstance(out.get("properties"), dict) else None
+    if isinstance(dtype, dict) and "enum" in dtype:
+        out["properties"]["dtype"] = {**dtype, "enum": list(FORMATS)}
+    if not _dtype_pairing(schema):
+        return out
+    pairs = _pairs(out)
+    rebuilt: dict[str, Any] = {}
+    for key, value in out.items():  # the pairing where the file has it (if/then/else or allOf), for stable output
+        if key in ("if", "allOf"):
+            rebuilt["allOf"] = pairs
+        elif key not in ("then", "else"):
+            rebuilt[key] = value
+    return rebuilt
 
 
 def _inline_local_refs(node: Any, defs: dict, depth: int = 0) -> Any:
@@ -61,10 +129,15 @@ def _inline_local_refs(node: Any, defs: dict, depth: int = 0) -> Any:
     return node
 
 
-@cache
 def validator(name: str) -> jsonschema.protocols.Validator:
-    """The validator of schemas/NAME.schema.json, built once per process. (That the shipped schemas are valid
-    Draft 2020-12 is checked by tests/compiler/test_families_and_schemas.py, not at every start.)"""
+    """The validator of schemas/NAME.schema.json (as load_schema gives it), built once per process and registry
+    state. (That the shipped schemas are valid Draft 2020-12 is checked by
+    tests/compiler/test_families_and_schemas.py, not at every start.)"""
+    return _validator(name, registry_generation())
+
+
+@cache
+def _validator(name: str, generation: int) -> jsonschema.protocols.Validator:
     schema = load_schema(name)
     return StrictValidator(_inline_local_refs(schema, schema.get("$defs", {})))
 

@@ -10,15 +10,11 @@ import click
 from qcompiler.cli.common import needs_runtime_extra
 from qcompiler.cli.run_options import check_frame_sizes, pipeline_options
 from qcompiler.families import get_family
-from qcompiler.numerics import (
-    DEFAULT_DTYPE,
-    DEFAULT_ROTATION_SEED,
-    DTYPE_NAMES,
-    INT8_DTYPE,
-    INT8_SCALE_SCOPES,
-    MAX_ROTATION_SEED,
-)
-from qcompiler.plan.io import write_text_atomically
+from qcompiler.fileio import write_text_atomically
+from qcompiler.formats import DEFAULT_FORMAT, FORMATS, get_format
+from qcompiler.formats._choice import FormatChoice
+from qcompiler.formats.int8_per_tensor import SCALE_SCOPES
+from qcompiler.numerics import DEFAULT_ROTATION_SEED, MAX_ROTATION_SEED
 from qcompiler.recipe.schema import MAX_STEPS
 
 
@@ -51,8 +47,8 @@ def _read_prompts(path: str | None) -> tuple[str, ...] | None:
 @click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False),
               help="Text file, one prompt per line (# comments). Default: one built-in prompt.")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds; every prompt runs every seed.")
-@click.option("--dtype", type=click.Choice(DTYPE_NAMES), default=DEFAULT_DTYPE, show_default=True,
-              help="Quantized format to measure (qcompiler/numerics.py lists them).")
+@click.option("--dtype", type=FormatChoice(), default=DEFAULT_FORMAT, show_default=True,
+              help="Quantized format to measure (qcompiler/formats/ has one module per format).")
 @click.option("--hadamard/--no-hadamard", default=True, show_default=True, help="Measure with the Q/K Hadamard rotation.")
 @click.option("--rotation-seed", type=click.IntRange(0, MAX_ROTATION_SEED), default=DEFAULT_ROTATION_SEED, show_default=True)
 @click.option("--k-mean-subtraction/--no-k-mean-subtraction", default=None,
@@ -60,7 +56,7 @@ def _read_prompts(path: str | None) -> tuple[str, ...] | None:
                    "dtype (off, on for int8_per_tensor).")
 @click.option("--v-rotation/--no-v-rotation", default=None,
               help="int8_per_tensor only: rotate V by a second Hadamard and the output back. [default: on]")
-@click.option("--scale-scope", type=click.Choice(INT8_SCALE_SCOPES), default=None,
+@click.option("--scale-scope", type=click.Choice(SCALE_SCOPES), default=None,
               help="int8_per_tensor only: one scale per tensor per call, or per head. [default: call]")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Sensitivity file to write.")
 @pipeline_options
@@ -70,8 +66,10 @@ def command(family: str, steps: int, prompts_file: str | None, seeds: str, dtype
             guidance_scale: float, no_progress: bool) -> None:
     """Measure per-(step, layer) error of the --dtype format in shadow mode and write a sensitivity file for `qcompile suggest`."""
     int8_only = {"v_rotation": v_rotation, "scale_scope": scale_scope}
-    if dtype != INT8_DTYPE and any(value is not None for value in int8_only.values()):
-        raise click.UsageError(f"--v-rotation/--no-v-rotation and --scale-scope apply to --dtype {INT8_DTYPE} only")
+    foreign = [key for key, value in int8_only.items() if value is not None and get_format(dtype).key(key) is None]
+    if foreign:
+        owners = " or ".join(name for name, spec in FORMATS.items() if all(spec.key(key) for key in foreign))
+        raise click.UsageError(f"--v-rotation/--no-v-rotation and --scale-scope apply to --dtype {owners} only")
     given = {"hadamard_rotation": hadamard, "rotation_seed": rotation_seed, "k_mean_subtraction": k_mean_subtraction,
              **int8_only}
     seed_list = _parse_seeds(seeds)
@@ -79,14 +77,13 @@ def command(family: str, steps: int, prompts_file: str | None, seeds: str, dtype
     get_family(family)
     check_frame_sizes(family, height, width, num_frames)
     with needs_runtime_extra("calibrate"):
-        from runtime.numerics import Numerics
         from runtime.quality.calibrate import CalibrateOptions, calibrate, sensitivity_json
         from runtime.quality.pipelines import DEFAULT_PROMPT, FrameSettings
 
         options = CalibrateOptions(
             family=family, steps=steps, pipeline=pipeline, seeds=seed_list, prompts=prompts or (DEFAULT_PROMPT,),
             backend=backend,
-            numerics=Numerics.for_dtype(dtype, **{key: value for key, value in given.items() if value is not None}),
+            numerics=get_format(dtype).record({key: value for key, value in given.items() if value is not None}),
             frames=FrameSettings(height=height, width=width, num_frames=num_frames, guidance_scale=guidance_scale),
             progress=not no_progress,
         )

@@ -6,7 +6,7 @@ import click
 
 from qcompiler.cli.diagnostics_format import FORMATS, format_diagnostics
 from qcompiler.compile.compiler import compile_path
-from qcompiler.numerics import quantized_name
+from qcompiler.formats import quantized_name
 from qcompiler.plan.format import write_plan
 from qcompiler.recipe.schema import MAX_STEPS
 from qcompiler.stats import plan_cost

@@ -10,10 +10,10 @@ import click
 
 from qcompiler.cli.common import load_plan_or_recipe, needs_runtime_extra
 from qcompiler.cli.run_options import check_frame_sizes, pipeline_options
-from qcompiler.numerics import DEFAULT_DTYPE, quantized_name, speed_factor
+from qcompiler.formats import DEFAULT_FORMAT, quantized_name, speed_factor
 
-# FP8's measured speed factor (qcompiler/numerics.py), the default for FP8 plans.
-DEFAULT_THROUGHPUT_RATIO = speed_factor(DEFAULT_DTYPE)
+# FP8's measured speed factor (qcompiler/formats/fp8_e4m3_per_block.py), the default for FP8 plans.
+DEFAULT_THROUGHPUT_RATIO = speed_factor(DEFAULT_FORMAT)
 
 
 @click.command(name="report")
@@ -24,7 +24,7 @@ DEFAULT_THROUGHPUT_RATIO = speed_factor(DEFAULT_DTYPE)
 @click.option("--prompt", default="a red cube on a table", show_default=True, help="Prompt of both runs.")
 @click.option("--throughput-ratio", type=click.FloatRange(min=0.0, min_open=True), default=None,
               help="Quantized attention time / BF16 attention time on the target, for the ESTIMATED saving. Default: "
-                   f"the plan dtype's measured factor in qcompiler/numerics.py ({DEFAULT_THROUGHPUT_RATIO} for "
+                   f"the plan dtype's measured factor in qcompiler/formats/ ({DEFAULT_THROUGHPUT_RATIO} for "
                    "fp8_e4m3_per_block, from the seed's NPU measurement 6.81 s -> 5.43 s); MX and INT8 have none "
                    "measured, so their reports give no estimate unless this is set.")
 @pipeline_options

@@ -7,10 +7,11 @@ from collections.abc import Callable
 
 import click
 
-# The quantized backends of runtime/backends/registry.py (minus `native`), spelled here so `--help` needs no torch
-# import; tests/runtime/test_backend_registry.py checks the two lists agree.
-QUANTIZED_BACKEND_NAMES = ("auto", "reference", "npu-quant-attention", "npu-mindiesd-fia", "npu-torch-fia", "fp8-triton",
-                           "int8-npu", "fp8-reference", "fp8-npu")
+from qcompiler.backend_table import quantized_backend_names
+
+# The registered backends that serve quantized cells (every one but `native`), from the torch-free manifest
+# qcompiler/backends.json, so `--help` needs no torch import.
+QUANTIZED_BACKEND_NAMES = quantized_backend_names()
 
 # Mirrors runtime.tiny's sizes (16x16, 9 frames); kept here so `--help` needs no torch import.
 TINY_HEIGHT = TINY_WIDTH = 16

@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from qcompiler.cli.common import load_plan_or_recipe
-from qcompiler.numerics import DEFAULT_DTYPE, dtype_label, quantized_name
+from qcompiler.formats import FORMATS, dtype_label, quantized_name
 from qcompiler.plan.format import Plan
 from qcompiler.stats import plan_cost
 
@@ -17,7 +17,8 @@ UNSERVED_MARK = " "  # step served by another expert (per expert_schedule)
 
 def cell_word(plan: Plan) -> str:
     """What a row's count of '#' cells is called: fp8 for FP8 plans, quantized for MX and INT8 ones."""
-    return "fp8" if plan.dtype == DEFAULT_DTYPE else "quantized"
+    spec = FORMATS.get(plan.dtype)
+    return spec.cell_word if spec else "quantized"
 
 
 def render_table(plan: Plan, component: str, kind: str) -> list[str]:
@@ -52,12 +53,10 @@ def command(plan_path: str, component: str | None, kind: str | None) -> None:
     click.echo(f"plan for {plan.family_name}{variant}: {plan.num_inference_steps} steps, {dtype_label(plan.dtype)}, "
                f"fallback={plan.fallback}, rotation={'on' if plan.numerics['hadamard_rotation'] else 'off'}"
                f" (seed {plan.numerics['rotation_seed']}), sha256 {plan.content_hash[:12]}")
-    if plan.dtype == "int8_per_tensor":  # issue 14: the INT8 numerics and where it runs
-        n = plan.numerics
-        click.echo(f"int8 numerics: k_mean_subtraction={'on' if n['k_mean_subtraction'] else 'off'}, "
-                   f"q/k rotation={'on' if n['hadamard_rotation'] else 'off'}, "
-                   f"v_rotation={'on' if n['v_rotation'] else 'off'}, p_scale={n['p_scale']}, "
-                   f"scale_scope={n['scale_scope']}; '#' cells run INT8, on Atlas A2/A3 only (backend int8-npu)")
+    spec = FORMATS.get(plan.dtype)
+    summary = spec.describe_numerics(plan.numerics) if spec else None
+    if summary:  # a format's own numerics and where it runs (qcompiler/formats/<dtype>.py numerics_summary)
+        click.echo(summary)
     click.echo(f"expert schedule: {', '.join(f'{i}:{c}' for i, c in enumerate(plan.expert_schedule))}")
     family = plan.family
     for name in plan.component_names:

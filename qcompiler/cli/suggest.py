@@ -14,8 +14,8 @@ import click
 from qcompiler.cli.common import fail
 from qcompiler.cli.diagnostics_format import format_text
 from qcompiler.compile.compiler import compile_source
-from qcompiler.numerics import DTYPE_NAMES
-from qcompiler.plan.io import write_text_atomically
+from qcompiler.fileio import write_text_atomically
+from qcompiler.formats._choice import FormatChoice
 from qcompiler.schemas import schema_path
 from qcompiler.suggest.cover import Budget, suggest_recipe, verify_suggestion
 from qcompiler.suggest.sensitivity import load_sensitivity
@@ -28,7 +28,7 @@ from qcompiler.suggest.sensitivity import load_sensitivity
 @click.option("--fp8-flop-share", type=click.FloatRange(0.0, 1.0),
               help="Budget: put this share of attention FLOPs on FP8 (0.8 = 80%), least sensitive cells first.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Recipe file to write.")
-@click.option("--dtype", type=click.Choice(DTYPE_NAMES),
+@click.option("--dtype", type=FormatChoice(),
               help="The recipe's quantized format (default: the one the sensitivity file measured; another is refused).")
 @click.option("--fallback", type=click.Choice(["error", "native"]), default="error", show_default=True,
               help="The recipe's fallback when no FP8 kernel is available at run time.")

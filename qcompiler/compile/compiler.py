@@ -12,9 +12,9 @@ from qcompiler.backend_table import no_backend_reason, rotates, serving_backends
 from qcompiler.compile.resolve import RuleSelection, predict_expert_schedule, resolve_tables
 from qcompiler.errors import Diagnostic, FamilyError, RecipeError, close_matches
 from qcompiler.families import Family, get_family
-from qcompiler.numerics import DTYPE_NAMES, INT8_DTYPE, INT8_ONLY_NUMERICS, PV_PRECISION_DTYPES, plan_numerics
+from qcompiler.fileio import sha256
+from qcompiler.formats import FORMATS, plan_numerics, recipe_findings
 from qcompiler.plan.format import PLAN_FORMAT, Plan, content_sha256
-from qcompiler.plan.io import sha256
 from qcompiler.recipe.schema import schema_findings
 from qcompiler.recipe.selectors import SelectorError, select
 from qcompiler.recipe.source import SourceDocument, YamlLoadError, decode_recipe_bytes, parse_yaml, read_recipe_text
@@ -94,13 +94,10 @@ def _compile_document(doc: SourceDocument, recipe_sha: str, steps: int | None, v
         _check_names(doc, ("components",), scope_components, family.component_names, "component", family, findings)
     if clean("attention_kinds"):
         _check_names(doc, ("attention_kinds",), scope_kinds, family.kinds, "attention kind", family, findings)
-    settings_clean = clean("dtype") and clean("numerics")
-    if settings_clean:
-        _check_pv_precision(doc, findings)
+    if clean("dtype") and clean("numerics"):
+        _check_format_numerics(doc, findings)
     rules = (_read_rules(doc, family, num_steps, scope_components, scope_kinds, findings, clean)
              if isinstance(data.get("rules") or [], list) else [])
-    if settings_clean:
-        _check_dtype_numerics(doc, findings)
     if any(d.severity == "error" for d in findings):
         return CompileResult(None, findings)
     assert num_steps is not None
@@ -239,16 +236,13 @@ def _layers_per_block_list(doc: SourceDocument, index: int, family: Family, comp
     return selected
 
 
-def _check_pv_precision(doc: SourceDocument, findings: list[Diagnostic]) -> None:
-    """`numerics.pv_precision` describes the per-block FP8 kernels' P @ V; the MX kernels' P handling is theirs."""
-    numerics = doc.data.get("numerics") or {}
-    if "pv_precision" in numerics and doc.data["dtype"] not in PV_PRECISION_DTYPES:
-        mark = doc.mark_for(("numerics", "pv_precision"))
-        findings.append(Diagnostic(
-            doc.path, mark.line, mark.column, "error", "QC152",
-            f"`numerics.pv_precision` applies to dtype {' or '.join(PV_PRECISION_DTYPES)}, not `{doc.data['dtype']}`",
-            "remove `pv_precision`, or use `dtype: fp8_e4m3_per_block`",
-        ))
+def _check_format_numerics(doc: SourceDocument, findings: list[Diagnostic]) -> None:
+    """What the recipe's format says about its numerics (qcompiler/formats/: keys of another format, QC150/QC152;
+    the format's own warning, QC151), located in the recipe."""
+    for finding in recipe_findings(doc.data["dtype"], doc.data.get("numerics")):
+        mark = doc.mark_for(finding.path, key=finding.at_key)
+        findings.append(Diagnostic(doc.path, mark.line, mark.column, finding.severity, finding.code,
+                                   finding.message, finding.hint))
 
 
 def _check_scope(doc: SourceDocument, index: int, key: str, chosen: tuple[str, ...], scope: tuple[str, ...],
@@ -293,30 +287,6 @@ def _select_or_finding(doc: SourceDocument, index: int, key: str, value: Any, le
         return None
 
 
-# --- int8_per_tensor (issue 14) ---
-def _check_dtype_numerics(doc: SourceDocument, findings: list[Diagnostic]) -> None:
-    """int8-only numerics keys need dtype int8_per_tensor; an int8 recipe is told where it can run."""
-    data = doc.data
-    numerics = data.get("numerics") or {}
-    if data["dtype"] != INT8_DTYPE:
-        for key in INT8_ONLY_NUMERICS:
-            if key in numerics:
-                mark = doc.mark_for(("numerics", key), key=True)
-                findings.append(Diagnostic(
-                    doc.path, mark.line, mark.column, "error", "QC150",
-                    f"numerics.{key} applies to dtype {INT8_DTYPE} only, the recipe's dtype is {data['dtype']}",
-                    f"remove numerics.{key}, or set `dtype: {INT8_DTYPE}`",
-                ))
-        return
-    mark = doc.mark_for(("dtype",))
-    findings.append(Diagnostic(
-        doc.path, mark.line, mark.column, "warning", "QC151",
-        f"dtype {INT8_DTYPE} runs only on Atlas A2/A3 NPUs (Ascend 910B/910C, backend int8-npu); anywhere else "
-        "its quantized cells follow `fallback`, and no export target (vllm-omni, MindIE-SD, xDiT) runs it",
-        "deploy on 910B/910C with runtime.load, or use dtype fp8_e4m3_per_block for Ascend 950",
-    ))
-
-
 def _check_head_dims(doc: SourceDocument, family: Family, masks: dict[tuple[str, str], tuple[int, ...]],
                      findings: list[Diagnostic]) -> None:
     """QC153: a component with quantized cells whose head dim no backend runs at the recipe's dtype
@@ -329,7 +299,7 @@ def _check_head_dims(doc: SourceDocument, family: Family, masks: dict[tuple[str,
         why = no_backend_reason(dtype, component.head_dim, rotated) if quantized else None
         if why is None:
             continue
-        others = [d for d in DTYPE_NAMES if d != dtype
+        others = [d for d in FORMATS if d != dtype
                   and serving_backends(d, component.head_dim, rotates(plan_numerics(d, given)))]
         mark = doc.mark_for(("family",))
         findings.append(Diagnostic(

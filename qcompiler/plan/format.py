@@ -14,7 +14,7 @@ from typing import Any
 
 from qcompiler.errors import PlanError
 from qcompiler.families.model import Family
-from qcompiler.plan.io import InputRefused, read_json_file, sha256, write_text_atomically
+from qcompiler.fileio import InputRefused, read_json_file, sha256, write_text_atomically
 from qcompiler.plan.validate import check_plan_consistency
 from qcompiler.schemas import check_versioned_document
 
@@ -157,9 +157,6 @@ class Plan(FamilyDocument):
 
     def uses_quantized(self) -> bool:
         return any(any(row) for table in self.tables.values() for row in table)
-
-    is_fp8 = is_quantized  # the names before INT8 plans; callers move to the new ones
-    uses_fp8 = uses_quantized
 
     def to_dict(self) -> dict[str, Any]:
         return thaw(self.data)

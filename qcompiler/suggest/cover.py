@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from itertools import groupby
 
 from qcompiler.errors import QcompileError
-from qcompiler.numerics import quantized_name
+from qcompiler.formats import get_format, quantized_name
 from qcompiler.ranges import format_ranges
 from qcompiler.suggest.sensitivity import CellKey, CellSensitivity, Sensitivity, SensitivityError
 
@@ -439,12 +439,12 @@ def suggest_recipe(
     )
 
 
-def _int8_numerics_yaml(numerics) -> str:
-    """The int8_per_tensor-only numerics keys of a sensitivity file, as recipe flow-mapping items (issue 14)."""
-    if "v_rotation" not in numerics:
-        return ""
-    return (f", v_rotation: {str(numerics['v_rotation']).lower()}, p_scale: {numerics['p_scale']}, "
-            f"scale_scope: {numerics['scale_scope']}")
+def _format_numerics_yaml(dtype: str, numerics) -> str:
+    """The measured numerics keys the format has beyond the three every format has (int8_per_tensor's v_rotation,
+    p_scale, scale_scope), as recipe flow-mapping items, in the format's order (qcompiler/formats/<dtype>.py)."""
+    common = ("hadamard_rotation", "rotation_seed", "k_mean_subtraction")
+    items = [(key, numerics[key]) for key in get_format(dtype).recipe_keys if key not in common and key in numerics]
+    return "".join(f", {key}: {str(value).lower() if isinstance(value, bool) else value}" for key, value in items)
 
 
 def _render(sensitivity: Sensitivity, budget: Budget, source_name: str, fallback: str, schema_ref: str,
@@ -473,7 +473,7 @@ def _render(sensitivity: Sensitivity, budget: Budget, source_name: str, fallback
         f"hadamard_rotation: {str(numerics['hadamard_rotation']).lower()}, "
         f"rotation_seed: {numerics['rotation_seed']}, "
         f"k_mean_subtraction: {str(numerics['k_mean_subtraction']).lower()}"
-        + _int8_numerics_yaml(numerics) +
+        + _format_numerics_yaml(sensitivity.dtype, numerics) +
         "}",
         f"fallback: {fallback}",
         f"attention_kinds: {_yaml_list(scope_kinds)}",

@@ -15,9 +15,9 @@ from typing import Any
 from qcompiler.errors import FamilyError, QcompileError
 from qcompiler.families import get_family
 from qcompiler.families.model import Family
-from qcompiler.numerics import DEFAULT_DTYPE
+from qcompiler.fileio import InputRefused, read_json_file
+from qcompiler.formats import DEFAULT_FORMAT
 from qcompiler.plan.format import FamilyDocument
-from qcompiler.plan.io import InputRefused, read_json_file
 from qcompiler.recipe.schema import MAX_STEPS
 from qcompiler.schemas import check_versioned_document
 
@@ -74,7 +74,7 @@ class Sensitivity(FamilyDocument):
     @property
     def dtype(self) -> str:
         """The quantized format measured (files written before MX formats measured per-block FP8)."""
-        return self.data["numerics"].get("dtype", DEFAULT_DTYPE)
+        return self.data["numerics"].get("dtype", DEFAULT_FORMAT)
 
 
 def _layer_counts(data: Mapping[str, Any]) -> dict[tuple[str, str], int]:

@@ -14,9 +14,10 @@ Pure data: never imports torch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
 from qcompiler.errors import QcompileError
+from qcompiler.formats import FORMATS
 from qcompiler.plan.format import Plan
 from qcompiler.ranges import format_ranges
 
@@ -25,12 +26,6 @@ Cell = tuple[str, str, int, int]  # (component, kind, step, layer)
 PINNED = "pinned"
 ANY = "any"
 ROUTINGS = (PINNED, ANY)
-
-# A plan of this dtype has no engine that runs it outside qcompile's own runtime (issue 14's A2/A3 INT8 path).
-NO_ENGINE_DTYPES = {
-    "int8_per_tensor": "INT8 attention (int8_per_tensor) runs only in qcompile's own runtime (runtime.load on "
-                       "Ascend A2/A3); no vllm-omni, MindIE-SD or xDiT setting runs it",
-}
 
 # An error lists at most this many lines of cells, so a badly mismatched 40 x 40 plan stays readable.
 _MAX_CELL_LINES = 24
@@ -57,12 +52,21 @@ class UnsupportedDtypeError(QcompileError):
     """The plan's quantized format has no equivalent in the target."""
 
 
-def target_dtype(plan: Plan, target: str, names: Mapping[str, str], why_not: Mapping[str, str] = {}) -> str:
-    """The target's name for the plan's dtype, or UnsupportedDtypeError saying why there is none."""
+def target_names(key: str) -> dict[str, str]:
+    """Plan dtype -> its name in export target `key` (a FormatSpec.targets key: "vllm-omni", "mindiesd-strategy",
+    "xdit", ...), for the registered formats that target runs."""
+    return {name: spec.targets[key] for name, spec in FORMATS.items() if spec.target_name(key) is not None}
+
+
+def target_dtype(plan: Plan, target: str, key: str) -> str:
+    """The name in export target `key` (shown as `target`) of the plan's dtype, from its format spec
+    (qcompiler/formats/), or UnsupportedDtypeError saying why there is none."""
     dtype = plan.data["dtype"]
+    names = target_names(key)
     if dtype in names:
         return names[dtype]
-    reason = NO_ENGINE_DTYPES.get(dtype) or why_not.get(dtype) or f"{target} has no equivalent of it"
+    spec = FORMATS.get(dtype)
+    reason = (spec.target_refusal(key) if spec else None) or f"{target} has no equivalent of it"
     supported = ", ".join(sorted(names))
     raise UnsupportedDtypeError(
         f"plan {plan.content_hash[:12]} has dtype {dtype!r}, which cannot be exported to {target}: {reason}. "
@@ -94,17 +98,6 @@ def diffusers_expert_schedule(plan: Plan) -> list[str]:
 
 def fp8_layers(plan: Plan, component: str, kind: str, step: int) -> frozenset[int]:
     return frozenset(layer for layer, fp8 in enumerate(plan.table(component, kind)[step]) if fp8)
-
-
-def reachable_fp8_cells(plan: Plan, reach: Sequence[frozenset[str]]) -> set[Cell]:
-    """The plan's FP8 cells on every (step, expert) the routing can reach."""
-    return {
-        (component, kind, step, layer)
-        for step, components in enumerate(reach)
-        for component in components
-        for kind in plan.attention_kinds
-        for layer in fp8_layers(plan, component, kind, step)
-    }
 
 
 def num_layers(plan: Plan, component: str, kind: str) -> int:

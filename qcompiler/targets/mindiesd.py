@@ -49,11 +49,8 @@ TARGET = "MindIE-SD 3.1.0"
 MINDIESD_VERSION = "3.1.0"
 
 # Plan dtype -> the TimestepPolicyConfig FA strategy that runs it (FA_STRATEGIES = ("MXFP4", "FP8", "FLOAT")).
-DTYPE_STRATEGIES = {"fp8_e4m3_per_block": "FP8", "mxfp4_e2m1": "MXFP4"}
-DTYPE_REFUSALS = {
-    "mxfp8_e4m3": "MXFP8 is not available online (OnlineQuantConfig accepts fa_quant_type FP8_DYNAMIC or "
-                  "MXFP4_DYNAMIC only; MXFP8 attention exists only through a msModelSlim description file)",
-}
+# Each format's spec names it (qcompiler/formats/<dtype>.py, target "mindiesd-strategy") or says why there is none.
+STRATEGY_KEY = "mindiesd-strategy"
 NATIVE_STRATEGY = "FLOAT"
 # The only fa_quant_type whose module asks the policy per step.
 SWITCHING_FA_QUANT_TYPE = "MXFP4_DYNAMIC"
@@ -217,7 +214,7 @@ def export_mindiesd(plan: Plan, *, conservative: bool = False, routing: str = PI
     (MXFP8, INT8, unknown dtypes), NotExpressibleError naming the cells otherwise; `conservative=True` returns
     the largest safe rectangle per expert.
     """
-    strategy = target_dtype(plan, TARGET, DTYPE_STRATEGIES, DTYPE_REFUSALS)
+    strategy = target_dtype(plan, TARGET, STRATEGY_KEY)
     reach = reachable_experts(plan, routing, extra=[diffusers_expert_schedule(plan)])
     kinds = plan.attention_kinds
     width = max(num_layers(plan, c, k) for c in plan.component_names for k in kinds)

@@ -23,7 +23,8 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from qcompiler.numerics import DEFAULT_ROTATION_SEED, DTYPES, quantized_name
+from qcompiler.formats import quantized_name
+from qcompiler.numerics import DEFAULT_ROTATION_SEED
 from qcompiler.plan.format import Plan
 from qcompiler.ranges import format_ranges
 from qcompiler.targets.cells import (
@@ -55,7 +56,8 @@ QUANTIZED_KIND = "self"
 
 # Plan dtype -> the value of vllm-omni 0.30's `diffusion_kv_cache_dtype` ("fp8, mxfp8, mxfp4, or float (NPU)"):
 # the same spelling as MindIE-SD's quant_attention `precision=`, which is what vllm-omni passes it on.
-DTYPE_NAMES = {name: row.quant_attention_precision for name, row in DTYPES.items() if row.quant_attention_precision}
+# Each format's spec names it (qcompiler/formats/<dtype>.py, target "vllm-omni").
+DTYPE_KEY = "vllm-omni"
 
 # vllm-omni's numerics are fixed: a randomized Hadamard rotation with seed 425500 (our default seed), no K-mean
 # subtraction.
@@ -203,7 +205,7 @@ def export_vllm_omni(plan: Plan, *, conservative: bool = False, routing: str = P
     exact. With `conservative=True`, returns instead the largest expressible setting that never quantizes a
     cell the plan keeps native (see _best_rectangle).
     """
-    dtype = target_dtype(plan, TARGET, DTYPE_NAMES)
+    dtype = target_dtype(plan, TARGET, DTYPE_KEY)
     reach = reachable_experts(plan, routing, extra=[vllm_omni_expert_schedule(plan)])
     # (step, component) -> quantized self-attention layers, for every reachable pair.
     rows = {(step, c): fp8_layers(plan, c, QUANTIZED_KIND, step) for step, cs in enumerate(reach) for c in cs}

@@ -43,7 +43,8 @@ TARGET = "xDiT (xfuser 0.7.0)"
 SELF, CROSS = "self", "cross"
 
 # Plan dtype -> the default xDiT quantized backend for it (AttentionBackendType names, xfuser 0.7.0).
-DTYPE_BACKENDS = {"fp8_e4m3_per_block": "FLASH_3_FP8", "mxfp8_e4m3": "AITER_MXFP8", "mxfp4_e2m1": "AITER_MXFP4"}
+# Each format's spec names it (qcompiler/formats/<dtype>.py, target "xdit").
+BACKEND_KEY = "xdit"
 NATIVE_BACKEND = "FLASH_3"
 # xfuser 0.7.0's quantized attention backends (low-precision names of AttentionBackendType), and its others.
 QUANTIZED_BACKENDS = frozenset({
@@ -136,7 +137,7 @@ def export_xdit(plan: Plan, *, conservative: bool = False, routing: str = PINNED
     `cfg`: the pipeline runs classifier-free guidance (xDiT: guidance_scale > 1). Raises UnsupportedDtypeError,
     ValueError for an unknown backend name, NotExpressibleError naming the cells the schedule cannot follow.
     """
-    default_backend = target_dtype(plan, TARGET, DTYPE_BACKENDS)
+    default_backend = target_dtype(plan, TARGET, BACKEND_KEY)
     fp8_backend = quantized_backend or default_backend
     if fp8_backend not in QUANTIZED_BACKENDS:
         raise ValueError(f"{fp8_backend!r} is not a quantized xDiT attention backend; choose one of "

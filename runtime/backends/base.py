@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import ClassVar
+
 import torch
 
-from qcompiler.backend_table import BLOCK_KERNEL_HEAD_DIMS, head_dim_reason
+from qcompiler.backend_table import HeadDims
+from qcompiler.formats.int8_per_tensor import NAME as INT8_DTYPE
 from runtime.numerics import Numerics
 
-# Head dims the per-block FP8 and MX kernels take; the table in qcompiler/backend_table.py is their one home.
-QUANTIZED_HEAD_DIMS = BLOCK_KERNEL_HEAD_DIMS.exactly
-FP8_HEAD_DIMS = QUANTIZED_HEAD_DIMS  # the name the rest of the runtime used before MX formats
+# The Ascend per-block FP8 contract takes head dim 64 or 128. The MX paths are held to the same until an NPU run
+# shows otherwise, and the reference and fp8-triton keep the same eligibility so a CPU or GPU run predicts what an
+# NPU run will do.
+BLOCK_KERNEL_HEAD_DIMS = HeadDims(exactly=(64, 128))
+# FIA v1 full quant: "D 32-aligned" (CANN aclnnFusedInferAttentionScoreV4 doc, shared reference a2a3-int8.md
+# sec. 1); Q/K and V rotations are Hadamard matrices, which exist for powers of two only.
+INT8_KERNEL_HEAD_DIMS = HeadDims(multiple_of=32, power_of_two_if_rotated=True, why="the INT8 kernel's alignment")
+
+
+def kernel_head_dims(dtype: str) -> HeadDims:
+    """The head dims the NPU kernel contract of `dtype` takes (what `reference` holds itself to)."""
+    return INT8_KERNEL_HEAD_DIMS if dtype == INT8_DTYPE else BLOCK_KERNEL_HEAD_DIMS
 
 
 class AttentionBackend:
@@ -19,8 +32,14 @@ class AttentionBackend:
     backends ignore it. Full bidirectional attention only: no mask, no causal, no dropout.
     """
 
+    # Set by @register_backend (runtime/backends/registry.py) from the backend's declaration.
     name: str = ""
-    is_fp8: bool = False  # serves the plan's quantized ("fp8") cells, whatever the plan's dtype
+    is_quantized: bool = False  # serves the plan's quantized cells, whatever the plan's dtype
+
+    @classmethod
+    def auto_reason(cls) -> str | None:
+        """Asked by `auto` before anything else: None when `auto` may try this backend here, else why not."""
+        return None
 
     def unavailable_reason(self) -> str | None:
         """None when this backend can run in this process, else why not (shown to the user)."""
@@ -37,14 +56,14 @@ class AttentionBackend:
 
 
 class QuantizedBackend(AttentionBackend):
-    """A backend that runs the plan's quantized cells. `dtypes`: the plan dtypes it can run (its row of
-    qcompiler/backend_table.py, which also says at which head dims); the plan's own dtype comes from the Numerics
+    """A backend that runs the plan's quantized cells. `dtypes` (the plan dtypes it runs), `head_dims` (per dtype)
+    and `pv_precisions` come from its @register_backend declaration; the plan's own dtype comes from the Numerics
     it is built with."""
 
-    is_fp8 = True
+    is_quantized = True
     dtypes: tuple[str, ...] = ()
-    # P @ V precisions it computes (numerics.pv_precision); the Ascend kernels round P to e4m3 and nothing else.
-    pv_precisions: tuple[str, ...] = ("e4m3",)
+    head_dims: ClassVar[Mapping[str, HeadDims]] = {}
+    pv_precisions: tuple[str, ...] = ()
 
     def __init__(self, numerics: Numerics | None = None):
         self.numerics = numerics or Numerics()
@@ -61,8 +80,7 @@ class QuantizedBackend(AttentionBackend):
     def unsupported_reason(self, head_dim: int) -> str | None:
         reason = self.dtype_reason()
         if reason is None:
-            rotated = self.numerics.hadamard_rotation or (self.numerics.is_int8 and self.numerics.v_rotation)
-            reason = head_dim_reason(self.name, self.numerics.dtype, head_dim, rotated)
+            reason = self.head_dims[self.numerics.dtype].reason(head_dim, self.numerics.dtype, self.numerics.rotated)
         return reason
 
     def check_inputs(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
@@ -76,7 +94,3 @@ class QuantizedBackend(AttentionBackend):
         reason = self.unsupported_reason(query.shape[-1])
         if reason:
             raise ValueError(f"{self.name}: {reason}")
-
-
-# The name the runtime used before MX formats; kept so callers outside this package keep working.
-Fp8Backend = QuantizedBackend

@@ -19,9 +19,9 @@ import os
 
 import torch
 
-from qcompiler.backend_table import backend_dtypes
 from qcompiler.numerics import KV_BLOCK_TOKENS, PV_PRECISIONS, QUERY_BLOCK_TOKENS
-from runtime.backends.base import QuantizedBackend
+from runtime.backends.base import BLOCK_KERNEL_HEAD_DIMS, QuantizedBackend
+from runtime.backends.registry import register_backend
 from runtime.numerics import Numerics, QuantizedAttentionInputs, quantize_attention_inputs
 
 # Hopper: the first architecture whose tensor cores take e4m3 in Triton's wgmma path.
@@ -116,10 +116,17 @@ def _(query, query_scale, key, key_scale, value, value_scale, softmax_scale, pv_
     return query.new_empty((batch, tokens, heads, head_dim), dtype=out_dtype)
 
 
+@register_backend(
+    "fp8-triton", auto_order=40, devices=("cuda",),
+    dtypes=("fp8_e4m3_per_block",), head_dims=BLOCK_KERNEL_HEAD_DIMS, pv_precisions=PV_PRECISIONS,
+    summary="our Triton kernel on NVIDIA sm90+ (Hopper), per-block FP8 as the Ascend kernel",
+)
 class Fp8TritonBackend(QuantizedBackend):
-    name = "fp8-triton"
-    dtypes = backend_dtypes(name)
-    pv_precisions = PV_PRECISIONS
+    @classmethod
+    def auto_reason(cls) -> str | None:
+        # By name it also runs under Triton's CPU interpreter (tests); `auto` takes it only on a real sm90+ GPU.
+        return gpu_unavailable_reason()
+
 
     def unavailable_reason(self) -> str | None:
         return triton_unavailable_reason()

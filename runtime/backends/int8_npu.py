@@ -5,7 +5,7 @@ The call follows shared reference a2a3-int8.md sec. 5. Scales are computed on th
 synchronisation). Nothing in this repository has run it on an NPU: CPU tests check the call contract with a
 stand-in op that records its arguments, and a test marked `a2a3` compares the op with the CPU reference
 (runtime/quant/int8.py, served as the `reference` backend) on a real A2/A3, under every inferred kernel semantics,
-to settle them. A registry row (runtime/backends/registry.py): `auto` tries it, and it serves only
+to settle them. Registered below: `auto` tries it, and it serves only
 int8_per_tensor plans and only on an A2/A3 SoC. Like the FP8 entry points it makes one probe call at load
 (npu_device.probe_reason), so a CANN stack that rejects the call leads to the plan's fallback policy at load,
 never to an error mid-pipeline.
@@ -20,8 +20,10 @@ from typing import Any
 
 import torch
 
-from qcompiler.backend_table import backend_dtypes
+from qcompiler.formats.int8_per_tensor import NAME as INT8_DTYPE
+from runtime.backends.base import INT8_KERNEL_HEAD_DIMS
 from runtime.backends.npu_device import NpuBackend, visible_npu
+from runtime.backends.registry import register_backend
 from runtime.numerics import Numerics
 from runtime.quant.int8 import DEFAULT_SEMANTICS, KernelSemantics, prepare_int8_inputs, undo_v_rotation
 
@@ -51,12 +53,14 @@ def int8_npu_unavailable_reason() -> str | None:
     return None
 
 
+@register_backend(
+    "int8-npu", auto_order=50, devices=("npu",),
+    dtypes=(INT8_DTYPE,), head_dims=INT8_KERNEL_HEAD_DIMS, pv_precisions=("e4m3",),
+    summary="torch_npu npu_fused_infer_attention_score full-quant INT8 (int8_per_tensor; Atlas A2/A3 only)",
+)
 class Int8NpuBackend(NpuBackend):
     """`op` defaults to torch_npu's kernel, resolved on first use; tests pass a stand-in to check the call.
     `semantics` only decides which quant_scale1 is passed (127 if the kernel multiplies, 1/127 if it divides)."""
-
-    name = "int8-npu"
-    dtypes = backend_dtypes(name)
 
     def __init__(self, numerics: Numerics | None = None, op: Callable[..., Any] | None = None,
                  semantics: KernelSemantics = DEFAULT_SEMANTICS):

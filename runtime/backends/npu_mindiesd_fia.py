@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
-from qcompiler.backend_table import backend_dtypes
+from runtime.backends.base import BLOCK_KERNEL_HEAD_DIMS
 from runtime.backends.npu_device import PerBlockFiaBackend, ascend_fp8_reason, import_mindiesd
+from runtime.backends.registry import register_backend
 
 OP_NAME = "fused_infer_attention_score_v2"  # under torch.ops.mindiesd, registered when mindiesd imports
 
@@ -29,9 +30,12 @@ def _mindiesd_op() -> Callable[..., Any] | None:
         return None
 
 
+@register_backend(
+    "npu-mindiesd-fia", auto_order=20, devices=("npu",),
+    dtypes=("fp8_e4m3_per_block",), head_dims=BLOCK_KERNEL_HEAD_DIMS, pv_precisions=("e4m3",),
+    summary="MindIE-SD 3.1.0's fused_infer_attention_score_v2, per-block FP8 (quant mode 7)",
+)
 class NpuMindiesdFiaBackend(PerBlockFiaBackend):
-    name = "npu-mindiesd-fia"
-    dtypes = backend_dtypes(name)
 
     def environment_reason(self) -> str | None:
         reason = ascend_fp8_reason()

@@ -4,7 +4,7 @@ backend calls it (diffusion/attention/backends/flash_attn.py, forward_fa_quant_n
     quant_attention(query, key, value, precision=P, layout="BSND", scale=softmax_scale, q_rot=R, k_rot=R)
 
 q/k/v in BSND as the model produces them (no transpose, not rotated: the op rotates with q_rot/k_rot), P from
-the plan's dtype ("fp8", "mxfp8", "mxfp4": qcompiler.numerics.DTYPES), R the plan's rotation (vllm-omni's
+the plan's dtype ("fp8", "mxfp8", "mxfp4": qcompiler/formats/), R the plan's rotation (vllm-omni's
 get_quant_attention_rotation for seed 425500; runtime/quant/rotation.py builds it bit for bit). With the plan's
 rotation off, q_rot/k_rot are not passed. Needs a MindIE-SD newer than 3.1.0 (the last on PyPI, which does not
 export quant_attention). Backend name `npu-quant-attention`.
@@ -18,16 +18,21 @@ from typing import Any
 
 import torch
 
-from qcompiler.backend_table import backend_dtypes
-from qcompiler.numerics import DTYPES
+from qcompiler.formats import FORMATS, get_format
+from runtime.backends.base import BLOCK_KERNEL_HEAD_DIMS
 from runtime.backends.npu_device import NpuBackend, ascend_fp8_reason, import_mindiesd
+from runtime.backends.registry import register_backend
 
 LAYOUT = "BSND"  # diffusers' q/k/v layout, passed through as vllm-omni does (qkv_layout defaults to BSND)
 
 
+@register_backend(
+    "npu-quant-attention", auto_order=10, devices=("npu",),
+    dtypes=tuple(name for name, spec in FORMATS.items() if spec.target_name("mindiesd-precision") is not None),
+    head_dims=BLOCK_KERNEL_HEAD_DIMS, pv_precisions=("e4m3",),
+    summary="MindIE-SD quant_attention, as vllm-omni 0.30.0 calls it (fp8, mxfp8, mxfp4)",
+)
 class NpuQuantAttentionBackend(NpuBackend):
-    name = "npu-quant-attention"
-    dtypes = backend_dtypes(name)
 
     def environment_reason(self) -> str | None:
         reason = ascend_fp8_reason()
@@ -54,7 +59,7 @@ class NpuQuantAttentionBackend(NpuBackend):
             # Exact for softmax; done here because the op has no such option.
             key = key - key.mean(dim=1, keepdim=True)
         kwargs: dict[str, Any] = {
-            "precision": DTYPES[self.numerics.dtype].quant_attention_precision,
+            "precision": get_format(self.numerics.dtype).target_name("mindiesd-precision"),
             "layout": LAYOUT,
             "scale": 1.0 / math.sqrt(query.shape[-1]),  # vllm-omni passes the layer's softmax_scale: 1/sqrt(D) in Wan
         }

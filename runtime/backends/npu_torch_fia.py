@@ -9,15 +9,19 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from qcompiler.backend_table import backend_dtypes
+from runtime.backends.base import BLOCK_KERNEL_HEAD_DIMS
 from runtime.backends.npu_device import PerBlockFiaBackend, ascend_fp8_reason
+from runtime.backends.registry import register_backend
 
 OP_NAME = "npu_fused_infer_attention_score_v2"
 
 
+@register_backend(
+    "npu-torch-fia", aliases=("fp8-npu",), auto_order=30, devices=("npu",),
+    dtypes=("fp8_e4m3_per_block",), head_dims=BLOCK_KERNEL_HEAD_DIMS, pv_precisions=("e4m3",),
+    summary="torch_npu npu_fused_infer_attention_score_v2, per-block FP8 quant mode 7 (older CANN)",
+)
 class NpuTorchFiaBackend(PerBlockFiaBackend):
-    name = "npu-torch-fia"
-    dtypes = backend_dtypes(name)
 
     def environment_reason(self) -> str | None:
         reason = ascend_fp8_reason()
@@ -33,5 +37,3 @@ class NpuTorchFiaBackend(PerBlockFiaBackend):
         # sparse_mode=0 (no mask), both as the seed's call did.
         return {"num_key_value_heads": heads, "sparse_mode": 0}
 
-
-Fp8NpuBackend = NpuTorchFiaBackend  # the class name before the NPU entry points were split

@@ -18,35 +18,37 @@ import math
 import torch
 import torch.nn.functional as F
 
-from qcompiler.backend_table import backend_dtypes
-from qcompiler.numerics import P_E4M3_SCALE, PV_PRECISION_DTYPES, PV_PRECISIONS
-from runtime.backends.base import QuantizedBackend
+from qcompiler.formats import format_names
+from qcompiler.numerics import P_E4M3_SCALE, PV_PRECISIONS
+from runtime.backends.base import QuantizedBackend, kernel_head_dims
+from runtime.backends.registry import register_backend
 from runtime.numerics import kernel_attention_inputs
-from runtime.quant.int8 import int8_attention_reference
+from runtime.quant import quantizer
 
 
+@register_backend(
+    "reference", aliases=("fp8-reference",), devices=("cpu", "cuda", "npu"),
+    dtypes=format_names(), head_dims={dtype: kernel_head_dims(dtype) for dtype in format_names()}, pv_precisions=PV_PRECISIONS,
+    summary="every dtype emulated in PyTorch on any device (slow; for checking numerics)",
+)
 class ReferenceBackend(QuantizedBackend):
-    name = "reference"
-    dtypes = backend_dtypes(name)
-    pv_precisions = PV_PRECISIONS
 
     def attend(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rotation: torch.Tensor | None
     ) -> torch.Tensor:
         self.check_inputs(query, key, value)
-        if self.numerics.is_int8:
-            return int8_attention_reference(query, key, value, rotation, self.numerics)
+        whole = quantizer(self.numerics.dtype).attention_reference  # formats that quantize inside the kernel
+        if whole is not None:
+            return whole(query, key, value, rotation, self.numerics)
         q, k, v = kernel_attention_inputs(query, key, value, rotation, self.numerics)
         softmax_scale = 1.0 / math.sqrt(query.shape[-1])
-        if self.numerics.dtype in PV_PRECISION_DTYPES:
+        if "pv_precision" in self.numerics.spec.key_names:
             out = attention_with_pv_precision(q, k, v, softmax_scale, self.numerics.pv_precision)
         else:
             out = F.scaled_dot_product_attention(q, k, v, scale=softmax_scale)
         # Crop rows a format padded (mxfp4 pads sequences to 512); BNSD -> BSND.
         return out[:, :, : query.shape[1]].transpose(1, 2).to(query.dtype)
 
-
-Fp8ReferenceBackend = ReferenceBackend  # the class name before MX formats
 
 
 # Query rows per chunk: bounds the fp32 score matrix to chunk x S_kv per (batch, head).

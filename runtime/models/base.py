@@ -57,6 +57,10 @@ class ModelSupport:
         """The attention processor classes of this model (checked by diffusers_private.check_private_api)."""
         return ()
 
+    def pipeline_types(self) -> tuple[type, ...]:
+        """The pipeline classes served, whose `__call__` the self-check reads (it must set `_current_timestep`)."""
+        return ()
+
     # -- tiny offline pipelines -----------------------------------------------------------------------
     def build_tiny(self, family: Any, *, seed: int = 0) -> Any:
         """A pipeline of `family` (a tiny variant) with seeded random weights, nothing downloaded."""

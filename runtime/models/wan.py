@@ -141,6 +141,11 @@ class WanSupport(ModelSupport):
 
         return (WanAttnProcessor,)
 
+    def pipeline_types(self) -> tuple[type, ...]:
+        from diffusers import WanImageToVideoPipeline, WanPipeline, WanVideoToVideoPipeline
+
+        return (WanPipeline, WanImageToVideoPipeline, WanVideoToVideoPipeline)
+
     def build_tiny(self, family: Any, *, seed: int = 0) -> Any:
         from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline, WanPipeline
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qcompiler.families import get_family
+from qcompiler.formats import Numerics
 from qcompiler.suggest.sensitivity import SENSITIVITY_FORMAT, sensitivity_family, sensitivity_from_dict
-from runtime.backends import resolve_fp8_backend
+from runtime.backends import resolve_quantized_backend
 from runtime.call_record import CallRecord
-from runtime.numerics import Numerics
 from runtime.quality.pipelines import (
     DEFAULT_PROMPT,
     FlopCounter,
@@ -31,7 +31,7 @@ from runtime.quality.pipelines import (
     step_callback,
 )
 from runtime.quality.report import versions
-from runtime.shadow import shadow
+from runtime.shadowing import shadow
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class CalibrateOptions:
 def _pick_backend(requested: str, numerics: Numerics) -> str:
     if requested != "auto":
         return requested
-    backend, _ = resolve_fp8_backend("auto", numerics)
+    backend, _ = resolve_quantized_backend("auto", numerics)
     return backend.name if backend is not None else "reference"
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from qcompiler.numerics import DEFAULT_DTYPE, dtype_label, quantized_name
+from qcompiler.formats import DEFAULT_FORMAT, dtype_label, quantized_name
 
 CELL = 14  # pixels per cell: 40 layers -> 560 px, readable in a markdown viewer without zooming
 LEFT = 70  # room for "step 39" plus the expert name initial
@@ -24,7 +24,6 @@ RIGHT = 12
 FP8_COLOR = (231, 111, 81)
 NATIVE_COLOR = (42, 157, 143)
 NOT_RUN_COLOR = (235, 235, 235)
-GRID_COLOR = (255, 255, 255)
 TEXT_COLOR = (20, 20, 20)
 
 # Error colour scale: log10(1 - cos_sim) from 1e-6 (lossless, pale) to 1 (cos-sim 0 or worse, near black), one
@@ -84,10 +83,19 @@ def _legend(draw: ImageDraw.ImageDraw, num_steps: int, items: Sequence[tuple[tup
         x += 22 + int(draw.textlength(label, font=font))
 
 
+def plan_legend(dtype: str) -> list[list[tuple[tuple[int, int, int], str]]]:
+    """The plan heatmap's legend rows: (colour, words) per entry, naming the plan's own format."""
+    quantized = quantized_name(dtype)
+    return [[(FP8_COLOR, quantized), (NATIVE_COLOR, "native")],
+            [(_pale(FP8_COLOR), f"{quantized}, other expert (not run)"),
+             (_pale(NATIVE_COLOR), "native, other expert (not run)")]]
+
+
 def draw_plan_heatmap(
-    path: Path, title: str, table: Sequence[Sequence[bool]], served: Sequence[bool] | None = None
+    path: Path, title: str, table: Sequence[Sequence[bool]], served: Sequence[bool] | None = None,
+    dtype: str = DEFAULT_FORMAT,
 ) -> None:
-    """The plan's table: FP8 or native per cell; steps this component did not run are drawn pale."""
+    """The plan's table: quantized (in `dtype`) or native per cell; steps this component did not run are pale."""
     num_steps, num_layers = len(table), len(table[0])
     image, draw = _frame(title, num_steps, num_layers, None)
     for step, row in enumerate(table):
@@ -97,9 +105,8 @@ def draw_plan_heatmap(
             if not ran:  # the table still holds a value there; pale so the eye reads what actually ran
                 color = _pale(color)
             draw.rectangle(_cell_box(step, layer), fill=color)
-    _legend(draw, num_steps, [(FP8_COLOR, "fp8"), (NATIVE_COLOR, "native")])
-    _legend(draw, num_steps, [(_pale(FP8_COLOR), "fp8, other expert (not run)"),
-                              (_pale(NATIVE_COLOR), "native, other expert (not run)")], row=1)
+    for row, entries in enumerate(plan_legend(dtype)):
+        _legend(draw, num_steps, entries, row=row)
     image.save(path, format="PNG")
 
 
@@ -132,10 +139,6 @@ def draw_error_heatmap(
     image.save(path, format="PNG")
 
 
-def _fmt(value: Any, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
-
-
 def render_markdown(report: Mapping[str, Any]) -> str:
     """A human summary of a report dict (the JSON written beside it)."""
     summary = report["summary"]
@@ -151,7 +154,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     else:
         psnr = f"{e2e['psnr_db']:.2f} dB"
     run_as = plan["run_as_variant"]
-    quantized = quantized_name(plan.get("dtype", DEFAULT_DTYPE))
+    quantized = quantized_name(plan.get("dtype", DEFAULT_FORMAT))
     lines = [
         f"# qcompile report: {plan['recipe']} on {plan['family']}{' (' + run_as + ' variant)' if run_as else ''}",
         "",
@@ -162,7 +165,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                   "(same components, layer counts and attention kinds).", ""]
     lines += [
         f"Pipeline `{measured['pipeline']}`, {plan['num_inference_steps']} steps, "
-        f"{dtype_label(plan.get('dtype', DEFAULT_DTYPE))}, seed {measured['seed']}, "
+        f"{dtype_label(plan.get('dtype', DEFAULT_FORMAT))}, seed {measured['seed']}, "
         f"{measured['width']}x{measured['height']}, {measured['num_frames']} frames, {quantized} backend "
         f"`{measured['backend']}` on `{measured['device']}`. Native run {measured['elapsed_s']['native']:.2f} s, "
         f"plan run {measured['elapsed_s']['plan']:.2f} s (CPU emulation: not a speed measurement).",
@@ -212,7 +215,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
          f"{estimate['throughput_ratio']:g}x the time of native attention per FLOP "
          f"({estimate['throughput_ratio_source']}) and attention time proportional to FLOPs at the family's "
          f"reference shapes ({estimate['target_shapes']}).") if estimate["attention_time_saved"] is not None else
-        (f"No estimate: {estimate['throughput_ratio_source']} (qcompiler/numerics.py); pass --throughput-ratio R "
+        (f"No estimate: {estimate['throughput_ratio_source']} (qcompiler/formats/); pass --throughput-ratio R "
          f"from a measurement on the target. {estimate['target_flop_share']:.1%} of attention FLOPs run {quantized} "
          f"at the family's reference shapes ({estimate['target_shapes']})."),
         "",

@@ -7,7 +7,7 @@ of all FP8 calls through the denoising loop.
 
 The attention-time saving is an ESTIMATE for the target: FP8 share of attention FLOPs at the real model's
 reference shapes x (1 - quantized/BF16 time ratio). The default ratio is the plan dtype's measured speed factor
-(qcompiler/numerics.py): for FP8 the seed's NPU measurement (Wan2.2 I2V 1280x720, 61 frames, 4 steps: flash
+(qcompiler/formats/<dtype>.py): for FP8 the seed's NPU measurement (Wan2.2 I2V 1280x720, 61 frames, 4 steps: flash
 attention 6.81 s -> 5.43 s, i.e. FP8 takes 0.797x the time); MX and INT8 have none yet, so no estimate is made.
 """
 
@@ -27,16 +27,16 @@ import torch
 import qcompiler
 from qcompiler.compile.resolve import predict_expert_schedule
 from qcompiler.families import Family, get_family
-from qcompiler.numerics import DEFAULT_DTYPE, DTYPES, MXFP4_SEQUENCE_MULTIPLE, speed_factor
+from qcompiler.fileio import write_text_atomically
+from qcompiler.formats import DEFAULT_FORMAT, Numerics, get_format, speed_factor
+from qcompiler.numerics import MXFP4_SEQUENCE_MULTIPLE
 from qcompiler.plan.format import PLAN_FORMAT, Plan, content_sha256
-from qcompiler.plan.io import write_text_atomically
 from qcompiler.schemas import first_violation
 from qcompiler.stats import plan_cost
-from runtime.backends import resolve_fp8_backend
+from runtime.backends import resolve_quantized_backend
 from runtime.call_record import CallRecord
-from runtime.load import load
-from runtime.numerics import Numerics
-from runtime.quality.metrics import PSNR_CAP_DB, psnr, ssim
+from runtime.loading import load
+from runtime.metrics import PSNR_CAP_DB, psnr, ssim
 from runtime.quality.pipelines import (
     DEFAULT_PROMPT,
     FlopCounter,
@@ -52,9 +52,8 @@ from runtime.quality.pipelines import (
 from runtime.quality.render import draw_error_heatmap, draw_plan_heatmap, render_markdown
 
 REPORT_FORMAT = 1
-# FP8 attention time / native (BF16) attention time for the same work: the FP8 row of qcompiler/numerics.py.
-DEFAULT_THROUGHPUT_RATIO = speed_factor(DEFAULT_DTYPE)
-THROUGHPUT_RATIO_SOURCE = f"default from {DTYPES[DEFAULT_DTYPE].speed_factor_source}"
+# FP8 attention time / native (BF16) attention time for the same work: qcompiler/formats/fp8_e4m3_per_block.py.
+DEFAULT_THROUGHPUT_RATIO = speed_factor(DEFAULT_FORMAT)
 WORST_STEPS = 3
 WORST_LAYERS = 5
 # The dtype whose kernel attends to zero padding (MindIE-SD 3.1.0 MXFP4QuantFA; runtime/quant/mx.py), and the
@@ -67,7 +66,7 @@ PADDING_NOTE_SHARE = 0.5
 class ReportOptions:
     """How to run a report. `backend`: "auto" (an NPU entry point where present, else the CPU reference),
     or any name in runtime.backends.registry. `throughput_ratio`: quantized attention time / BF16 attention time on
-    the target; None: the plan dtype's measured factor (qcompiler/numerics.py), no estimate where none is known."""
+    the target; None: the plan dtype's measured factor (qcompiler/formats/), no estimate where none is known."""
 
     pipeline: str = "tiny"
     seed: int = 0
@@ -99,7 +98,7 @@ def pick_backend(requested: str, plan: Plan) -> str:
     """`auto` means the real kernel where it runs, else the emulation: a report is about numerics."""
     if requested != "auto":
         return requested
-    backend, _ = resolve_fp8_backend("auto", Numerics.from_plan(plan))
+    backend, _ = resolve_quantized_backend("auto", Numerics.from_plan(plan))
     return backend.name if backend is not None else "reference"
 
 
@@ -126,7 +125,7 @@ def throughput_ratio(given: float | None, dtype: str) -> tuple[float | None, str
     factor = speed_factor(dtype)
     if factor is None:
         return None, f"no measured speed factor for {dtype}"
-    return factor, f"default from {DTYPES[dtype].speed_factor_source}"
+    return factor, f"default from {get_format(dtype).speed_factor_source}"
 
 
 def target_flop_share(plan: Plan) -> tuple[float, str]:
@@ -135,7 +134,7 @@ def target_flop_share(plan: Plan) -> tuple[float, str]:
     return cost.flop_share, str(cost.shapes_description)
 
 
-def _cells(plan: Plan, execution: dict, flops_per_call: Callable[[str, str], int], fp8_name: str | None,
+def _cells(plan: Plan, execution: dict, flops_per_call: Callable[[str, str], int], quantized_name: str | None,
            records: list[CallRecord]) -> list[dict[str, Any]]:
     by_cell: dict[tuple, list[CallRecord]] = defaultdict(list)
     for record in records:
@@ -148,12 +147,12 @@ def _cells(plan: Plan, execution: dict, flops_per_call: Callable[[str, str], int
                     calls = sum(backends.values())
                     if not calls:
                         continue
-                    fp8_calls = backends.get(fp8_name, 0) if fp8_name else 0
+                    fp8_calls = backends.get(quantized_name, 0) if quantized_name else 0
                     cell_records = by_cell.get((component, kind, step, layer), [])
                     errors = _error_stats(cell_records)
                     cells.append({
                         "component": component, "kind": kind, "step": step, "layer": layer,
-                        "planned": "fp8" if plan.is_fp8(component, kind, step, layer) else "native",
+                        "planned": "fp8" if plan.is_quantized(component, kind, step, layer) else "native",
                         "calls": calls, "fp8_calls": fp8_calls,
                         "flops": calls * flops_per_call(component, kind),
                         "cos_sim": errors["cos_sim"] if errors else None,
@@ -270,8 +269,8 @@ def build_report(plan: Plan, options: ReportOptions, pipe: Any = None) -> dict[s
             plan_s = time.perf_counter() - start
             execution = handle.report()
     execution_dict = execution.to_dict()
-    fp8_name = execution.fp8_backend
-    cells = _cells(plan, execution_dict, counter.flops, fp8_name, records)
+    quantized_name = execution.quantized_backend
+    cells = _cells(plan, execution_dict, counter.flops, quantized_name, records)
 
     calls_total = sum(c["calls"] for c in cells)
     calls_fp8 = sum(c["fp8_calls"] for c in cells)
@@ -295,7 +294,7 @@ def build_report(plan: Plan, options: ReportOptions, pipe: Any = None) -> dict[s
             "numerics": dict(plan.numerics),
         },
         "measured": {
-            "pipeline": options.pipeline, "backend": fp8_name or backend, "device": str(pipe.device),
+            "pipeline": options.pipeline, "backend": quantized_name or backend, "device": str(pipe.device),
             "seed": options.seed, "prompt": options.prompt, "height": options.frames.height,
             "width": options.frames.width, "num_frames": options.frames.num_frames,
             "guidance_scale": options.frames.guidance_scale, "versions": versions(), "threads": threads(),
@@ -371,7 +370,7 @@ def write_report(report: dict[str, Any], plan: Plan, outdir: Path) -> dict[str, 
                 continue
             plan_file = f"plan_{name}_{kind}.png"
             draw_plan_heatmap(outdir / plan_file, f"plan: {name} / {kind} (rows: steps, columns: layers)",
-                              table, served)
+                              table, served, dtype=plan.dtype)
             heatmaps.append({"component": name, "kind": kind, "what": "plan", "file": plan_file, **size})
             if not any(cos is not None for cos in worst_by_cell[(name, kind)].values()):
                 omitted.append({"component": name, "kind": kind, "what": ["error"],

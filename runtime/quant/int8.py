@@ -27,8 +27,10 @@ from dataclasses import dataclass
 
 import torch
 
-from qcompiler.numerics import INT8_SCALE_SCOPES
-from runtime.numerics import Numerics
+from qcompiler.formats import Numerics
+from qcompiler.formats.int8_per_tensor import NAME as DTYPE
+from qcompiler.formats.int8_per_tensor import SCALE_SCOPES as INT8_SCALE_SCOPES
+from runtime.quant import register_quantizer
 
 # Symmetric INT8 range used for Q, K and V: scale = amax / 127 maps amax to 127, and -128 is never produced.
 INT8_MAX = 127
@@ -229,3 +231,6 @@ def int8_attention_reference(query: torch.Tensor, key: torch.Tensor, value: torc
                                 inputs.dequant_scale2(numerics.p_scale), semantics)
     out = undo_v_rotation(out.float(), inputs.v_rotation)
     return out.transpose(1, 2).to(query.dtype)
+
+
+register_quantizer(DTYPE, attention_reference=int8_attention_reference)

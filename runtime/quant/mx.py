@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from qcompiler.numerics import MX_BLOCK_ELEMENTS, MXFP4_SEQUENCE_MULTIPLE
+from runtime.quant import prepare_qk, register_quantizer
 
 # E8M0: unsigned 8-bit biased exponent. Code 0 = 2^-127 ... code 254 = 2^127; 255 = NaN (OCP MX v1.0 5.4).
 E8M0_BIAS = 127
@@ -179,3 +180,14 @@ def mxfp4_attention_inputs(
     k = fake_quantize_mx(pad_sequence(key), E2M1, axis=-1, name="key")
     v = fake_quantize_mx(pad_sequence(value), E2M1, axis=1, name="value")
     return q, k, v
+
+
+def _kernel_inputs(quantizer):
+    def inputs(query, key, value, rotation, numerics):
+        query, key = prepare_qk(query, key, rotation, numerics)
+        return tuple(t.transpose(1, 2) for t in quantizer(query, key, value))
+    return inputs
+
+
+register_quantizer("mxfp8_e4m3", kernel_inputs=_kernel_inputs(mxfp8_attention_inputs))
+register_quantizer("mxfp4_e2m1", kernel_inputs=_kernel_inputs(mxfp4_attention_inputs))

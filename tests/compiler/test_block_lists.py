@@ -156,7 +156,7 @@ def test_a_kind_in_a_block_list_a_component_lacks_is_refused(tmp_path, monkeypat
 
 def test_suggest_from_a_sensitivity_file_of_several_block_lists():
     from qcompiler.suggest.cover import Budget, suggest_recipe, verify_suggestion
-    from tests.quality.synthetic import synthetic_sensitivity
+    from tests.compiler.synthetic import synthetic_sensitivity
 
     sensitivity = synthetic_sensitivity(steps=5, seed=7, family_name="made-up-dual-stream")
     components = sensitivity.data["family"]["components"]
@@ -193,5 +193,6 @@ def test_diff_refuses_plans_laid_out_over_different_block_lists(tmp_path, monkey
     write_plan(first, tmp_path / "a.plan.json")
     write_plan(second, tmp_path / "b.plan.json")
     result = CliRunner().invoke(cli, ["diff", str(tmp_path / "a.plan.json"), str(tmp_path / "b.plan.json")])
-    assert result.exit_code == 1
-    assert "lay their tables out differently" in result.stderr and "(transformer/single: 5 vs 6 layers)" in result.stderr
+    assert result.exit_code == 2  # cannot compare (diff(1)'s "trouble")
+    assert "cannot compare cell by cell" in result.stderr
+    assert "single x 5 layers" in result.stderr and "single x 6 layers" in result.stderr

@@ -55,7 +55,7 @@ def test_all_native_plan_warns():
 
     result = compile_source(VALID_RECIPE.replace("default: fp8", "default: native").split("rules:")[0], name="n.yaml")
     assert [d.code for d in result.warnings] == ["QC202"]
-    assert result.plan is not None and not result.plan.uses_fp8()
+    assert result.plan is not None and not result.plan.uses_quantized()
 
 
 def test_same_recipe_same_bytes(repo_root):

@@ -1,5 +1,5 @@
 """QC153: `qcompile lint` warns when no backend runs a recipe's dtype at its model's head dims (the torch-free
-table qcompiler/backend_table.py, which the runtime's backends also read), and says what can serve it."""
+manifest qcompiler/backends.json, generated from the runtime's backend registrations), and says what can serve it."""
 
 from __future__ import annotations
 

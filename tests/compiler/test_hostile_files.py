@@ -18,11 +18,11 @@ from click.testing import CliRunner
 import qcompiler
 from qcompiler.cli.main import cli
 from qcompiler.compile.compiler import compile_source
+from qcompiler.fileio import TEMP_MARKER, remove_stale_temp_files, write_text_atomically
 from qcompiler.plan.format import content_sha256
-from qcompiler.plan.io import TEMP_MARKER, remove_stale_temp_files, write_text_atomically
 from qcompiler.recipe.schema import MAX_STEPS
+from tests.compiler.synthetic import synthetic_sensitivity
 from tests.conftest import RECIPES_DIR, REPO_ROOT, VALID_RECIPE
-from tests.quality.synthetic import synthetic_sensitivity
 
 
 def run(*args: str):
@@ -55,18 +55,20 @@ def test_diff_of_plans_whose_attention_kinds_differ_exits_2_without_traceback(tm
         result = run("diff", first, second)
         assert result.exit_code == 2, result.output
         assert result.exception is None or isinstance(result.exception, SystemExit)
-        assert "cannot compare cell by cell" in result.output and "attention kinds cross, self" in result.output
+        assert "cannot compare cell by cell" in result.output
+        assert "cross x 40 layers, self x 40 layers" in result.output and "transformer: self x 40 layers" in result.output
 
 
 def test_diff_of_plans_whose_layer_counts_differ_exits_2_without_traceback(tmp_path):
     data = _plan_dict()
     other = copy.deepcopy(data)
-    other["family"]["components"][0]["num_layers"] = 3
+    other["family"]["components"][0]["block_lists"][0]["length"] = 3
     other["tables"]["transformer"] = {kind: [row[:3] for row in rows] for kind, rows in other["tables"]["transformer"].items()}
     other["rules"] = []
     result = run("diff", _write(tmp_path / "a.json", data), _write(tmp_path / "b.json", other))
     assert result.exit_code == 2 and result.exception is None or isinstance(result.exception, SystemExit), result.output
-    assert "transformer x 40 layers" in result.output and "transformer x 3 layers" in result.output
+    assert "transformer: cross x 40 layers, self x 40 layers" in result.output
+    assert "transformer: cross x 3 layers, self x 3 layers" in result.output
 
 
 def test_diff_of_two_families_says_full_size_and_exits_2(tmp_path):

@@ -274,7 +274,7 @@ def test_any_plan_exports_exactly_or_names_its_cells_and_conservative_is_safe(pl
     except NotExpressibleError as error:
         assert error.cells
         for component, kind, step, layer in error.forced_fp8:
-            assert kind == "self" and not plan.is_fp8(component, kind, step, layer)
+            assert kind == "self" and not plan.is_quantized(component, kind, step, layer)
             assert plan.expert_schedule[step] == component
         for cell in error.never_fp8:
             assert cell in planned and cell[1] == "cross"

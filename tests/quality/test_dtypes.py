@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from qcompiler.cli.main import cli
-from qcompiler.numerics import DTYPES
+from qcompiler.formats import FORMATS as DTYPES
 from tests.quality.conftest import FAMILY, STEPS
 
 MX_DTYPES = ["mxfp8_e4m3", "mxfp4_e2m1"]
@@ -32,6 +32,7 @@ rules:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", MX_DTYPES)
 def test_recipe_with_each_mx_dtype_lints_compiles_shows_and_reports(dtype, tmp_path):
     runner = CliRunner()

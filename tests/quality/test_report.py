@@ -12,7 +12,7 @@ from PIL import Image
 from qcompiler.cli.main import cli
 from qcompiler.cli.report import DEFAULT_THROUGHPUT_RATIO as CLI_DEFAULT_RATIO
 from qcompiler.schemas import load_schema
-from runtime.quality.metrics import PSNR_CAP_DB
+from runtime.metrics import PSNR_CAP_DB
 from runtime.quality.render import heatmap_size
 from runtime.quality.report import DEFAULT_THROUGHPUT_RATIO
 from tests.quality.conftest import MIXED_RECIPE, STEPS
@@ -36,7 +36,7 @@ def test_report_has_one_cell_per_attention_site_that_ran(mixed_report, mixed_pla
     assert set(cells) == _ran(mixed_plan, report["execution"]["observed_schedule"])
     assert report["execution"]["matches_plan"] is True
     for (component, kind, step, layer), cell in cells.items():
-        fp8 = mixed_plan.is_fp8(component, kind, step, layer)
+        fp8 = mixed_plan.is_quantized(component, kind, step, layer)
         assert cell["planned"] == ("fp8" if fp8 else "native")
         assert cell["calls"] == 2  # classifier-free guidance: cond and uncond
         assert cell["fp8_calls"] == (2 if fp8 else 0)
@@ -128,6 +128,7 @@ def test_cli_report_on_a_recipe_with_the_tiny_pipeline(tmp_path) -> None:
     assert report["summary"]["estimate"]["throughput_ratio_source"] == "given with --throughput-ratio"
 
 
+@pytest.mark.slow
 def test_cli_report_on_a_shipped_real_model_plan_runs_it_on_the_tiny_pipeline(repo_root, tmp_path) -> None:
     # The shipped plans are compiled for the real model; on the tiny pipeline the same tables are laid over the
     # tiny variant (same components, layers, kinds), and the report says so.
@@ -141,6 +142,7 @@ def test_cli_report_on_a_shipped_real_model_plan_runs_it_on_the_tiny_pipeline(re
     assert "ran on the `tiny` variant" in (outdir / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_cli_report_on_a_saved_pipeline_folder(tiny_pipe, tmp_path) -> None:
     from runtime.tiny import save_tiny_pipeline
 
@@ -213,6 +215,14 @@ def test_legends_name_every_colour_drawn(mixed_report) -> None:
     assert {FP8_COLOR, NATIVE_COLOR, _pale(FP8_COLOR), _pale(NATIVE_COLOR)} <= plan_legend
     error_legend = _legend_pixels(outdir / "error_transformer_self.png", STEPS)
     assert {NATIVE_COLOR, NOT_RUN_COLOR, *(error_color(cos) for cos, _ in ERROR_SWATCHES)} <= error_legend
+
+
+def test_plan_legend_names_the_plans_format() -> None:
+    from runtime.quality.render import plan_legend
+
+    words = [label for row in plan_legend("mxfp4_e2m1") for _, label in row]
+    assert words[0] == "quantized (mxfp4_e2m1)" and not any("fp8" in w for w in words)
+    assert plan_legend("fp8_e4m3_per_block")[0][0][1] == "FP8"
 
 
 def test_all_native_panels_are_left_out_with_a_line_saying_so(native_report, native_plan, tmp_path) -> None:

@@ -30,7 +30,7 @@ def test_compiled_blocks_do_not_recompile_across_steps(compile_tiny):
         report = handle.report()
     # Flag pairs (self, cross) in this plan: (0,0), (1,1), (1,0) -> one graph each, whatever the step.
     pairs = {
-        (plan.is_fp8("transformer", "self", s, layer), plan.is_fp8("transformer", "cross", s, layer))
+        (plan.is_quantized("transformer", "self", s, layer), plan.is_quantized("transformer", "cross", s, layer))
         for s in range(4) for layer in range(30)
     }
     assert len(pairs) == 3

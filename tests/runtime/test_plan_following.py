@@ -25,7 +25,7 @@ def assert_follows_plan(report, plan, calls_per_cell: int) -> None:
                     assert all(cell == {} for cell in row)
                     continue
                 for layer, cell in enumerate(row):
-                    backend = "reference" if plan.is_fp8(component, kind, step, layer) else "native"
+                    backend = "reference" if plan.is_quantized(component, kind, step, layer) else "native"
                     assert cell == {backend: calls_per_cell}, (component, kind, step, layer)
     assert report.matches_plan() and report.mismatches() == []
     assert report.observed_schedule == list(plan.expert_schedule)

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from runtime.integrations.vllm_omni import PLAN_ENV, REPORT_DIR_ENV
 from runtime.integrations.vllm_omni import vllm_omni_private as omni
 from runtime.integrations.vllm_omni.executed import RequestLog
 from runtime.integrations.vllm_omni.qcompile_api import (
@@ -33,7 +34,6 @@ from runtime.integrations.vllm_omni.qcompile_api import (
 
 logger = logging.getLogger("qcompile.vllm_omni")
 
-PLAN_ENV = "QCOMPILE_VLLM_OMNI_PLAN"
 PLAN_DTYPE_KV_CACHE = {"fp8_e4m3_per_block": "fp8"}  # plan dtype -> the --diffusion-kv-cache-dtype that runs it
 
 
@@ -81,7 +81,7 @@ class PluginState:
         self.pipelines: weakref.WeakSet = weakref.WeakSet()
         self.log = RequestLog(plan, plan_path=plan_path, report_dir=report_dir, vllm_omni_version=vllm_omni_version,
                               kv_cache_dtype=self.kv_cache_dtype)
-        for note in vllm_omni_numerics_notes(plan) if plan.uses_fp8() else ():
+        for note in vllm_omni_numerics_notes(plan) if plan.uses_quantized() else ():
             self.log.notes.append(note)
             logger.warning("qcompile plan: %s", note)
         self._registration_hook: Any = None
@@ -217,7 +217,7 @@ class PluginState:
                 f"decides every cell, so remove {' and '.join(skips)} (or unset {PLAN_ENV} to use the skip lists)"
             )
         dtype = getattr(module, omni.KV_CACHE_DTYPE_ATTR)
-        if self.plan.uses_fp8() and dtype != self.kv_cache_dtype:
+        if self.plan.uses_quantized() and dtype != self.kv_cache_dtype:
             started = "without --diffusion-kv-cache-dtype" if dtype in (None, "float") else f"with kv_cache_dtype={dtype!r}"
             raise PluginRefusal(
                 f"the plan ({self.plan.data['dtype']}) has FP8 cells but vllm-omni was started {started}: start it "
@@ -342,7 +342,6 @@ def deactivate() -> None:
         _ACTIVE = None
 
 
-REPORT_DIR_ENV = "QCOMPILE_VLLM_OMNI_REPORT_DIR"
 DEFAULT_REPORT_DIR = "qcompile-vllm-omni-executed"
 
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from qcompiler import compile_recipe_text
 from qcompiler.cli.main import cli
-from qcompiler.numerics import DTYPES
+from qcompiler.formats import FORMATS as DTYPES
 from qcompiler.plan.format import write_plan
 from tests.conftest import VALID_RECIPE
 
@@ -133,7 +133,7 @@ def test_fp8_plans_still_say_fp8(plan_file) -> None:
 
 
 def test_speed_factors_are_per_dtype_and_only_where_measured() -> None:
-    from qcompiler.numerics import quantized_name, speed_factor
+    from qcompiler.formats import quantized_name, speed_factor
 
     assert speed_factor("fp8_e4m3_per_block") == pytest.approx(5.43 / 6.81, abs=5e-4)
     assert {name for name in DTYPES if speed_factor(name) is None} == {"mxfp8_e4m3", "mxfp4_e2m1", "int8_per_tensor"}

@@ -16,7 +16,7 @@ import torch
 pytest.importorskip("triton", reason="triton is not installed (the dev extra pins it)")
 
 import runtime  # noqa: E402 (after the importorskip)
-from runtime.backends import Fp8TritonBackend, ReferenceBackend, resolve_fp8_backend  # noqa: E402
+from runtime.backends import Fp8TritonBackend, ReferenceBackend, resolve_quantized_backend  # noqa: E402
 from runtime.backends.fp8_triton import fp8_triton_attention  # noqa: E402
 from runtime.kernels import triton_fp8_attention as kernel  # noqa: E402
 from runtime.numerics import Numerics, quantize_attention_inputs  # noqa: E402
@@ -187,12 +187,12 @@ def test_bad_kernel_inputs_are_named():
 def test_availability_by_name_and_under_auto_without_cuda(monkeypatch):
     # By name, under the interpreter: available (tests); `auto` never takes the interpreter.
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    backend, reason = resolve_fp8_backend("fp8-triton")
+    backend, reason = resolve_quantized_backend("fp8-triton")
     assert isinstance(backend, Fp8TritonBackend) and reason == ""
-    backend, reason = resolve_fp8_backend("auto")
+    backend, reason = resolve_quantized_backend("auto")
     assert backend is None and "fp8-triton: no CUDA device is visible" in reason
     monkeypatch.delenv("TRITON_INTERPRET")
-    backend, reason = resolve_fp8_backend("fp8-triton")
+    backend, reason = resolve_quantized_backend("fp8-triton")
     assert backend is None and "no CUDA device is visible" in reason and "sm90" in reason
     assert "head dim 96" in Fp8TritonBackend().unsupported_reason(96)
     with pytest.raises(ValueError, match="fp8-triton got cpu tensors"):
@@ -226,6 +226,7 @@ ODD_LAYERS_NATIVE = """\
 """
 
 
+@pytest.mark.slow
 @interpreted
 def test_tiny_pipeline_runs_the_plan_on_fp8_triton(t2v_pipe, compile_tiny):
     plan = compile_tiny(recipe(T2V, steps=2, rules=ODD_LAYERS_NATIVE))

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import runtime
-from runtime.backends import BACKENDS, ReferenceBackend, resolve_fp8_backend
+from runtime.backends import BACKENDS, ReferenceBackend, resolve_quantized_backend
 from runtime.backends.int8_npu import Int8NpuBackend, int8_npu_unavailable_reason, is_a2a3_soc
 from runtime.errors import BackendUnavailableError
 from runtime.numerics import Numerics
@@ -138,22 +138,22 @@ def test_registry_picks_int8_npu_only_for_the_int8_dtype():
     if int8_npu_unavailable_reason() is None:
         pytest.skip("an A2/A3 NPU is present: auto would pick int8-npu")
     assert "torch_npu" in int8_npu_unavailable_reason()
-    assert BACKENDS["int8-npu"].auto
-    backend, reason = resolve_fp8_backend("auto", Numerics.int8())
+    assert BACKENDS["int8-npu"].auto_order is not None
+    backend, reason = resolve_quantized_backend("auto", Numerics.int8())
     assert backend is None and "int8-npu: torch_npu" in reason and "backend='reference'" in reason
     # The FP8/MX entry points refuse the INT8 dtype by name, before their device checks.
     assert "npu-torch-fia: backend 'npu-torch-fia' cannot run int8_per_tensor" in reason
     # int8-npu never serves another dtype, whatever the device.
-    backend, reason = resolve_fp8_backend("int8-npu", Numerics())
+    backend, reason = resolve_quantized_backend("int8-npu", Numerics())
     assert backend is None and "cannot run fp8_e4m3_per_block" in reason
-    backend, reason = resolve_fp8_backend(Int8NpuBackend(Numerics(dtype="mxfp8_e4m3"), op=StandInFia()))
+    backend, reason = resolve_quantized_backend(Int8NpuBackend(Numerics(dtype="mxfp8_e4m3"), op=StandInFia()))
     assert backend is None and "cannot run mxfp8_e4m3" in reason
-    backend, reason = resolve_fp8_backend("auto", Numerics())
+    backend, reason = resolve_quantized_backend("auto", Numerics())
     assert backend is None and "int8-npu: backend 'int8-npu' cannot run fp8_e4m3_per_block" in reason
     # The reference backend runs INT8 too (its step-by-step CPU reference), when asked for by name.
-    backend, reason = resolve_fp8_backend("reference", Numerics.int8())
+    backend, reason = resolve_quantized_backend("reference", Numerics.int8())
     assert isinstance(backend, ReferenceBackend) and backend.numerics.is_int8 and reason == ""
-    assert resolve_fp8_backend(Int8NpuBackend(Numerics.int8(), op=StandInFia()))[0].name == "int8-npu"
+    assert resolve_quantized_backend(Int8NpuBackend(Numerics.int8(), op=StandInFia()))[0].name == "int8-npu"
 
 
 class RejectingStack(StandInFia):
@@ -172,7 +172,7 @@ def test_load_time_probe_turns_a_rejecting_stack_into_a_reason():
     assert reason is not None and reason.startswith("int8-npu: probe call failed on this stack: RuntimeError")
     assert "EZ1001" in reason and len(op.calls) == 1  # one probe call, and the answer is kept
     assert backend.unavailable_reason() == reason and len(op.calls) == 1
-    assert resolve_fp8_backend(backend) == (None, reason)
+    assert resolve_quantized_backend(backend) == (None, reason)
     assert Int8NpuBackend(Numerics.int8(), op=StandInFia()).unavailable_reason() is None
 
 

@@ -1,6 +1,6 @@
 """Head dims no backend serves: the runtime says which backends take which head dims for the plan's dtype and never
 sends the user to a backend already passed (or one that would refuse too); the runtime's backends and the
-torch-free table `qcompile lint` reads (qcompiler/backend_table.py) are one record."""
+torch-free manifest `qcompile lint` reads (qcompiler/backends.json) are one record."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 
 import runtime
 from qcompiler import compile_recipe_text
-from qcompiler.backend_table import BACKEND_HEAD_DIMS, no_backend_reason, serving_backends
+from qcompiler.backend_table import manifest, no_backend_reason, serving_backends
 from qcompiler.families import BUILTIN_FAMILY_DIR
-from qcompiler.numerics import DTYPE_NAMES
+from qcompiler.formats import FORMATS as DTYPE_NAMES
 from runtime.backends import BACKENDS, QuantizedBackend
 from runtime.numerics import Numerics
 from runtime.tiny import build_tiny_pipeline, tiny_family
@@ -71,12 +71,13 @@ def test_servable_head_dim_suggests_the_reference_only_when_not_passed(i2v_pipe,
     assert "where npu-torch-fia" not in message  # the one passed, which is why we are here
 
 
-def test_runtime_backends_read_the_table():
-    quantized = {name for name, entry in BACKENDS.items() if isinstance(entry.make(Numerics()), QuantizedBackend)}
-    assert quantized == set(BACKEND_HEAD_DIMS)
+def test_runtime_backends_and_the_manifest_agree():
+    quantized = {name for name, spec in BACKENDS.items() if isinstance(spec.make(Numerics()), QuantizedBackend)}
+    recorded = {entry.name: entry for entry in manifest()}
+    assert quantized == {name for name, entry in recorded.items() if entry.dtypes}
     for name in quantized:
         backend = BACKENDS[name].make(Numerics())
-        assert backend.dtypes == tuple(BACKEND_HEAD_DIMS[name])
+        assert backend.dtypes == recorded[name].dtypes
         for dtype in backend.dtypes:
             served = BACKENDS[name].make(Numerics.int8() if dtype == "int8_per_tensor" else Numerics(dtype=dtype))
             for head_dim in (12, 32, 64, 96, 128, 256):

@@ -15,7 +15,7 @@ from typing import Any
 
 from qcompiler.families import Family, list_families
 from qcompiler.plan.format import Plan, load_plan
-from runtime.backends import AttentionBackend, resolve_fp8_backend
+from runtime.backends import AttentionBackend, resolve_quantized_backend
 from runtime.call_record import CallRecord
 from runtime.checks import attention_paths, check_structure, inspect_component, transformer_components
 from runtime.dispatch import SHADOW, ComponentState
@@ -56,8 +56,8 @@ class ShadowRecorder:
         return [r.to_dict() for r in self.records]
 
 
-def _fp8_backend(backend: str, numerics: Numerics) -> AttentionBackend:
-    resolved, reason = resolve_fp8_backend(backend, numerics)
+def _quantized_backend(backend: str, numerics: Numerics) -> AttentionBackend:
+    resolved, reason = resolve_quantized_backend(backend, numerics)
     if resolved is None:
         raise BackendUnavailableError(f"shadow mode needs an FP8 backend: {reason}")
     return resolved
@@ -94,7 +94,7 @@ def shadow(
         unknown = sorted(set(kinds) - set(family.kinds))
         if unknown:
             raise PlanMismatchError(f"unknown attention kind(s) {unknown}; this family has {list(family.kinds)}")
-    fp8 = _fp8_backend(backend, numerics)
+    fp8 = _quantized_backend(backend, numerics)
     recorder = ShadowRecorder(backend=fp8.name, numerics=numerics)
     context = CallContext()
     hint = "the step count given to runtime.shadow(num_inference_steps=...)"
@@ -110,7 +110,7 @@ def shadow(
         rotation = (found.head_dim, numerics.rotation_seed) if numerics.hadamard_rotation else None
         # without a plan, the family may be another size of this pipeline class: count the model's blocks
         modules = attention_paths(family, name, kinds, None if loaded is not None else model)
-        specs.append(ComponentSpec(name, model, modules, state, None, None, rotation, needs_fp8=True))
+        specs.append(ComponentSpec(name, model, modules, state, None, None, rotation, needs_quantized=True))
     mark_installed(pipe, recorder)
     try:
         installation = install(specs, tracker)

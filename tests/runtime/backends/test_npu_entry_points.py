@@ -15,18 +15,19 @@ import torch.nn.functional as F
 
 import runtime
 from qcompiler.cli.run_options import QUANTIZED_BACKEND_NAMES
-from qcompiler.numerics import DTYPES
+from qcompiler.formats import FORMATS as DTYPES
 from runtime.backends import (
     BACKEND_NAMES,
     NpuMindiesdFiaBackend,
     NpuQuantAttentionBackend,
     NpuTorchFiaBackend,
     ReferenceBackend,
-    resolve_fp8_backend,
+    resolve_quantized_backend,
 )
 from runtime.backends.reference import attention_with_pv_precision
 from runtime.errors import BackendUnavailableError
-from runtime.numerics import KERNEL_INPUTS, Numerics
+from runtime.numerics import Numerics
+from runtime.quant import registered_quantizers
 from runtime.quant.per_block import dequantize_per_block
 from runtime.quant.rotation import get_rotation, randomized_hadamard
 from runtime.tiny import run_tiny
@@ -282,7 +283,7 @@ def test_every_dtype_runs_on_the_reference_backend_cell_for_cell(dtype, i2v_pipe
     with runtime.load(i2v_pipe, plan, backend="reference") as handle:
         run_tiny(i2v_pipe)
         report = handle.report()
-    assert report.matches_plan() and report.call_counts["reference"] > 0 and report.fp8_backend == "reference"
+    assert report.matches_plan() and report.call_counts["reference"] > 0 and report.quantized_backend == "reference"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -290,10 +291,10 @@ def test_every_dtype_runs_on_the_reference_backend_cell_for_cell(dtype, i2v_pipe
 
 
 def test_auto_here_finds_no_entry_point_and_says_why_for_each(caplog):
-    if any(resolve_fp8_backend(n)[0] is not None for n in ("npu-quant-attention", "npu-mindiesd-fia", "npu-torch-fia")):
+    if any(resolve_quantized_backend(n)[0] is not None for n in ("npu-quant-attention", "npu-mindiesd-fia", "npu-torch-fia")):
         pytest.skip("an NPU entry point is available here")
     with caplog.at_level(logging.INFO, logger="runtime"):
-        backend, reason = resolve_fp8_backend("auto", Numerics(dtype="mxfp4_e2m1"))
+        backend, reason = resolve_quantized_backend("auto", Numerics(dtype="mxfp4_e2m1"))
     assert backend is None
     positions = [reason.index(name) for name in ("npu-quant-attention", "npu-mindiesd-fia", "npu-torch-fia")]
     assert positions == sorted(positions) and "backend='reference'" in reason
@@ -301,19 +302,23 @@ def test_auto_here_finds_no_entry_point_and_says_why_for_each(caplog):
 
 
 def test_names_and_aliases():
-    assert isinstance(resolve_fp8_backend("fp8-reference")[0], ReferenceBackend)
-    assert resolve_fp8_backend("reference", Numerics(dtype="mxfp8_e4m3"))[0].numerics.dtype == "mxfp8_e4m3"
-    assert resolve_fp8_backend("fp8-npu")[1] == resolve_fp8_backend("npu-torch-fia")[1]
-    assert resolve_fp8_backend("native") == (None, "backend='native' was requested")
+    assert isinstance(resolve_quantized_backend("fp8-reference")[0], ReferenceBackend)
+    assert resolve_quantized_backend("reference", Numerics(dtype="mxfp8_e4m3"))[0].numerics.dtype == "mxfp8_e4m3"
+    assert resolve_quantized_backend("fp8-npu")[1] == resolve_quantized_backend("npu-torch-fia")[1]
+    assert resolve_quantized_backend("native") == (None, "backend='native' was requested")
     with pytest.raises(ValueError, match="choose one of auto, native, reference"):
-        resolve_fp8_backend("fp8-gpu")
+        resolve_quantized_backend("fp8-gpu")
     # The CLI's torch-free list is the registry's, minus `native`.
     assert set(QUANTIZED_BACKEND_NAMES) == set(BACKEND_NAMES) - {"native"}
     # Every dtype has a quantizer; only dtypes with a quant_attention precision go to entry point (a).
     # int8_per_tensor quantizes the softmax inside its kernel: its reference is runtime/quant/int8.py, not a
     # dequantize-then-attend row, and MindIE-SD's quant_attention has no per-tensor INT8 mode.
-    assert set(KERNEL_INPUTS) == set(DTYPES) - {"int8_per_tensor"}
-    assert set(NpuQuantAttentionBackend.dtypes) == {n for n, row in DTYPES.items() if row.quant_attention_precision}
+    quantizers = registered_quantizers()
+    assert set(quantizers) == set(DTYPES)
+    assert {n for n, q in quantizers.items() if q.kernel_inputs} == set(DTYPES) - {"int8_per_tensor"}
+    assert quantizers["int8_per_tensor"].attention_reference is not None
+    assert set(NpuQuantAttentionBackend.dtypes) == {n for n, spec in DTYPES.items()
+                                                    if spec.target_name("mindiesd-precision")}
     assert NpuQuantAttentionBackend.dtypes and "int8_per_tensor" not in NpuQuantAttentionBackend.dtypes
 
 
