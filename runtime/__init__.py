@@ -1,4 +1,4 @@
-"""qcompile runtime: run a compiled plan in a diffusers Wan pipeline, per (component, step, layer, kind).
+"""qcompile runtime: run a compiled plan in a diffusers pipeline, per (component, step, layer, kind).
 
     handle = runtime.load(pipe, "plan.json", backend="reference")
     pipe(...)

@@ -12,6 +12,7 @@ from qcompiler.errors import FamilyError
 from qcompiler.families import Family, get_family
 from qcompiler.plan.format import Plan
 from runtime.errors import PlanMismatchError
+from runtime.models import support_for_family
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,7 @@ def inspect_component(name: str, model: Any, family: Family) -> FoundComponent:
 
 
 def transformer_components(pipe: Any, family: Family) -> dict[str, torch.nn.Module]:
-    """The pipeline's denoiser components: modules holding one of the family's block lists (e.g. Wan's
-    transformer and transformer_2 hold `blocks`)."""
+    """The pipeline's denoiser components: modules holding one of the family's block lists."""
     components = getattr(pipe, "components", None) or {}
     paths = tuple(_family_paths(family).values())
     return {
@@ -106,11 +106,6 @@ def _variant_hint(plan: Plan, found: dict[str, FoundComponent]) -> str:
     return " Compile the recipe for the family and variant of this pipeline (see `qcompile families`)."
 
 
-# Pipelines that run a family's transformer as the family's own pipeline class does: WanVideoToVideoPipeline is
-# diffusers' video-to-video loop over the text-to-video transformer (strength < 1 starts mid-schedule).
-SAME_TRANSFORMER_PIPELINES = {"WanPipeline": ("WanVideoToVideoPipeline",)}
-
-
 def check_structure(pipe: Any, plan: Plan) -> dict[str, torch.nn.Module]:
     """Raise PlanMismatchError unless the pipeline has exactly the plan's components, layers, heads, head dims
     and attention modules. Returns the component modules by name."""
@@ -120,7 +115,8 @@ def check_structure(pipe: Any, plan: Plan) -> dict[str, torch.nn.Module]:
     found = {name: inspect_component(name, module, family) for name, module in present.items()}
     problems = []
     expected_class = family.pipeline_class
-    accepted = {expected_class, *SAME_TRANSFORMER_PIPELINES.get(expected_class, ())}
+    # other pipeline classes that run this family's transformer in the same loop (the model module says which)
+    accepted = {expected_class, *support_for_family(family).same_transformer_pipelines.get(expected_class, ())}
     if not accepted & {cls.__name__ for cls in type(pipe).__mro__}:
         problems.append(f"the plan is for a {expected_class}, the pipeline is a {type(pipe).__name__}")
     for name in plan.component_names:

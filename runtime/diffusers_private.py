@@ -64,21 +64,25 @@ def check_private_api() -> list[str]:
     if native_op is None or tuple(inspect.signature(native_op).parameters) != _NATIVE_FORWARD_OP_PARAMS:
         problems.append("the context-parallel forward-op signature changed (diffusers' _native_attention_forward_op "
                         f"no longer takes {', '.join(_NATIVE_FORWARD_OP_PARAMS)})")
-    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+    from runtime.models import registered
 
-    problems += [f"WanAttnProcessor has no class attribute {a}" for a in _PROCESSOR_ATTRIBUTES
-                 if not hasattr(WanAttnProcessor, a)]
+    # the processors of every registered model (runtime/models/): the installer sets their backend attribute
+    for support in registered():
+        for processor in support.processor_classes():
+            problems += [f"{processor.__name__} has no class attribute {a}" for a in _PROCESSOR_ATTRIBUTES
+                         if not hasattr(processor, a)]
     import dataclasses
 
     from diffusers import ContextParallelConfig, ModelMixin
-    from diffusers.pipelines.wan.pipeline_wan import WanPipeline
 
     cp_fields = {f.name for f in dataclasses.fields(ContextParallelConfig)} | set(vars(ContextParallelConfig))
     problems += [f"ContextParallelConfig has no {f}" for f in _CONTEXT_PARALLEL_FIELDS if f not in cp_fields]
     if not hasattr(ModelMixin, "_parallel_config"):
         problems.append("ModelMixin has no _parallel_config (where enable_parallelism keeps its config)")
-    if "_current_timestep" not in inspect.getsource(WanPipeline.__call__):
-        problems.append("WanPipeline.__call__ no longer sets the pipeline's _current_timestep")
+    for support in registered():  # the step tracker cross-checks the scheduler against it
+        for pipeline in support.pipeline_types():
+            if "_current_timestep" not in inspect.getsource(pipeline.__call__):
+                problems.append(f"{pipeline.__name__}.__call__ no longer sets the pipeline's _current_timestep")
     if not hasattr(torch.nn.Module, "_compiled_call_impl"):
         problems.append("torch.nn.Module has no _compiled_call_impl (compiled blocks would go unnoticed)")
     return problems

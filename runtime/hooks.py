@@ -96,6 +96,7 @@ class ComponentHook:
         self.needs_quantized = needs_quantized
         self._by_kind = list(sites.items())
         self._all = [s for kind_sites in sites.values() for s in kind_sites]
+        self._first_blocks = _first_blocks(model, self._all)
         self._rotation_key: tuple[torch.device, torch.dtype] | None = None
         self._layout_seen: Any = None
         self._step = -1
@@ -164,7 +165,7 @@ class ComponentHook:
             return
         step, self._step = self._step, -1
         failed = output is None  # torch calls an always_call hook with no output when the forward raised
-        compiled = _blocks_compiled(self.model)
+        compiled = any(is_compiled(block) for block in self._first_blocks)
         if compiled:
             self.compiled_forwards += 1
         for kind, sites in self._by_kind:
@@ -185,6 +186,17 @@ class ComponentHook:
                     cell[SKIPPED] += 1  # the forward reached this step but a cache replaced this attention
 
 
-def _blocks_compiled(model: torch.nn.Module) -> bool:
-    blocks = getattr(model, "blocks", None)
-    return bool(blocks) and is_compiled(blocks[0])
+def _first_blocks(model: torch.nn.Module, sites: list[Site]) -> list[torch.nn.Module]:
+    """The first block of each block list holding a site: the module whose `compile()` makes its attention calls
+    uncountable. A block is the nearest ancestor of a site's module that is an element of a ModuleList."""
+    names = {id(module): name for name, module in model.named_modules()}
+    blocks: dict[int, torch.nn.Module] = {}
+    for site in sites:
+        parts = names.get(id(site.module), "").split(".")
+        for end in range(len(parts) - 1, 0, -1):
+            parent = model.get_submodule(".".join(parts[:end - 1])) if end > 1 else model
+            if isinstance(parent, torch.nn.ModuleList) and parts[end - 1].isdigit():
+                block = parent[0]
+                blocks[id(block)] = block
+                break
+    return list(blocks.values())

@@ -1,6 +1,6 @@
 """The one installer for plan mode (`runtime.load`) and shadow mode (`runtime.shadow`).
 
-For each component x attention kind x layer (module paths from the family data, e.g. "blocks.{layer}.attn1"),
+For each component x attention kind x layer (module paths from the family data: block list path, layer, module),
 it keeps the stock processor, points its attention backend at qcompile's dispatch backend, puts a forward
 pre-hook on the attention module that makes its Site current, and adds one ComponentHook per component. Removal
 undoes exactly that, in reverse, so the pipeline is stock again (and keeps whatever `enable_parallelism`
@@ -25,6 +25,8 @@ from runtime.dispatch import ComponentState, Site, qcompile_backend
 from runtime.errors import PlanMismatchError
 from runtime.execution_report import CellCounts
 from runtime.hooks import ComponentHook
+from runtime.models import model_support
+from runtime.models.base import DISPATCHER
 from runtime.step_tracker import StepTracker
 
 INSTALLED_ATTR = "_qcompile_runtime"  # set on a pipeline while a plan or shadow recorder is installed
@@ -75,6 +77,13 @@ def unmark_installed(pipe: Any, owner: object) -> None:
 
 
 def attention_module(model: torch.nn.Module, component: str, kind: str, path: str) -> Any:
+    support = model_support(model)
+    if support.attention_entry != DISPATCHER:
+        raise PlanMismatchError(
+            f"{component} is a {type(model).__name__}, whose attention processors call attention themselves "
+            f"({support.name} model support, runtime/models/): qcompile installs only on processors that call "
+            "diffusers' attention dispatch"
+        )
     try:
         module = model.get_submodule(path)
     except AttributeError:
@@ -84,7 +93,7 @@ def attention_module(model: torch.nn.Module, component: str, kind: str, path: st
         raise PlanMismatchError(
             f"{component}.{path} has no diffusers attention processor that calls the attention dispatch "
             f"(found {type(processor).__name__}); qcompile serves processors with an `_attention_backend`, "
-            "like diffusers' WanAttnProcessor"
+            "as the processors of the models in runtime/models/ do"
         )
     if processor_backend(processor) is qcompile_backend():
         raise PlanMismatchError(f"{component}.{path} already runs qcompile's attention backend; unload it first")

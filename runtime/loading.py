@@ -211,8 +211,8 @@ def _serving_backends(
 def load(pipe: Any, plan: str | os.PathLike[str] | Mapping[str, Any] | Plan | None = None, *,
          backend: str | AttentionBackend = "auto") -> PlanHandle:
     """Install `plan` (a path, a parsed dict, a Plan, or None for the plan embedded by `qcompile patch`) in a
-    diffusers Wan pipeline. `backend`: "auto" (the first kernel that can serve the plan's dtype here, see
-    runtime.backends.registry), a backend name from that registry ("reference" is the exact PyTorch emulation of
+    diffusers pipeline of the plan's family. `backend`: "auto" (the first kernel that can serve the plan's dtype
+    here, see runtime.backends.registry), a backend name from that registry ("reference" is the exact PyTorch emulation of
     every dtype, any device; "native" runs every cell native), or an AttentionBackend object.
 
     Works before or after `model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=N))`; FP8 cells

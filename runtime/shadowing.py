@@ -45,7 +45,7 @@ def family_layout(pipe: Any) -> Family:
 @dataclass
 class ShadowRecorder:
     """Holds the records of a shadow run. `records` grows by one CallRecord per attention call
-    (two for Wan2.1 I2V cross-attention, which attends to image and text tokens separately)."""
+    (two where one attention module makes two dispatch calls, e.g. a cross-attention over image and text tokens)."""
 
     backend: str
     numerics: Numerics
@@ -79,7 +79,7 @@ def shadow(
 
     `num_inference_steps`: the step count calls must use (None: any). `plan`: optional; when given, its
     structure is checked against the pipeline and its numerics and attention kinds are used. `numerics`
-    overrides (default: Hadamard rotation, seed 425500, blocks 128/256). `kinds`: subset of "self"/"cross".
+    overrides (default: Hadamard rotation, seed 425500, blocks 128/256). `kinds`: subset of the family's kinds.
     """
     loaded = load_plan(plan) if plan is not None else None
     if loaded is not None:

@@ -4,9 +4,9 @@ Source of truth: the pipeline's scheduler. Every diffusers pipeline call runs `s
 makes a new `scheduler.timesteps` tensor: a forward that sees a new tensor (or the first forward after the
 pipeline's `__call__` was entered, see `enter_call`) starts a new pipeline call, and all per-call state is reset
 right there (diffusers only resets hooks at the end of a call, and not at all if it raised). The step is
-`scheduler.step_index` (i; shared by the cond and uncond passes, continuous across Wan2.2's expert switch),
-cross-checked against the pipeline's current timestep so a loop that drifts from the scheduler fails loudly instead of
-silently misaligning.
+`scheduler.step_index` (i; shared by the cond and uncond passes, continuous across a two-expert switch),
+cross-checked against the pipeline's current timestep so a loop that drifts from the scheduler fails loudly
+instead of silently misaligning. Which CFG branch a forward serves is the model module's `branch` (runtime/models/).
 
 A plan's step i is step i of the scheduler's full schedule (`num_inference_steps` steps). A call that starts
 later in that schedule (video-to-video with strength < 1 runs only its last steps, without `set_begin_index`)
@@ -26,8 +26,8 @@ from typing import Any
 
 from runtime.diffusers_private import current_timestep
 from runtime.errors import ConcurrentCallError, PlanMismatchError, StepCountError
-
-COND, UNCOND = "cond", "uncond"
+from runtime.models import model_support
+from runtime.models.base import COND
 
 
 class CallContext:
@@ -41,6 +41,7 @@ class CallContext:
 class StepTracker:
     def __init__(self, pipe: Any, num_steps: int | None, context: CallContext, fix_hint: str):
         self.pipe = pipe
+        self.support = model_support(pipe)  # maps the forwards of a step to CFG branches
         self.num_steps = num_steps  # None: any step count
         self.context = context
         # How to fix a step-count mismatch, formatted with {steps} (the count the pipeline was called with),
@@ -107,9 +108,8 @@ class StepTracker:
             self._forwards_in_step += 1
         else:
             self._last_step, self._forwards_in_step = step, 1
-        # The Wan pipelines run cond first, then uncond when CFG is on (guidance_scale > 1).
         self.context.step = step
-        self.context.branch = COND if self._forwards_in_step == 1 else UNCOND
+        self.context.branch = self.support.branch(self._forwards_in_step)
         seen = self.observed.setdefault(step, [])
         if component not in seen:
             seen.append(component)
@@ -138,7 +138,7 @@ class StepTracker:
     def _first_step(self, scheduler: Any) -> int:
         """The step of the call's first forward, before `scheduler.step` has set `step_index`."""
         begin = getattr(scheduler, "begin_index", None)
-        if begin is not None:  # set_begin_index (WanPipeline: 0)
+        if begin is not None:  # set_begin_index (e.g. 0)
             return begin
         current = current_timestep(self.pipe)
         if current is None:

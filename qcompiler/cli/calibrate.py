@@ -65,7 +65,6 @@ def command(family: str, steps: int, prompts_file: str | None, seeds: str, dtype
             output: str, pipeline: str, backend: str, height: int, width: int, num_frames: int,
             guidance_scale: float, no_progress: bool) -> None:
     """Measure per-(step, layer) error of the --dtype format in shadow mode and write a sensitivity file for `qcompile suggest`."""
-    check_frame_sizes(height, width, num_frames)
     int8_only = {"v_rotation": v_rotation, "scale_scope": scale_scope}
     foreign = [key for key, value in int8_only.items() if value is not None and get_format(dtype).key(key) is None]
     if foreign:
@@ -76,6 +75,7 @@ def command(family: str, steps: int, prompts_file: str | None, seeds: str, dtype
     seed_list = _parse_seeds(seeds)
     prompts = _read_prompts(prompts_file)
     get_family(family)
+    check_frame_sizes(family, height, width, num_frames)
     with needs_runtime_extra("calibrate"):
         from runtime.quality.calibrate import CalibrateOptions, calibrate, sensitivity_json
         from runtime.quality.pipelines import DEFAULT_PROMPT, FrameSettings

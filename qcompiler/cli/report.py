@@ -34,8 +34,8 @@ def command(plan_path: str, outdir: str, seed: int, prompt: str, throughput_rati
 
     PLAN is a plan.json, or a recipe (.yaml), compiled on the fly (for --pipeline tiny: as its tiny variant).
     """
-    check_frame_sizes(height, width, num_frames)
     plan = load_plan_or_recipe(plan_path, variant="tiny" if pipeline == "tiny" else None)
+    check_frame_sizes(plan.family_name, height, width, num_frames)
     with needs_runtime_extra("report"):
         from runtime.quality.pipelines import FrameSettings
         from runtime.quality.report import ReportOptions, build_report, write_report

@@ -32,7 +32,7 @@ def pipeline_options(function: Callable) -> Callable:
         click.option("--width", type=click.IntRange(16, 4096), default=TINY_WIDTH, show_default=True,
                      help="Frame width in pixels (multiple of 16)."),
         click.option("--num-frames", type=click.IntRange(1, 1000), default=TINY_FRAMES, show_default=True,
-                     help="Frames to generate (4k+1)."),
+                     help="Frames to generate (a count the family's pipeline takes, e.g. 4k+1)."),
         click.option("--guidance-scale", type=click.FloatRange(min=0.0), default=5.0, show_default=True,
                      help="Classifier-free guidance scale (> 1 runs cond and uncond branches)."),
         click.option("--no-progress", is_flag=True, help="No progress bar on stderr."),
@@ -42,9 +42,12 @@ def pipeline_options(function: Callable) -> Callable:
     return function
 
 
-def check_frame_sizes(height: int, width: int, num_frames: int) -> None:
-    """Wan needs H and W divisible by 16 (VAE x8, patch x2) and 4k+1 frames (temporal VAE x4)."""
-    if height % 16 or width % 16:
-        raise click.BadParameter(f"{height}x{width}: height and width must be multiples of 16", param_hint="--height/--width")
-    if (num_frames - 1) % 4:
-        raise click.BadParameter(f"{num_frames}: Wan generates 4k+1 frames (e.g. 5, 9, 81)", param_hint="--num-frames")
+def check_frame_sizes(family_name: str, height: int, width: int, num_frames: int) -> None:
+    """Refuse a video size the family's pipeline cannot generate (its family file's `frames` / `pixels`)."""
+    from qcompiler.families import get_family
+
+    problem = get_family(family_name).frame_size_problem(height, width, num_frames)
+    if problem is not None:
+        option, message = problem
+        hint = "--num-frames" if option == "num_frames" else "--height/--width"
+        raise click.BadParameter(message, param_hint=hint)

@@ -78,6 +78,21 @@ class Family:
     tokens: tuple[tuple[str, int], ...]  # token role -> count at the reference shapes
     shapes_description: str
     variants: tuple[str, ...] = ()
+    # Sizes the pipeline takes (family file `frames` / `pixels`; None: any). A plan does not record them.
+    frames_rule: tuple[int, int] | None = None  # (multiple_of, plus): frame counts multiple_of * k + plus
+    pixels_multiple_of: int | None = None
+
+    def frame_size_problem(self, height: int, width: int, num_frames: int) -> tuple[str, str] | None:
+        """(which option, what is wrong) when the pipeline cannot generate this video size, else None."""
+        if self.pixels_multiple_of and (height % self.pixels_multiple_of or width % self.pixels_multiple_of):
+            return ("height/width", f"{height}x{width}: height and width must be multiples of "
+                                    f"{self.pixels_multiple_of} for {self.name}")
+        if self.frames_rule is not None:
+            step, plus = self.frames_rule
+            if num_frames < plus or (num_frames - plus) % step:
+                examples = ", ".join(str(plus + step * k) for k in (1, 2, 20))
+                return ("num_frames", f"{num_frames}: {self.name} generates {step}k+{plus} frames (e.g. {examples})")
+        return None
 
     # -- names ----------------------------------------------------------------------------------------
     @property
@@ -227,6 +242,8 @@ def build_family(data: Mapping[str, Any], variant: str | None, *, recorded_varia
         tokens=tuple(sorted(shapes["tokens"].items())),
         shapes_description=shapes.get("description", ""),
         variants=tuple(sorted(variants)),
+        frames_rule=(data["frames"]["multiple_of"], data["frames"]["plus"]) if "frames" in data else None,
+        pixels_multiple_of=data["pixels"]["multiple_of"] if "pixels" in data else None,
     )
 
 

@@ -57,6 +57,8 @@ SWITCHING_FA_QUANT_TYPE = "MXFP4_DYNAMIC"
 # quant_type is required to be an online type; every Linear is then kept at W16A16 by FALLBACK_PATTERNS.
 LINEAR_QUANT_TYPE = "W8A8_DYNAMIC"
 WEIGHTS_UNTOUCHED = "W16A16"
+# Wan-specific engine knowledge (the only transformer this export was checked on with MindIE-SD): a family whose
+# modules are named otherwise needs its own patterns here.
 # fnmatch patterns (no braces: they work with and without wcmatch) matching every nn.Linear of a diffusers
 # WanTransformer3DModel and no attention module `blocks.N.attn1` / `blocks.N.attn2` (a fallback match on an
 # attention module would switch its FA quantization off):

@@ -48,6 +48,8 @@ __all__ = ["NotExpressibleError", "VllmOmniSettings", "export_vllm_omni", "forma
 
 TARGET = "vllm-omni"
 
+# Engine knowledge, Wan-only because the engine is: vllm-omni 0.30's diffusion KV-cache quantization exists only in
+# its Wan pipelines (models/wan2_2), so this target speaks of the Wan kinds by name.
 # vllm-omni quantizes only Wan's self-attention (attn1); it opts cross-attention (text K/V of 512 tokens) out
 # (`disable_kv_quant=True`). Cells of any other kind can only ever run native there.
 QUANTIZED_KIND = "self"

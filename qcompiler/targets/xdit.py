@@ -56,6 +56,7 @@ NATIVE_BACKENDS = frozenset({
     "AITER_BF16", "NPU",
 })
 # What each default quantized backend does differently from the plan's numerics (attention_backend.py).
+# Wan-only because the engine path is: xDiT's two-expert runner is runner_models/wan.py.
 # xDiT's runner default flow_shift per two-expert family (DefaultInputValues in runner_models/wan.py: the Wan2.2
 # models inherit the Wan2.1 I2V / T2V values).
 RUNNER_FLOW_SHIFT = {"wan2.2-i2v-a14b": 5.0, "wan2.2-t2v-a14b": 12.0}

@@ -12,7 +12,7 @@ TEXT_DIM = 32
 
 
 def t5_tokenizer():
-    """A Unigram T5 tokenizer over single characters (as runtime/tiny.py builds for Wan)."""
+    """A Unigram T5 tokenizer over single characters (as runtime/models/wan.py builds for Wan, plus `"`)."""
     from transformers import T5Tokenizer
 
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]

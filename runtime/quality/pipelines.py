@@ -20,11 +20,11 @@ from qcompiler.errors import QcompileError
 from qcompiler.families import Component, Family, get_family, list_families
 from qcompiler.stats import attention_flops
 from runtime import tiny
+from runtime.models import model_support
+from runtime.models.base import DEFAULT_NEGATIVE_PROMPT
+from runtime.models.base import DEFAULT_PROMPT as DEFAULT_PROMPT  # the commands' default, read from here
 
-DEFAULT_PROMPT = "a red cube on a table"
-DEFAULT_NEGATIVE_PROMPT = "blurry"
 DEFAULT_GUIDANCE_SCALE = 5.0
-REAL_MODEL_TEXT_TOKENS = 512  # Wan's T5 sequence length; the tiny pipelines use runtime.tiny.TEXT_TOKENS
 
 
 class PipelineLoadError(QcompileError):
@@ -39,7 +39,7 @@ class FrameSettings:
     width: int = tiny.WIDTH
     num_frames: int = tiny.NUM_FRAMES
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE
-    max_sequence_length: int | None = None  # None: 16 for tiny pipelines, 512 for a folder
+    max_sequence_length: int | None = None  # None: the model module's (tiny or real) text length
 
 
 def load_pipeline(spec: str, family_name: str):
@@ -47,7 +47,7 @@ def load_pipeline(spec: str, family_name: str):
     if spec == "tiny":
         try:
             return tiny.build_tiny_pipeline(family_name)
-        except ValueError as exc:
+        except ValueError as exc:  # no tiny builder for this family's pipeline class
             raise PipelineLoadError(str(exc)) from None
     folder = Path(spec)
     if not (folder / "model_index.json").is_file():
@@ -140,47 +140,16 @@ def _wanted(component: Component) -> tuple[int | tuple[int, ...], int, int]:
     return (layers[0] if len(layers) == 1 else layers, component.num_heads, component.head_dim)
 
 
-def encode(pipe, prompt: str, negative_prompt: str, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """T5 embeddings the way diffusers' Wan pipelines make them (padding zeroed), without ftfy cleaning."""
-    out = []
-    for text in (prompt, negative_prompt):
-        tokens = pipe.tokenizer(
-            [text], padding="max_length", max_length=max_length, truncation=True, add_special_tokens=True,
-            return_attention_mask=True, return_tensors="pt",
-        )
-        device = pipe.text_encoder.device
-        mask = tokens.attention_mask.to(device)
-        with torch.no_grad():
-            hidden = pipe.text_encoder(tokens.input_ids.to(device), mask).last_hidden_state
-        out.append(hidden * mask.unsqueeze(-1).to(hidden.dtype))
-    return out[0], out[1]
-
-
 def call_kwargs(pipe, *, spec: str, seed: int, prompt: str, steps: int, frames: FrameSettings,
                 output_type: str = "np") -> dict[str, Any]:
-    """Arguments for one pipeline call: seeded generator, encoded prompt, a flat test image for I2V."""
-    from diffusers import WanImageToVideoPipeline
-
-    max_length = frames.max_sequence_length or (tiny.text_tokens(pipe) if spec == "tiny" else REAL_MODEL_TEXT_TOKENS)
-    positive, negative = encode(pipe, prompt, DEFAULT_NEGATIVE_PROMPT, max_length)
-    kwargs: dict[str, Any] = dict(
-        prompt_embeds=positive,
-        negative_prompt_embeds=negative,
-        height=frames.height,
-        width=frames.width,
-        num_frames=frames.num_frames,
-        num_inference_steps=steps,
-        guidance_scale=frames.guidance_scale,
-        generator=torch.Generator("cpu").manual_seed(seed),
-        max_sequence_length=max_length,
-        output_type=output_type,
-    )
-    if isinstance(pipe, WanImageToVideoPipeline):
-        from PIL import Image
-
-        # A fixed flat colour: the conditioning image is part of the sample, so it must not vary between runs.
-        kwargs["image"] = Image.new("RGB", (frames.width, frames.height), (120, 60, 200))
-    return kwargs
+    """Arguments for one pipeline call: seeded generator, the prompt encoded as the pipeline's model module does
+    (runtime/models/), and that pipeline class's conditioning (e.g. a flat test image for image-to-video)."""
+    support = model_support(pipe)
+    max_length = frames.max_sequence_length or support.text_tokens(pipe, tiny=spec == "tiny")
+    return support.call_kwargs(
+        pipe, prompt=prompt, negative_prompt=DEFAULT_NEGATIVE_PROMPT, height=frames.height, width=frames.width,
+        num_frames=frames.num_frames, steps=steps, guidance_scale=frames.guidance_scale, seed=seed,
+        max_length=max_length, output_type=output_type)
 
 
 def run_frames(pipe, kwargs: dict[str, Any]) -> torch.Tensor:
@@ -211,7 +180,7 @@ class FlopCounter:
 
     A forward pre-hook on every attention module reads B and S_q from `hidden_states`, S_kv from
     `encoder_hidden_states` (self-attention: S_q), heads and head dim from the module and its config:
-    `4 * B * H * S_q * S_kv * D`. Wan keeps shapes fixed within a pipeline call, so one figure per
+    `4 * B * H * S_q * S_kv * D`. Shapes are usually fixed within a pipeline call, so one figure per
     (component, kind) is kept; a second, different figure is recorded too and reported as varying.
     """
 

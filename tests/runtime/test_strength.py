@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import runtime
-from runtime.tiny import build_tiny_video_to_video_pipeline, run_tiny
+from runtime.models.wan import build_tiny_video_to_video_pipeline
+from runtime.tiny import run_tiny
 from tests.runtime.conftest import MIXED_RULES, T2V, recipe
 
 STEPS = 4

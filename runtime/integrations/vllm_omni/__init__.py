@@ -1,4 +1,5 @@
-"""qcompile's vllm-omni plugin: vllm-omni's own Wan attention layers follow a full plan.json, cell for cell.
+"""qcompile's vllm-omni plugin: vllm-omni's own Wan attention layers follow a full plan.json, cell for cell (Wan
+only: the engine's quantized attention path exists in its Wan pipelines alone).
 
 Registered as `qcompile_plan` in the `vllm_omni.general_plugins` entry-point group (pip install
 'qcompile[vllm-omni]'); vllm-omni calls `register()` once in every process. It does nothing unless

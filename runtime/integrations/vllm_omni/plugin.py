@@ -1,4 +1,5 @@
-"""The plugin's state in one vllm-omni process: the verified plan, the tagged attention layers of each Wan expert,
+"""The plugin's state in one vllm-omni process (Wan-only, as vllm-omni 0.30's per-call KV-cache quantization is:
+it exists in its Wan pipelines alone, so the plugin speaks of Wan experts and layouts by name): the verified plan, the tagged attention layers of each Wan expert,
 the per-call gate that replaces vllm-omni's, and the per-request bookkeeping that becomes the executed table.
 
 Flow: `activate(plan)` installs a module-registration hook. When vllm-omni's Wan pipeline assigns an expert

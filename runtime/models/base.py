@@ -1,0 +1,109 @@
+"""What the runtime needs to know about a diffusers model that the family data cannot say: the code half of a family.
+
+A family file (qcompiler/families/data/*.json) says where the attention modules are and how many; a
+`ModelSupport`, registered by diffusers model and pipeline class names (runtime/models/__init__.py), says:
+- how a transformer forward maps to a CFG branch (`branch`; the step comes from the scheduler, see
+  runtime/step_tracker.py);
+- how attention calls are reached (`attention_entry`): DISPATCHER, the processor calls diffusers'
+  `dispatch_attention_fn` and qcompile's backend is installed on the processor (runtime/install.py); PROCESSOR, the
+  processor calls SDPA itself, and the hook point is the processor (no model needs it yet: the installer refuses);
+- the mask policy (`masked_kinds`, `mask_policy`): which kinds' calls carry an attention mask, and what runs them;
+- the tiny offline pipeline, the call arguments and prompt encoding the quality tools and tests share;
+- the processor classes whose private attributes the runtime relies on (runtime/diffusers_private.py's self-check).
+
+The base class holds the defaults (dispatcher-called attention, one forward per CFG branch, cond first, no masks);
+a model module overrides only what differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from qcompiler.errors import QcompileError
+
+COND, UNCOND, BATCHED = "cond", "uncond", "cond+uncond"
+DISPATCHER, PROCESSOR = "dispatcher", "processor"
+# A call that carries a mask runs the stock attention and counts as a fallback (runtime/dispatch.py).
+MASK_FALLBACK = "fallback"
+
+DEFAULT_PROMPT = "a red cube on a table"
+DEFAULT_NEGATIVE_PROMPT = "blurry"
+
+
+class ModelSupportError(QcompileError, ValueError):
+    """No model module serves this pipeline or family for what was asked (e.g. no tiny builder)."""
+
+
+class ModelSupport:
+    """Defaults for a dispatcher-called model with separate cond/uncond forwards; subclass per model."""
+
+    name: ClassVar[str] = "default"
+    model_classes: ClassVar[tuple[str, ...]] = ()  # diffusers model classes (the family's `diffusers_class`)
+    pipeline_classes: ClassVar[tuple[str, ...]] = ()  # diffusers pipeline classes (the family's `pipeline_class`)
+    # family pipeline class -> other pipeline classes that run the same transformer in the same denoising loop
+    same_transformer_pipelines: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+    attention_entry: ClassVar[str] = DISPATCHER
+    masked_kinds: ClassVar[tuple[str, ...]] = ()  # kinds whose calls carry an attention mask
+    mask_policy: ClassVar[str] = MASK_FALLBACK
+
+    # -- per forward ----------------------------------------------------------------------------------
+    def branch(self, forward_in_step: int) -> str:
+        """The CFG branch of the `forward_in_step`-th (1-based) transformer forward of one denoising step."""
+        return COND if forward_in_step == 1 else UNCOND
+
+    # -- private API the runtime relies on --------------------------------------------------------------
+    def processor_classes(self) -> tuple[type, ...]:
+        """The attention processor classes of this model (checked by diffusers_private.check_private_api)."""
+        return ()
+
+    def pipeline_types(self) -> tuple[type, ...]:
+        """The pipeline classes served, whose `__call__` the self-check reads (it must set `_current_timestep`)."""
+        return ()
+
+    # -- tiny offline pipelines -----------------------------------------------------------------------
+    def build_tiny(self, family: Any, *, seed: int = 0) -> Any:
+        """A pipeline of `family` (a tiny variant) with seeded random weights, nothing downloaded."""
+        raise ModelSupportError(f"no tiny builder for {family.pipeline_class} (family {family.name}): "
+                                f"{self.name} model support has none")
+
+    # -- call arguments (tiny runs, report, calibrate) -------------------------------------------------
+    def text_tokens(self, pipe: Any, *, tiny: bool) -> int:
+        """Text sequence length of the calls (`max_sequence_length`)."""
+        raise ModelSupportError(f"{type(pipe).__name__}: {self.name} model support encodes no prompts")
+
+    def encode_prompts(self, pipe: Any, prompt: str, negative_prompt: str, max_length: int) -> tuple[Any, Any]:
+        """(prompt embeddings, negative prompt embeddings) as the pipeline itself would make them."""
+        raise ModelSupportError(f"{type(pipe).__name__}: {self.name} model support encodes no prompts")
+
+    def conditioning(self, pipe: Any, *, height: int, width: int, num_frames: int) -> dict[str, Any]:
+        """Extra call arguments of this pipeline class (e.g. a fixed test image for image-to-video); keys
+        mapped to None are removed from the call."""
+        return {}
+
+    def call_kwargs(self, pipe: Any, *, prompt: str = DEFAULT_PROMPT, negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
+                    height: int, width: int, num_frames: int, steps: int, guidance_scale: float, seed: int,
+                    max_length: int, output_type: str) -> dict[str, Any]:
+        """Arguments of one pipeline call: encoded prompts (no text-cleaning dependency), a seeded CPU generator,
+        the video size and the pipeline class's conditioning inputs."""
+        import torch
+
+        positive, negative = self.encode_prompts(pipe, prompt, negative_prompt, max_length)
+        kwargs: dict[str, Any] = dict(
+            prompt_embeds=positive,
+            negative_prompt_embeds=negative,
+            height=height,
+            width=width,
+            num_frames=num_frames,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            generator=torch.Generator("cpu").manual_seed(seed),
+            max_sequence_length=max_length,
+            output_type=output_type,
+        )
+        for key, value in self.conditioning(pipe, height=height, width=width, num_frames=num_frames).items():
+            if value is None:
+                kwargs.pop(key, None)
+            else:
+                kwargs[key] = value
+        return kwargs
