@@ -20,7 +20,7 @@ plan dtype on the same inputs: `fp8 per-block` (fp8_e4m3_per_block: e4m3, 128-to
 blocks, scale = amax/448) without and with the Hadamard rotation and K mean subtraction
 (`Numerics(hadamard_rotation=..., k_mean_subtraction=...)`), `mxfp8` (mxfp8_e4m3) and `mxfp4` (mxfp4_e2m1:
 OCP MX, 32-element E8M0 blocks, MindIE-SD's layouts, runtime/quant/mx.py) without and with the rotation.
-Metrics as in runtime.quality.metrics: cosine similarity, relative L1, RMSE over the whole output.
+Metrics as in runtime.metrics: cosine similarity, relative L1, RMSE over the whole output.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from runtime.backends import ReferenceBackend  # noqa: E402
+from runtime.metrics import call_error  # noqa: E402
 from runtime.numerics import Numerics  # noqa: E402
-from runtime.quality.metrics import call_error  # noqa: E402
 from runtime.quant.per_block import E4M3_MAX, FP8_DTYPE  # noqa: E402
 from runtime.quant.rotation import get_rotation  # noqa: E402
 

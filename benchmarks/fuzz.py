@@ -50,7 +50,7 @@ from qcompiler.plan.format import content_sha256, load_plan  # noqa: E402
 from qcompiler.recipe.schema import _RULE_NAME  # noqa: E402
 from qcompiler.suggest.cover import Budget, suggest_recipe, verify_suggestion  # noqa: E402
 from qcompiler.suggest.sensitivity import load_sensitivity  # noqa: E402
-from tests.quality.synthetic import synthetic_sensitivity  # noqa: E402
+from tests.compiler.synthetic import synthetic_sensitivity  # noqa: E402
 
 RECIPE = (REPO / "recipes" / "wan22_i2v.yaml").read_text(encoding="utf-8")
 TOKENS = ["yes", "no", "on", "10:20", "0x10", "010", "1_000", "~", "null", "true", "-1", "1e999", "4.0", ".nan",

@@ -44,6 +44,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 from runtime.backends.fp8_triton import gpu_unavailable_reason  # noqa: E402
 from runtime.backends.reference import attention_with_pv_precision  # noqa: E402
+from runtime.metrics import call_error  # noqa: E402
 from runtime.numerics import (  # noqa: E402
     PV_PRECISIONS,
     Numerics,
@@ -51,7 +52,6 @@ from runtime.numerics import (  # noqa: E402
     dequantize_attention_inputs,  # noqa: E402
     quantize_attention_inputs,
 )
-from runtime.quality.metrics import call_error  # noqa: E402
 from runtime.quant.rotation import get_rotation  # noqa: E402
 
 BATCH, HEADS, HEAD_DIM = 1, 40, 128  # Wan2.x 14B attention

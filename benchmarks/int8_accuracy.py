@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from attention_accuracy import HEAD_DIM, ROTATION_SEED, bf16, exact, make_inputs  # noqa: E402
 
+from runtime.metrics import call_error  # noqa: E402
 from runtime.numerics import Numerics  # noqa: E402
-from runtime.quality.metrics import call_error  # noqa: E402
 from runtime.quant.int8 import int8_attention_reference  # noqa: E402
 from runtime.quant.rotation import get_rotation  # noqa: E402
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import runtime  # noqa: E402
 from qcompiler import compile_recipe_text  # noqa: E402
 from runtime.diffusers_private import dispatch_attention_fn  # noqa: E402
-from runtime.dispatch import QCOMPILE_BACKEND  # noqa: E402
+from runtime.dispatch import qcompile_backend  # noqa: E402
 from runtime.tiny import build_tiny_pipeline, run_tiny  # noqa: E402
 
 FAMILY = "wan2.2-i2v-a14b"
@@ -67,7 +67,7 @@ def dispatch_overhead(pipe, plan, repeats: int) -> dict[str, float]:
 
         def through_qcompile():
             site.make_current(site.module, ())
-            return dispatch_attention_fn(q, q, q, backend=QCOMPILE_BACKEND)
+            return dispatch_attention_fn(q, q, q, backend=qcompile_backend())
 
         routed_s = _per_call_seconds(through_qcompile, 20000, repeats)
         pipe.scheduler.set_timesteps(4)

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import torch
-
-from runtime.quality.metrics import call_error
-
 
 @dataclass(frozen=True)
 class CallRecord:
     """Error of one attention call's FP8 output against its native output on the same inputs (the attention
-    outputs, BSND, before the output projection), metrics as in runtime.quality.metrics.
+    outputs, BSND, before the output projection), metrics as in runtime.metrics.
 
     `branch` is "cond" or "uncond" (classifier-free guidance pass); `used` says which output the pipeline
     continued with: "fp8" under a loaded plan with an observer, "native" in shadow mode.
@@ -31,11 +27,3 @@ class CallRecord:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def make_record(
-    component: str, step: int, layer: int, kind: str, branch: str, backend: str,
-    fp8: torch.Tensor, native: torch.Tensor, used: str,
-) -> CallRecord:
-    error = call_error(fp8, native)
-    return CallRecord(component, step, layer, kind, branch, backend, error.cos_sim, error.rel_l1, error.rmse, used)

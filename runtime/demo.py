@@ -24,8 +24,8 @@ from qcompiler.cli.common import load_plan_or_recipe
 from qcompiler.errors import QcompileError
 from runtime.backends import BACKEND_NAMES
 from runtime.execution_report import gather_reports
-from runtime.load import load
-from runtime.quality.metrics import cosine_similarity, psnr
+from runtime.loading import load
+from runtime.metrics import cosine_similarity, psnr
 from runtime.tiny import TINY_VARIANT, build_tiny_pipeline, run_tiny
 
 # Under Ulysses the sequence splits across ranks: 32x32 pixels, 9 frames = 12 tokens (the default 16x16 has 3).
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     def show() -> None:
         prefix = f"[rank {rank}] " if world > 1 else ""
         print(f"{prefix}plan {args.plan}: {plan.family_name} ({plan.variant or 'real'} model), {steps} steps, "
-              f"backend {args.backend} -> FP8 served by {report.fp8_backend or 'nothing (native)'}")
+              f"backend {args.backend} -> FP8 served by {report.quantized_backend or 'nothing (native)'}")
         print(report.format())
         print("calls per backend: " + ", ".join(f"{k}: {v}" for k, v in sorted(report.call_counts.items())))
 

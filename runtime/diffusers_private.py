@@ -7,14 +7,17 @@ tests/runtime/test_diffusers_private.py fails with its message.
 
 What we rely on:
 - `AttentionBackendName` member maps (`_member_map_`, `_value2member_map_`, `_member_names_`): adding a member.
-- `_AttentionBackendRegistry._backends / _constraints / _supported_arg_names / _supports_context_parallel /
-  _active_backend / _checks_enabled` and `attention_dispatch._CAN_USE_FLEX_ATTN` (what dispatch does per call).
+- `_AttentionBackendRegistry.register(backend, constraints, supports_context_parallel)` (registration),
+  `_backends / _supported_arg_names / _active_backend / _checks_enabled` and `attention_dispatch._CAN_USE_FLEX_ATTN`
+  (what dispatch does per call).
 - `_templated_context_parallel_attention(q, k, v, ..., forward_op=, backward_op=, _parallel_config=)` and the
   forward-op signature `(ctx, q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, return_lse,
   _save_ctx, _parallel_config)`.
 - attention processors' `_attention_backend` and `_parallel_config` attributes, and the model's
   `_parallel_config` (set by `enable_parallelism`), with `context_parallel_config.ring_degree / ulysses_degree /
-  ulysses_anything`.
+  ulysses_anything` and its meshes `_flattened_mesh` / `_ulysses_mesh`.
+- a pipeline's `_current_timestep` (set inside its denoising loop) and a compiled block's `_compiled_call_impl`
+  (torch's, set by `nn.Module.compile()`, which diffusers' `compile_repeated_blocks` calls).
 """
 
 from __future__ import annotations
@@ -23,19 +26,20 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from diffusers.models import attention_dispatch
 
 AttentionBackendName = attention_dispatch.AttentionBackendName
 dispatch_attention_fn = attention_dispatch.dispatch_attention_fn
 
 # What the rest of the runtime reads; a diffusers upgrade that drops one makes check_private_api() name it.
-_REGISTRY_FIELDS = ("_backends", "_constraints", "_supported_arg_names", "_supports_context_parallel",
-                    "_active_backend", "_checks_enabled")
+_REGISTRY_FIELDS = ("register", "_backends", "_supported_arg_names", "_active_backend", "_checks_enabled")
 _ENUM_FIELDS = ("_member_map_", "_value2member_map_", "_member_names_")
 _TEMPLATED_KEYWORDS = ("forward_op", "backward_op", "_parallel_config")
 _NATIVE_FORWARD_OP_PARAMS = ("ctx", "query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale",
                              "enable_gqa", "return_lse", "_save_ctx", "_parallel_config")
 _PROCESSOR_ATTRIBUTES = ("_attention_backend", "_parallel_config")
+_CONTEXT_PARALLEL_FIELDS = ("ring_degree", "ulysses_degree", "ulysses_anything", "_flattened_mesh", "_ulysses_mesh")
 
 
 def check_private_api() -> list[str]:
@@ -64,6 +68,19 @@ def check_private_api() -> list[str]:
 
     problems += [f"WanAttnProcessor has no class attribute {a}" for a in _PROCESSOR_ATTRIBUTES
                  if not hasattr(WanAttnProcessor, a)]
+    import dataclasses
+
+    from diffusers import ContextParallelConfig, ModelMixin
+    from diffusers.pipelines.wan.pipeline_wan import WanPipeline
+
+    cp_fields = {f.name for f in dataclasses.fields(ContextParallelConfig)} | set(vars(ContextParallelConfig))
+    problems += [f"ContextParallelConfig has no {f}" for f in _CONTEXT_PARALLEL_FIELDS if f not in cp_fields]
+    if not hasattr(ModelMixin, "_parallel_config"):
+        problems.append("ModelMixin has no _parallel_config (where enable_parallelism keeps its config)")
+    if "_current_timestep" not in inspect.getsource(WanPipeline.__call__):
+        problems.append("WanPipeline.__call__ no longer sets the pipeline's _current_timestep")
+    if not hasattr(torch.nn.Module, "_compiled_call_impl"):
+        problems.append("torch.nn.Module has no _compiled_call_impl (compiled blocks would go unnoticed)")
     return problems
 
 
@@ -83,12 +100,8 @@ def register_attention_backend(value: str, function: Callable[..., Any], *, supp
         enum._member_map_[name] = member
         enum._value2member_map_[value] = member
         enum._member_names_.append(name)
-    registry = attention_dispatch._AttentionBackendRegistry
-    registry._backends[member] = function
-    registry._constraints[member] = []
-    registry._supported_arg_names[member] = set(inspect.signature(function).parameters)
-    if supports_context_parallel:
-        registry._supports_context_parallel.add(value)
+    attention_dispatch._AttentionBackendRegistry.register(
+        member, constraints=[], supports_context_parallel=supports_context_parallel)(function)
     return member
 
 
@@ -135,8 +148,29 @@ def model_parallel_config(model: Any) -> Any:
 
 
 def processor_backend(processor: Any) -> Any:
+    """The backend a diffusers attention processor dispatches to (None: the active one)."""
     return processor._attention_backend
+
+
+def has_processor_backend(processor: Any) -> bool:
+    """Whether `processor` dispatches through diffusers' attention dispatch with its own backend attribute."""
+    return hasattr(processor, "_attention_backend")
 
 
 def set_processor_backend(processor: Any, backend: Any) -> None:
     processor._attention_backend = backend
+
+
+def current_timestep(pipe: Any) -> Any:
+    """The timestep a diffusers pipeline's denoising loop is at (None outside the loop or when it keeps none)."""
+    return getattr(pipe, "_current_timestep", None)
+
+
+def context_parallel_mesh(cp: Any) -> Any:
+    """The device mesh of a ContextParallelConfig's attention collectives (None before diffusers sets it up)."""
+    return getattr(cp, "_flattened_mesh", None) or getattr(cp, "_ulysses_mesh", None)
+
+
+def is_compiled(module: Any) -> bool:
+    """Whether `module.compile()` (diffusers' compile_repeated_blocks) compiled this module."""
+    return getattr(module, "_compiled_call_impl", None) is not None

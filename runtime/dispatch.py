@@ -1,8 +1,8 @@
 """FP8 enters at diffusers' attention dispatch, not in a processor of ours.
 
 The stock diffusers processors stay in place and keep doing projections, norms, RoPE and the I2V image context.
-`runtime.install` points each planned processor's `_attention_backend` at the `qcompile` backend registered
-here and puts a forward pre-hook on its attention module that makes the module's `Site` current. When the
+`runtime.install` points each planned processor's backend at the `qcompile` backend registered here (on first
+install) and puts a forward pre-hook on its attention module that makes the module's `Site` current. When the
 processor calls `dispatch_attention_fn(..., backend="qcompile", parallel_config=...)`, `qcompile_attention`
 asks that site which attention function runs:
 
@@ -24,6 +24,7 @@ call at a time (runtime/install.py refuses a second thread's entry).
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections.abc import Callable
@@ -33,8 +34,13 @@ import torch
 
 from runtime.backends.base import AttentionBackend
 from runtime.call_record import CallRecord
-from runtime.diffusers_private import backend_call, register_attention_backend, templated_context_parallel_attention
-from runtime.quality.metrics import CallError, call_error
+from runtime.diffusers_private import (
+    backend_call,
+    processor_backend,
+    register_attention_backend,
+    templated_context_parallel_attention,
+)
+from runtime.metrics import CallError, call_error
 from runtime.step_tracker import CallContext
 
 QCOMPILE_BACKEND_VALUE = "qcompile"
@@ -68,7 +74,7 @@ class Site:
         self.component, self.kind, self.layer = component, kind, layer
         self.module = module
         self.processor = module.processor
-        self.stock_backend = self.processor._attention_backend
+        self.stock_backend = processor_backend(self.processor)
         self.state = state
         self.fp8 = False
         self.native_calls = self.fp8_calls = self.fallback_calls = 0
@@ -176,6 +182,9 @@ def qcompile_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
     return site.attend(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, _parallel_config)
 
 
-# Context parallel: native cells are diffusers' own CP path; FP8 cells run inside its Ulysses template.
-QCOMPILE_BACKEND = register_attention_backend(QCOMPILE_BACKEND_VALUE, qcompile_attention,
-                                              supports_context_parallel=True)
+@functools.cache
+def qcompile_backend() -> Any:
+    """The `qcompile` member of diffusers' AttentionBackendName, registered on first use (runtime.load/shadow
+    install), so importing runtime leaves diffusers' backend enum alone."""
+    # Context parallel: native cells are diffusers' own CP path; FP8 cells run inside its Ulysses template.
+    return register_attention_backend(QCOMPILE_BACKEND_VALUE, qcompile_attention, supports_context_parallel=True)

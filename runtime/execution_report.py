@@ -8,8 +8,11 @@ parallelism each rank has its own report; `gather_reports` (a collective) or `co
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from qcompiler.plan.format import Plan, table_to_rows
 
 NATIVE, FP8, FALLBACK, SKIPPED = 0, 1, 2, 3  # lanes of a cell's counts (SKIPPED: forwards a cache skipped it)
 NOT_RUN, MIXED, SKIPPED_CHAR = ".", "x", "s"
@@ -76,7 +79,7 @@ class ExecutionReport:
     pipeline_calls: int
     expert_schedule: list[str]
     observed_schedule: list[str | None]
-    fp8_backend: str | None
+    quantized_backend: str | None  # JSON key "fp8_backend" (schemas/report.schema.json): INT8 included
     counted: str = "calls"  # "decisions" when compiled blocks ran (they cannot count calls)
     notes: list[str] = field(default_factory=list)
     skipped: int = 0  # cell-forwards a cache skipped (not attention calls: a skipped call never happened)
@@ -117,7 +120,7 @@ class ExecutionReport:
             "pipeline_calls": self.pipeline_calls,
             "expert_schedule": self.expert_schedule,
             "observed_schedule": self.observed_schedule,
-            "fp8_backend": self.fp8_backend,
+            "fp8_backend": self.quantized_backend,
             "counted": self.counted,
             "matches_plan": self.matches_plan(),
             "schedule_matches_plan": self.schedule_matches_plan(),
@@ -163,6 +166,48 @@ class ExecutionReport:
         lines.extend(self.notes)
         lines.append("executed table == plan: " + ("yes" if self.matches_plan() else f"NO ({len(self.mismatches())} cells)"))
         return "\n".join(lines)
+
+
+def build_report(plan: Plan, counts: Mapping[tuple[str, str], CellCounts], quantized_names: Mapping[str, str], *,
+                 fallback_reasons: Mapping[str, str], pipeline_calls: int, observed_schedule: list[str | None],
+                 quantized_backend: str | None, counted: str = "calls", notes: Sequence[str] = (), rank: int = 0,
+                 world_size: int = 1, parallel: str | None = None) -> ExecutionReport:
+    """The one builder of an ExecutionReport from live counts (runtime.load's PlanHandle and the vllm-omni
+    plugin): `counts[(component, kind)]` are the cells, `quantized_names[component]` names the backend whose calls
+    the quantized lane holds (the fallback lane is FALLBACK_BACKEND, skipped forwards SKIPPED_KEY)."""
+    plan_rows: dict[str, dict[str, list[str]]] = {}
+    executed: dict[str, dict[str, list[str]]] = {}
+    cells: dict[str, dict[str, list[list[dict[str, int]]]]] = {}
+    totals: dict[str, int] = {}
+    fallback_calls = skipped = 0
+    for (component, kind), cell_counts in counts.items():
+        lanes = (("native", NATIVE), (quantized_names[component], FP8), (FALLBACK_BACKEND, FALLBACK),
+                 (SKIPPED_KEY, SKIPPED))
+        plan_rows.setdefault(component, {})[kind] = table_to_rows(plan.table(component, kind))
+        executed.setdefault(component, {})[kind] = ["".join(map(executed_char, row)) for row in cell_counts.counts]
+        kind_cells = []
+        for row in cell_counts.counts:
+            row_cells = []
+            for cell in row:
+                named: dict[str, int] = {}
+                for lane_name, lane in lanes:
+                    if cell[lane]:
+                        named[lane_name] = named.get(lane_name, 0) + cell[lane]
+                for backend_name, calls in named.items():
+                    if backend_name != SKIPPED_KEY:
+                        totals[backend_name] = totals.get(backend_name, 0) + calls
+                fallback_calls += cell[FALLBACK]
+                skipped += cell[SKIPPED]
+                row_cells.append(named)
+            kind_cells.append(row_cells)
+        cells.setdefault(component, {})[kind] = kind_cells
+    return ExecutionReport(
+        plan_rows=plan_rows, executed=executed, cells=cells, call_counts=totals, fallback_calls=fallback_calls,
+        fallback_reasons=dict(fallback_reasons), pipeline_calls=pipeline_calls,
+        expert_schedule=list(plan.expert_schedule), observed_schedule=observed_schedule,
+        quantized_backend=quantized_backend, counted=counted, notes=list(notes), skipped=skipped, rank=rank,
+        world_size=world_size, parallel=parallel,
+    )
 
 
 def combine_reports(reports: list[ExecutionReport]) -> ExecutionReport:
@@ -211,7 +256,7 @@ def combine_reports(reports: list[ExecutionReport]) -> ExecutionReport:
         pipeline_calls=first.pipeline_calls, expert_schedule=first.expert_schedule,
         observed_schedule=first.observed_schedule if all(r.observed_schedule == first.observed_schedule
                                                          for r in reports) else [None] * len(first.observed_schedule),
-        fp8_backend=first.fp8_backend, counted=first.counted, notes=notes,
+        quantized_backend=first.quantized_backend, counted=first.counted, notes=notes,
         skipped=sum(r.skipped for r in reports), rank=0, world_size=first.world_size, parallel=first.parallel,
         ranks=len(reports),
     )
@@ -234,7 +279,7 @@ def report_from_dict(data: dict[str, Any]) -> ExecutionReport:
         plan_rows=data["plan"], executed=data["executed"], cells=data["cells"], call_counts=data["call_counts"],
         fallback_calls=data["fallback_calls"], fallback_reasons=data["fallback_reasons"],
         pipeline_calls=data["pipeline_calls"], expert_schedule=data["expert_schedule"],
-        observed_schedule=data["observed_schedule"], fp8_backend=data["fp8_backend"], counted=data["counted"],
+        observed_schedule=data["observed_schedule"], quantized_backend=data["fp8_backend"], counted=data["counted"],
         notes=list(data["notes"]), skipped=data["skipped"], rank=data["rank"], world_size=data["world_size"],
         parallel=data["parallel"], ranks=data["ranks"],
     )

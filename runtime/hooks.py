@@ -15,8 +15,14 @@ from typing import Any
 
 import torch
 
-from runtime.diffusers_private import context_parallel_config, model_parallel_config
-from runtime.dispatch import QCOMPILE_BACKEND, SHADOW, ComponentState, Site
+from runtime.diffusers_private import (
+    context_parallel_config,
+    context_parallel_mesh,
+    is_compiled,
+    model_parallel_config,
+    processor_backend,
+)
+from runtime.dispatch import SHADOW, ComponentState, Site, qcompile_backend
 from runtime.errors import ParallelLayoutError, PlanMismatchError
 from runtime.execution_report import FALLBACK, FP8, NATIVE, SKIPPED, CellCounts
 from runtime.quant.rotation import get_rotation
@@ -58,7 +64,7 @@ def context_parallel_group(model: torch.nn.Module) -> Any:
     cp = context_parallel_config(model_parallel_config(model))
     if cp is None:
         return None
-    mesh = getattr(cp, "_flattened_mesh", None) or getattr(cp, "_ulysses_mesh", None)
+    mesh = context_parallel_mesh(cp)
     return mesh.get_group() if mesh is not None else None
 
 
@@ -78,7 +84,7 @@ class ComponentHook:
         tracker: StepTracker,
         counts: dict[str, CellCounts] | None,
         rotation: tuple[int, int] | None,  # (head_dim, seed) when FP8 calls rotate Q and K
-        needs_fp8: bool,  # whether this component runs any FP8 attention (the layout check applies then)
+        needs_quantized: bool,  # whether this component runs any quantized attention (the layout check applies)
     ):
         self.name = state.component
         self.model = model
@@ -87,7 +93,7 @@ class ComponentHook:
         self.rows = rows
         self.counts = counts
         self.rotation = rotation
-        self.needs_fp8 = needs_fp8
+        self.needs_quantized = needs_quantized
         self._by_kind = list(sites.items())
         self._all = [s for kind_sites in sites.values() for s in kind_sites]
         self._rotation_key: tuple[torch.device, torch.dtype] | None = None
@@ -113,7 +119,7 @@ class ComponentHook:
         parallel = model_parallel_config(self.model)
         if parallel is self._layout_seen:
             return
-        why = unsupported_layout_reason(self.model) if self.needs_fp8 else None
+        why = unsupported_layout_reason(self.model) if self.needs_quantized else None
         if why:
             raise ParallelLayoutError(f"{self.name} runs with context parallelism ({parallel_layout(self.model)}) "
                                       f"and its plan has FP8 attention cells: {why}")
@@ -121,9 +127,10 @@ class ComponentHook:
         self._layout_seen = parallel
 
     def _check_sites(self) -> None:
+        ours = qcompile_backend()
         for site in self._all:
             processor = site.module.processor
-            if processor is not site.processor or processor._attention_backend is not QCOMPILE_BACKEND:
+            if processor is not site.processor or processor_backend(processor) is not ours:
                 raise PlanMismatchError(
                     f"{self.name}: the attention processor or backend of {site.kind} attention layer {site.layer} "
                     "changed after runtime.load/shadow (set_processor or set_attention_backend); unload, make the "
@@ -180,4 +187,4 @@ class ComponentHook:
 
 def _blocks_compiled(model: torch.nn.Module) -> bool:
     blocks = getattr(model, "blocks", None)
-    return bool(blocks) and getattr(blocks[0], "_compiled_call_impl", None) is not None
+    return bool(blocks) and is_compiled(blocks[0])

@@ -1,7 +1,7 @@
 """The one installer for plan mode (`runtime.load`) and shadow mode (`runtime.shadow`).
 
 For each component x attention kind x layer (module paths from the family data, e.g. "blocks.{layer}.attn1"),
-it keeps the stock processor, points its `_attention_backend` at qcompile's dispatch backend, puts a forward
+it keeps the stock processor, points its attention backend at qcompile's dispatch backend, puts a forward
 pre-hook on the attention module that makes its Site current, and adds one ComponentHook per component. Removal
 undoes exactly that, in reverse, so the pipeline is stock again (and keeps whatever `enable_parallelism`
 set on the processors, before or after install).
@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from runtime.diffusers_private import processor_backend, set_processor_backend
-from runtime.dispatch import QCOMPILE_BACKEND, ComponentState, Site
+from runtime.diffusers_private import has_processor_backend, processor_backend, set_processor_backend
+from runtime.dispatch import ComponentState, Site, qcompile_backend
 from runtime.errors import PlanMismatchError
 from runtime.execution_report import CellCounts
 from runtime.hooks import ComponentHook
@@ -42,7 +42,7 @@ class ComponentSpec:
     rows: Mapping[str, Sequence[Sequence[bool]]] | None
     counts: Mapping[str, CellCounts] | None
     rotation: tuple[int, int] | None
-    needs_fp8: bool
+    needs_quantized: bool
 
 
 @dataclass
@@ -80,13 +80,13 @@ def attention_module(model: torch.nn.Module, component: str, kind: str, path: st
     except AttributeError:
         raise PlanMismatchError(f"{component} has no attention module {path} ({kind} attention)") from None
     processor = getattr(module, "processor", None)
-    if not hasattr(module, "set_processor") or not hasattr(processor, "_attention_backend"):
+    if not hasattr(module, "set_processor") or not has_processor_backend(processor):
         raise PlanMismatchError(
             f"{component}.{path} has no diffusers attention processor that calls the attention dispatch "
             f"(found {type(processor).__name__}); qcompile serves processors with an `_attention_backend`, "
             "like diffusers' WanAttnProcessor"
         )
-    if processor_backend(processor) is QCOMPILE_BACKEND:
+    if processor_backend(processor) is qcompile_backend():
         raise PlanMismatchError(f"{component}.{path} already runs qcompile's attention backend; unload it first")
     return module
 
@@ -132,6 +132,7 @@ def guard_calls(tracker: StepTracker) -> Callable[[], None]:
 def install(specs: Sequence[ComponentSpec], tracker: StepTracker) -> Installation:
     """Install on every spec'd component; on any error, remove what was installed and re-raise."""
     installation = Installation()
+    ours = qcompile_backend()
     try:
         installation._undo.append(guard_calls(tracker))
         for spec in specs:
@@ -141,7 +142,7 @@ def install(specs: Sequence[ComponentSpec], tracker: StepTracker) -> Installatio
                 for layer, path in enumerate(paths):
                     module = attention_module(spec.model, spec.name, kind, path)
                     site = Site(spec.name, kind, layer, module, spec.state)
-                    set_processor_backend(site.processor, QCOMPILE_BACKEND)
+                    set_processor_backend(site.processor, ours)
                     installation._undo.append(lambda s=site: set_processor_backend(s.processor, s.stock_backend))
                     handle = module.register_forward_pre_hook(site.make_current)
                     installation._undo.append(handle.remove)
@@ -149,7 +150,7 @@ def install(specs: Sequence[ComponentSpec], tracker: StepTracker) -> Installatio
                 sites[kind] = kind_sites
                 installation.sites.extend(kind_sites)
             hook = ComponentHook(spec.model, spec.state, sites, spec.rows, tracker, spec.counts, spec.rotation,
-                                 spec.needs_fp8)
+                                 spec.needs_quantized)
             hook.check_layout()  # refuse an unservable parallel layout at install time too
             hook.install()
             installation._undo.append(hook.remove)

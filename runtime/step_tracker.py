@@ -5,7 +5,7 @@ makes a new `scheduler.timesteps` tensor: a forward that sees a new tensor (or t
 pipeline's `__call__` was entered, see `enter_call`) starts a new pipeline call, and all per-call state is reset
 right there (diffusers only resets hooks at the end of a call, and not at all if it raised). The step is
 `scheduler.step_index` (i; shared by the cond and uncond passes, continuous across Wan2.2's expert switch),
-cross-checked against `pipe._current_timestep` so a loop that drifts from the scheduler fails loudly instead of
+cross-checked against the pipeline's current timestep so a loop that drifts from the scheduler fails loudly instead of
 silently misaligning.
 
 A plan's step i is step i of the scheduler's full schedule (`num_inference_steps` steps). A call that starts
@@ -24,6 +24,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from runtime.diffusers_private import current_timestep
 from runtime.errors import ConcurrentCallError, PlanMismatchError, StepCountError
 
 COND, UNCOND = "cond", "uncond"
@@ -139,7 +140,7 @@ class StepTracker:
         begin = getattr(scheduler, "begin_index", None)
         if begin is not None:  # set_begin_index (WanPipeline: 0)
             return begin
-        current = getattr(self.pipe, "_current_timestep", None)
+        current = current_timestep(self.pipe)
         if current is None:
             return 0
         value = float(current)
@@ -155,7 +156,7 @@ class StepTracker:
 
     def _partial_schedule_note(self, timesteps: Any) -> str:
         """For a call that starts mid-schedule (strength < 1): how a plan's steps map, and what to pass."""
-        current = getattr(self.pipe, "_current_timestep", None)
+        current = current_timestep(self.pipe)
         if current is None:
             return ""
         values = [float(v) for v in timesteps.tolist()]
@@ -173,7 +174,7 @@ class StepTracker:
     def _check_timestep(self, step: int) -> None:
         if not 0 <= step < len(self._values):
             raise PlanMismatchError(f"the scheduler is at step {step} of a {len(self._values)}-step call")
-        current = getattr(self.pipe, "_current_timestep", None)
+        current = current_timestep(self.pipe)
         if current is None:
             return
         value = float(current)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import shlex
 import subprocess
+import sys
 
+import pytest
 import yaml
 
 from tests.conftest import REPO_ROOT
@@ -56,3 +58,21 @@ def test_every_package_is_installed():
         for init in (REPO_ROOT / top).rglob("__init__.py")
     }
     assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages"
+
+
+@pytest.mark.slow  # two pytest processes
+def test_plain_pytest_leaves_slow_tests_out_and_the_ci_command_runs_them(tmp_path):
+    (tmp_path / "test_probe.py").write_text(
+        "import pytest\n\n\ndef test_fast():\n    pass\n\n\n@pytest.mark.slow\ndef test_heavy():\n    pass\n")
+    pytest_args = shlex.split(_readme_test_command().split("&&")[-1])
+    assert pytest_args[:3] == [".venv/bin/python", "-m", "pytest"]
+
+    def collected(*args: str) -> list[str]:
+        done = subprocess.run([sys.executable, "-m", "pytest", "-c", str(REPO_ROOT / "pyproject.toml"),
+                               "--rootdir", str(tmp_path), "--collect-only", "-q", *args, str(tmp_path)],
+                              cwd=tmp_path, capture_output=True, text=True)
+        return sorted(line.split("::")[-1] for line in done.stdout.splitlines() if "::" in line)
+
+    assert collected() == ["test_fast"]
+    ci_selection = [a for a in pytest_args[3:] if a != "-q"]  # a second -q would hide the test ids
+    assert collected(*ci_selection) == ["test_fast", "test_heavy"]

@@ -10,11 +10,11 @@ import click
 from qcompiler.cli.common import needs_runtime_extra
 from qcompiler.cli.run_options import check_frame_sizes, pipeline_options
 from qcompiler.families import get_family
+from qcompiler.fileio import write_text_atomically
 from qcompiler.formats import DEFAULT_FORMAT, FORMATS, get_format
 from qcompiler.formats._choice import FormatChoice
 from qcompiler.formats.int8_per_tensor import SCALE_SCOPES
 from qcompiler.numerics import DEFAULT_ROTATION_SEED, MAX_ROTATION_SEED
-from qcompiler.plan.io import write_text_atomically
 from qcompiler.recipe.schema import MAX_STEPS
 
 

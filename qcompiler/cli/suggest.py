@@ -14,8 +14,8 @@ import click
 from qcompiler.cli.common import fail
 from qcompiler.cli.diagnostics_format import format_text
 from qcompiler.compile.compiler import compile_source
+from qcompiler.fileio import write_text_atomically
 from qcompiler.formats._choice import FormatChoice
-from qcompiler.plan.io import write_text_atomically
 from qcompiler.schemas import schema_path
 from qcompiler.suggest.cover import Budget, suggest_recipe, verify_suggestion
 from qcompiler.suggest.sensitivity import load_sensitivity

@@ -12,9 +12,9 @@ from qcompiler.backend_table import no_backend_reason, rotates, serving_backends
 from qcompiler.compile.resolve import RuleSelection, predict_expert_schedule, resolve_tables
 from qcompiler.errors import Diagnostic, FamilyError, RecipeError, close_matches
 from qcompiler.families import Family, get_family
+from qcompiler.fileio import sha256
 from qcompiler.formats import FORMATS, plan_numerics, recipe_findings
 from qcompiler.plan.format import PLAN_FORMAT, Plan, content_sha256
-from qcompiler.plan.io import sha256
 from qcompiler.recipe.schema import schema_findings
 from qcompiler.recipe.selectors import SelectorError, select
 from qcompiler.recipe.source import SourceDocument, YamlLoadError, decode_recipe_bytes, parse_yaml, read_recipe_text

@@ -21,7 +21,7 @@ from qcompiler.families.model import (
     family_v1_to_v2,
     structure_problems,
 )
-from qcompiler.plan.io import InputRefused, read_json_file
+from qcompiler.fileio import InputRefused, read_json_file
 from qcompiler.schemas import first_violation, json_path
 
 MAX_FAMILY_BYTES = 1_000_000  # a family file is a page of JSON

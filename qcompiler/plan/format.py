@@ -14,7 +14,7 @@ from typing import Any
 
 from qcompiler.errors import PlanError
 from qcompiler.families.model import Family
-from qcompiler.plan.io import InputRefused, read_json_file, sha256, write_text_atomically
+from qcompiler.fileio import InputRefused, read_json_file, sha256, write_text_atomically
 from qcompiler.plan.validate import check_plan_consistency
 from qcompiler.schemas import check_versioned_document
 

@@ -45,11 +45,6 @@ def _under(path: tuple, prefixes: set) -> bool:
     return any(path[:len(prefix)] == prefix for prefix in prefixes)
 
 
-def schema_diagnostics(doc: SourceDocument) -> Iterator[Diagnostic]:
-    for _, diagnostic in schema_findings(doc):
-        yield diagnostic
-
-
 def schema_findings(doc: SourceDocument) -> Iterator[tuple[tuple, Diagnostic]]:
     """(path of the value at fault, diagnostic) for each schema violation. Values the YAML reading already
     reported (doc.invalid_paths) are not reported again; selectors are left to qcompiler.recipe.selectors."""

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from qcompiler.errors import Diagnostic
-from qcompiler.plan.io import InputRefused, read_regular_file
+from qcompiler.fileio import InputRefused, read_regular_file
 
 # libyaml's C loader when PyYAML was built with it (same nodes and marks, several times faster).
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

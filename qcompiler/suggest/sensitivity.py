@@ -15,9 +15,9 @@ from typing import Any
 from qcompiler.errors import FamilyError, QcompileError
 from qcompiler.families import get_family
 from qcompiler.families.model import Family
+from qcompiler.fileio import InputRefused, read_json_file
 from qcompiler.formats import DEFAULT_FORMAT
 from qcompiler.plan.format import FamilyDocument
-from qcompiler.plan.io import InputRefused, read_json_file
 from qcompiler.recipe.schema import MAX_STEPS
 from qcompiler.schemas import check_versioned_document
 

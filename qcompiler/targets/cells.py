@@ -127,17 +127,6 @@ def fp8_layers(plan: Plan, component: str, kind: str, step: int) -> frozenset[in
     return frozenset(layer for layer, fp8 in enumerate(plan.table(component, kind)[step]) if fp8)
 
 
-def reachable_fp8_cells(plan: Plan, reach: Sequence[frozenset[str]]) -> set[Cell]:
-    """The plan's FP8 cells on every (step, expert) the routing can reach."""
-    return {
-        (component, kind, step, layer)
-        for step, components in enumerate(reach)
-        for component in components
-        for kind in plan.attention_kinds
-        for layer in fp8_layers(plan, component, kind, step)
-    }
-
-
 def num_layers(plan: Plan, component: str, kind: str) -> int:
     return plan.family.num_layers(component, kind)
 

@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from qcompiler.errors import PlanError, QcompileError
+from qcompiler.fileio import InputRefused, parse_json, read_regular_file, write_bytes_atomically
 from qcompiler.plan.format import MAX_PLAN_BYTES, Plan, load_plan
-from qcompiler.plan.io import InputRefused, parse_json, read_regular_file, write_bytes_atomically
 
 try:
     import fcntl

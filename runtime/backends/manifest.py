@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from qcompiler.backend_table import TABLE_BEGIN, TABLE_END, markdown_table, parse_manifest, render_manifest
-from qcompiler.plan.io import write_text_atomically
+from qcompiler.fileio import write_text_atomically
 from runtime.backends.registry import backends
 
 MANIFEST_PATH = Path(__file__).resolve().parents[2] / "qcompiler" / "backends.json"

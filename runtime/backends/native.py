@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
 
 from runtime.backends.base import AttentionBackend
 from runtime.backends.registry import register_backend
+from runtime.diffusers_private import dispatch_attention_fn
 
 
 @register_backend("native", devices=("cpu", "cuda", "npu"), masks=("any",),

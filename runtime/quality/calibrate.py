@@ -31,7 +31,7 @@ from runtime.quality.pipelines import (
     step_callback,
 )
 from runtime.quality.report import versions
-from runtime.shadow import shadow
+from runtime.shadowing import shadow
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ RIGHT = 12
 FP8_COLOR = (231, 111, 81)
 NATIVE_COLOR = (42, 157, 143)
 NOT_RUN_COLOR = (235, 235, 235)
-GRID_COLOR = (255, 255, 255)
 TEXT_COLOR = (20, 20, 20)
 
 # Error colour scale: log10(1 - cos_sim) from 1e-6 (lossless, pale) to 1 (cos-sim 0 or worse, near black), one
@@ -138,10 +137,6 @@ def draw_error_heatmap(
     _legend(draw, num_steps, [(error_color(cos), label) for cos, label in ERROR_SWATCHES], caption="1 - cos")
     _legend(draw, num_steps, [(NATIVE_COLOR, "native"), (NOT_RUN_COLOR, "not run (other expert)")], row=1)
     image.save(path, format="PNG")
-
-
-def _fmt(value: Any, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:

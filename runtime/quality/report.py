@@ -27,16 +27,16 @@ import torch
 import qcompiler
 from qcompiler.compile.resolve import predict_expert_schedule
 from qcompiler.families import Family, get_family
+from qcompiler.fileio import write_text_atomically
 from qcompiler.formats import DEFAULT_FORMAT, Numerics, get_format, speed_factor
 from qcompiler.numerics import MXFP4_SEQUENCE_MULTIPLE
 from qcompiler.plan.format import PLAN_FORMAT, Plan, content_sha256
-from qcompiler.plan.io import write_text_atomically
 from qcompiler.schemas import first_violation
 from qcompiler.stats import plan_cost
 from runtime.backends import resolve_quantized_backend
 from runtime.call_record import CallRecord
-from runtime.load import load
-from runtime.quality.metrics import PSNR_CAP_DB, psnr, ssim
+from runtime.loading import load
+from runtime.metrics import PSNR_CAP_DB, psnr, ssim
 from runtime.quality.pipelines import (
     DEFAULT_PROMPT,
     FlopCounter,
@@ -54,7 +54,6 @@ from runtime.quality.render import draw_error_heatmap, draw_plan_heatmap, render
 REPORT_FORMAT = 1
 # FP8 attention time / native (BF16) attention time for the same work: qcompiler/formats/fp8_e4m3_per_block.py.
 DEFAULT_THROUGHPUT_RATIO = speed_factor(DEFAULT_FORMAT)
-THROUGHPUT_RATIO_SOURCE = f"default from {get_format(DEFAULT_FORMAT).speed_factor_source}"
 WORST_STEPS = 3
 WORST_LAYERS = 5
 # The dtype whose kernel attends to zero padding (MindIE-SD 3.1.0 MXFP4QuantFA; runtime/quant/mx.py), and the
@@ -135,7 +134,7 @@ def target_flop_share(plan: Plan) -> tuple[float, str]:
     return cost.flop_share, str(cost.shapes_description)
 
 
-def _cells(plan: Plan, execution: dict, flops_per_call: Callable[[str, str], int], fp8_name: str | None,
+def _cells(plan: Plan, execution: dict, flops_per_call: Callable[[str, str], int], quantized_name: str | None,
            records: list[CallRecord]) -> list[dict[str, Any]]:
     by_cell: dict[tuple, list[CallRecord]] = defaultdict(list)
     for record in records:
@@ -148,7 +147,7 @@ def _cells(plan: Plan, execution: dict, flops_per_call: Callable[[str, str], int
                     calls = sum(backends.values())
                     if not calls:
                         continue
-                    fp8_calls = backends.get(fp8_name, 0) if fp8_name else 0
+                    fp8_calls = backends.get(quantized_name, 0) if quantized_name else 0
                     cell_records = by_cell.get((component, kind, step, layer), [])
                     errors = _error_stats(cell_records)
                     cells.append({
@@ -270,8 +269,8 @@ def build_report(plan: Plan, options: ReportOptions, pipe: Any = None) -> dict[s
             plan_s = time.perf_counter() - start
             execution = handle.report()
     execution_dict = execution.to_dict()
-    fp8_name = execution.fp8_backend
-    cells = _cells(plan, execution_dict, counter.flops, fp8_name, records)
+    quantized_name = execution.quantized_backend
+    cells = _cells(plan, execution_dict, counter.flops, quantized_name, records)
 
     calls_total = sum(c["calls"] for c in cells)
     calls_fp8 = sum(c["fp8_calls"] for c in cells)
@@ -295,7 +294,7 @@ def build_report(plan: Plan, options: ReportOptions, pipe: Any = None) -> dict[s
             "numerics": dict(plan.numerics),
         },
         "measured": {
-            "pipeline": options.pipeline, "backend": fp8_name or backend, "device": str(pipe.device),
+            "pipeline": options.pipeline, "backend": quantized_name or backend, "device": str(pipe.device),
             "seed": options.seed, "prompt": options.prompt, "height": options.frames.height,
             "width": options.frames.width, "num_frames": options.frames.num_frames,
             "guidance_scale": options.frames.guidance_scale, "versions": versions(), "threads": threads(),

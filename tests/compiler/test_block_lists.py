@@ -156,7 +156,7 @@ def test_a_kind_in_a_block_list_a_component_lacks_is_refused(tmp_path, monkeypat
 
 def test_suggest_from_a_sensitivity_file_of_several_block_lists():
     from qcompiler.suggest.cover import Budget, suggest_recipe, verify_suggestion
-    from tests.quality.synthetic import synthetic_sensitivity
+    from tests.compiler.synthetic import synthetic_sensitivity
 
     sensitivity = synthetic_sensitivity(steps=5, seed=7, family_name="made-up-dual-stream")
     components = sensitivity.data["family"]["components"]

@@ -18,11 +18,11 @@ from click.testing import CliRunner
 import qcompiler
 from qcompiler.cli.main import cli
 from qcompiler.compile.compiler import compile_source
+from qcompiler.fileio import TEMP_MARKER, remove_stale_temp_files, write_text_atomically
 from qcompiler.plan.format import content_sha256
-from qcompiler.plan.io import TEMP_MARKER, remove_stale_temp_files, write_text_atomically
 from qcompiler.recipe.schema import MAX_STEPS
+from tests.compiler.synthetic import synthetic_sensitivity
 from tests.conftest import RECIPES_DIR, REPO_ROOT, VALID_RECIPE
-from tests.quality.synthetic import synthetic_sensitivity
 
 
 def run(*args: str):

@@ -17,8 +17,8 @@ import qcompiler
 from qcompiler.cli.main import cli
 from qcompiler.compile.compiler import compile_path, compile_source
 from qcompiler.errors import PlanError
+from qcompiler.fileio import MAX_JSON_DEPTH, read_regular_file
 from qcompiler.plan.format import content_sha256, load_plan
-from qcompiler.plan.io import MAX_JSON_DEPTH, read_regular_file
 from tests.conftest import RECIPES_DIR, VALID_RECIPE
 
 HEAD = VALID_RECIPE.split("rules:")[0]
@@ -193,6 +193,7 @@ LEAVES = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floa
                    st.text(alphabet="01\n2x{layer}", max_size=8), st.just([]), st.just({}))
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_mutated_rehashed_plans_load_or_raise_plan_error(data):

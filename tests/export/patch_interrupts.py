@@ -7,7 +7,7 @@ Two ways to interrupt a real `qcompile patch` subprocess:
   deleting a file) and sends itself SIGNAL just before the N-th; it exits 3 if the command ends before that;
 - at a random time: `random_interrupt_loop` sends a signal after a seeded random delay, either from the start or
   from the moment the first file of ours appears in the folder.
-"Loadable" is checked the way runtime.load reads an embedded plan (runtime/load.py:_embedded_plan): each
+"Loadable" is checked the way runtime.load reads an embedded plan (runtime/loading.py:_embedded_plan): each
 transformer's config.json as diffusers parses it, through embedded_plan_from_configs, then load_plan.
 """
 

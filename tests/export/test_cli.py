@@ -89,6 +89,7 @@ def test_export_needs_a_target(run, notch_plan):
     assert result.exit_code == 2 and "--to" in result.stderr
 
 
+@pytest.mark.slow
 def test_patch_and_remove_through_the_cli(run, config_only_pipeline_dir, tiny_plan_path):
     folder = config_only_pipeline_dir
     original = (folder / "transformer" / "config.json").read_bytes()

@@ -32,6 +32,7 @@ rules:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", MX_DTYPES)
 def test_recipe_with_each_mx_dtype_lints_compiles_shows_and_reports(dtype, tmp_path):
     runner = CliRunner()

@@ -86,7 +86,7 @@ def test_mxfp4_report_says_quantized_and_borrows_no_fp8_speed_factor(tiny_pipe, 
 def test_a_suggested_recipe_comments_name_its_format(dtype) -> None:
     from qcompiler.suggest.cover import Budget, suggest_recipe
     from qcompiler.suggest.sensitivity import sensitivity_from_dict
-    from tests.quality.synthetic import synthetic_sensitivity
+    from tests.compiler.synthetic import synthetic_sensitivity
 
     data = dict(synthetic_sensitivity(steps=4, seed=0).data)
     data["numerics"] = {**data["numerics"], "dtype": dtype}

@@ -12,7 +12,7 @@ from PIL import Image
 from qcompiler.cli.main import cli
 from qcompiler.cli.report import DEFAULT_THROUGHPUT_RATIO as CLI_DEFAULT_RATIO
 from qcompiler.schemas import load_schema
-from runtime.quality.metrics import PSNR_CAP_DB
+from runtime.metrics import PSNR_CAP_DB
 from runtime.quality.render import heatmap_size
 from runtime.quality.report import DEFAULT_THROUGHPUT_RATIO
 from tests.quality.conftest import MIXED_RECIPE, STEPS
@@ -128,6 +128,7 @@ def test_cli_report_on_a_recipe_with_the_tiny_pipeline(tmp_path) -> None:
     assert report["summary"]["estimate"]["throughput_ratio_source"] == "given with --throughput-ratio"
 
 
+@pytest.mark.slow
 def test_cli_report_on_a_shipped_real_model_plan_runs_it_on_the_tiny_pipeline(repo_root, tmp_path) -> None:
     # The shipped plans are compiled for the real model; on the tiny pipeline the same tables are laid over the
     # tiny variant (same components, layers, kinds), and the report says so.
@@ -141,6 +142,7 @@ def test_cli_report_on_a_shipped_real_model_plan_runs_it_on_the_tiny_pipeline(re
     assert "ran on the `tiny` variant" in (outdir / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_cli_report_on_a_saved_pipeline_folder(tiny_pipe, tmp_path) -> None:
     from runtime.tiny import save_tiny_pipeline
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import diffusers
 
-import runtime.dispatch  # noqa: F401 - registers the backend
 from runtime.diffusers_private import AttentionBackendName, check_private_api, register_attention_backend
-from runtime.dispatch import QCOMPILE_BACKEND, QCOMPILE_BACKEND_VALUE, qcompile_attention
+from runtime.dispatch import QCOMPILE_BACKEND_VALUE, qcompile_attention, qcompile_backend
 
 
 def test_private_diffusers_api_is_in_place():
@@ -21,6 +20,7 @@ def test_private_diffusers_api_is_in_place():
 def test_qcompile_backend_is_a_context_parallel_capable_diffusers_backend():
     from diffusers.models.attention_dispatch import _AttentionBackendRegistry
 
+    QCOMPILE_BACKEND = qcompile_backend()
     assert AttentionBackendName(QCOMPILE_BACKEND_VALUE) is QCOMPILE_BACKEND
     assert _AttentionBackendRegistry._is_context_parallel_available(QCOMPILE_BACKEND)
     assert _AttentionBackendRegistry._backends[QCOMPILE_BACKEND] is qcompile_attention
@@ -40,7 +40,7 @@ def test_backend_outside_an_installed_module_is_a_clear_error(i2v_pipe):
     try:
         with pytest.raises(RuntimeError, match="runtime.load"):
             q = torch.zeros(1, 4, 2, 64)
-            diffusers.models.attention_dispatch.dispatch_attention_fn(q, q, q, backend=QCOMPILE_BACKEND)
+            diffusers.models.attention_dispatch.dispatch_attention_fn(q, q, q, backend=qcompile_backend())
     finally:
         dispatch._current.site = saved
 

@@ -104,7 +104,7 @@ def test_tiny_pipeline_runs_the_int8_plan_with_the_reference(t2v_pipe, int8_plan
     planned = sum(sum(row) for row in int8_plan.table("transformer", "self"))
     assert 0 < planned < 2 * 30  # the rules left some cells native
     assert report.call_counts["reference"] == 2 * planned  # CFG: two calls per cell
-    assert report.fallback_calls == 0 and report.fp8_backend == "reference"
+    assert report.fallback_calls == 0 and report.quantized_backend == "reference"
     assert not torch.equal(out, native)
     assert torch.nn.functional.cosine_similarity(out.flatten().float(), native.flatten().float(), dim=0) > 0.99
 

@@ -149,4 +149,4 @@ def test_double_load_is_refused_and_unknown_backend_named(i2v_pipe, compile_tiny
 def test_all_native_plan_loads_with_auto_and_no_fp8_kernel(i2v_pipe, compile_tiny):
     plan = compile_tiny(recipe(I2V, default="native"))  # nothing asks for FP8: nothing to refuse
     with runtime.load(i2v_pipe, plan) as handle:
-        assert handle.fp8_backend is None
+        assert handle.quantized_backend is None

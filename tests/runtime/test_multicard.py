@@ -22,6 +22,8 @@ from runtime.tiny import run_tiny
 from tests.runtime import multicard_worker as worker
 from tests.runtime.conftest import I2V, I2V_RULES, T2V, recipe
 
+pytestmark = pytest.mark.slow  # spawns gloo ranks: over a minute on 2 cores
+
 # Measured 2026-12 on this CPU (torch 2.13 cpu): 1.4e-3, against 7.0e-3 for the whole FP8 effect of the
 # self-only plan and 0.19 for quantizing self-attention on sequence shards (the bug this module guards against).
 CROSS_UNALIGNED_REL_L2 = 5e-3

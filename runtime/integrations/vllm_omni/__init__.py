@@ -10,19 +10,23 @@ from __future__ import annotations
 import logging
 import os
 
-from runtime.integrations.vllm_omni import vllm_omni_private as omni
-from runtime.integrations.vllm_omni.executed import read_executed
-from runtime.integrations.vllm_omni.plugin import (
-    PLAN_ENV,
-    REPORT_DIR_ENV,
-    PluginRefusal,
-    PluginState,
-    activate,
-    active_state,
-    deactivate,
-)
+from runtime.lazy import lazy_getattr
 
 logger = logging.getLogger("qcompile.vllm_omni")
+
+PLAN_ENV = "QCOMPILE_VLLM_OMNI_PLAN"
+REPORT_DIR_ENV = "QCOMPILE_VLLM_OMNI_REPORT_DIR"
+
+# vllm-omni calls register() in every process: with no plan named it must cost nothing, so the plugin's modules
+# (torch, the plan reader) are imported on first use (PEP 562), not here.
+_HOMES = {
+    "PluginRefusal": "runtime.integrations.vllm_omni.plugin",
+    "PluginState": "runtime.integrations.vllm_omni.plugin",
+    "activate": "runtime.integrations.vllm_omni.plugin",
+    "active_state": "runtime.integrations.vllm_omni.plugin",
+    "deactivate": "runtime.integrations.vllm_omni.plugin",
+    "read_executed": "runtime.integrations.vllm_omni.executed",
+}
 
 __all__ = [
     "PLAN_ENV",
@@ -37,6 +41,9 @@ __all__ = [
 ]
 
 
+__getattr__ = lazy_getattr(__name__, _HOMES, globals())
+
+
 def register() -> None:
     """The entry point. Without QCOMPILE_VLLM_OMNI_PLAN: nothing. With it: refuse an untested vllm-omni, verify
     the plan, and install the hooks that tag each Wan expert as vllm-omni builds it. Raises PluginRefusal (vllm-omni
@@ -44,6 +51,9 @@ def register() -> None:
     plan_path = os.environ.get(PLAN_ENV)
     if not plan_path:
         return
+    from runtime.integrations.vllm_omni import vllm_omni_private as omni
+    from runtime.integrations.vllm_omni.plugin import PluginRefusal, activate, active_state
+
     state = active_state()
     if state is not None and state.log.plan_path == plan_path:
         return  # vllm-omni loads general plugins once per process; tolerate a second call all the same

@@ -20,19 +20,17 @@ from runtime.integrations.vllm_omni.qcompile_api import (
     CellCounts,
     ExecutionReport,
     Plan,
-    executed_char,
+    build_report,
     report_from_dict,
-    table_to_rows,
     write_text_atomically,
 )
 
 logger = logging.getLogger("qcompile.vllm_omni")
 
-NATIVE_NAME = "native"
 FILE_FORMAT = 1
 
 
-def fp8_backend_name(kv_cache_dtype: str) -> str:
+def quantized_backend_name(kv_cache_dtype: str) -> str:
     return f"vllm-omni kv_cache_dtype={kv_cache_dtype}"
 
 
@@ -53,7 +51,7 @@ class RequestLog:
         self.plan_path = plan_path
         self.report_dir = Path(report_dir)
         self.vllm_omni_version = vllm_omni_version
-        self.fp8_name = fp8_backend_name(kv_cache_dtype)
+        self.quantized_name = quantized_backend_name(kv_cache_dtype)
         self.notes: list[str] = []  # standing notes (numerics vllm-omni fixes, schedule inputs), in every report
         self.counts = {(c, kind): CellCounts(plan.num_inference_steps, plan.family.num_layers(c, kind))
                        for c in plan.component_names for kind in plan.attention_kinds}
@@ -113,23 +111,6 @@ class RequestLog:
         self.write(report, rank, world)
 
     def report(self) -> ExecutionReport:
-        plan_rows: dict[str, dict[str, list[str]]] = {}
-        executed: dict[str, dict[str, list[str]]] = {}
-        cells: dict[str, dict[str, list[list[dict[str, int]]]]] = {}
-        totals: dict[str, int] = {}
-        for (component, kind), counts in self.counts.items():
-            plan_rows.setdefault(component, {})[kind] = table_to_rows(self.plan.table(component, kind))
-            executed.setdefault(component, {})[kind] = ["".join(map(executed_char, row)) for row in counts.counts]
-            kind_cells = []
-            for row in counts.counts:
-                row_cells = []
-                for cell in row:
-                    named = {n: c for n, c in ((NATIVE_NAME, cell[NATIVE]), (self.fp8_name, cell[FP8])) if c}
-                    for name, calls in named.items():
-                        totals[name] = totals.get(name, 0) + calls
-                    row_cells.append(named)
-                kind_cells.append(row_cells)
-            cells.setdefault(component, {})[kind] = kind_cells
         notes = list(self.notes)
         unknown = sum(self.unknown_step_calls.values())
         if unknown:
@@ -137,19 +118,12 @@ class RequestLog:
                          f"(step: calls {self.unknown_step_calls}); they are not in the table")
         if self.outside_calls:
             notes.append(f"{self.outside_calls} attention calls outside a pipeline request ran native (since start)")
-        return ExecutionReport(
-            plan_rows=plan_rows,
-            executed=executed,
-            cells=cells,
-            call_counts=totals,
-            fallback_calls=0,  # the plugin never falls back: vllm-omni's kernels raise where they cannot serve
-            fallback_reasons={},
-            pipeline_calls=1,
-            expert_schedule=list(self.plan.expert_schedule),
+        names = dict.fromkeys(self.plan.component_names, self.quantized_name)
+        # fallback_reasons stays empty: the plugin never falls back, vllm-omni's kernels raise where they cannot.
+        return build_report(
+            self.plan, self.counts, names, fallback_reasons={}, pipeline_calls=1,
             observed_schedule=["+".join(sorted(s)) if s else None for s in self.served],
-            fp8_backend=self.fp8_name if self.plan.uses_quantized() else None,
-            counted="calls",
-            notes=notes,
+            quantized_backend=self.quantized_name if self.plan.uses_quantized() else None, notes=notes,
         )
 
     def write(self, report: ExecutionReport, rank: int, world: int) -> Path:

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from runtime.integrations.vllm_omni import PLAN_ENV, REPORT_DIR_ENV
 from runtime.integrations.vllm_omni import vllm_omni_private as omni
 from runtime.integrations.vllm_omni.executed import RequestLog
 from runtime.integrations.vllm_omni.qcompile_api import (
@@ -32,7 +33,6 @@ from runtime.integrations.vllm_omni.qcompile_api import (
 
 logger = logging.getLogger("qcompile.vllm_omni")
 
-PLAN_ENV = "QCOMPILE_VLLM_OMNI_PLAN"
 PLAN_DTYPE_KV_CACHE = {"fp8_e4m3_per_block": "fp8"}  # plan dtype -> the --diffusion-kv-cache-dtype that runs it
 
 
@@ -341,7 +341,6 @@ def deactivate() -> None:
         _ACTIVE = None
 
 
-REPORT_DIR_ENV = "QCOMPILE_VLLM_OMNI_REPORT_DIR"
 DEFAULT_REPORT_DIR = "qcompile-vllm-omni-executed"
 
 

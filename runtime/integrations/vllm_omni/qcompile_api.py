@@ -5,10 +5,10 @@ When those modules move, only these imports follow them.
 
 from qcompiler.errors import FamilyError, PlanError, QcompileError
 from qcompiler.families import get_family
-from qcompiler.plan.format import Plan, load_plan, table_to_rows
-from qcompiler.plan.io import write_text_atomically
+from qcompiler.fileio import write_text_atomically
+from qcompiler.plan.format import Plan, load_plan
 from qcompiler.targets.vllm_omni import numerics_notes as vllm_omni_numerics_notes
-from runtime.execution_report import FP8, NATIVE, CellCounts, ExecutionReport, executed_char, report_from_dict
+from runtime.execution_report import FP8, NATIVE, CellCounts, ExecutionReport, build_report, report_from_dict
 
 __all__ = [
     "FP8",
@@ -19,11 +19,10 @@ __all__ = [
     "Plan",
     "PlanError",
     "QcompileError",
+    "build_report",
     "report_from_dict",
-    "executed_char",
     "get_family",
     "load_plan",
-    "table_to_rows",
     "vllm_omni_numerics_notes",
     "write_text_atomically",
 ]

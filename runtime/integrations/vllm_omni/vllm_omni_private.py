@@ -49,10 +49,6 @@ FLOW_SHIFT_ATTR = "_flow_shift"
 FORWARD_CONTEXT_MODULE = "vllm_omni.diffusion.forward_context"
 
 
-class UntestedVersionError(Exception):
-    """Raised (wrapped into the plugin's refusal) when vllm-omni is missing or not a tested version."""
-
-
 def installed_version() -> str | None:
     try:
         return metadata.version(DISTRIBUTION)

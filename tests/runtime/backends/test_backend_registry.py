@@ -113,7 +113,7 @@ def test_auto_runs_a_tiny_pipeline_on_the_made_up_backend(made_up, compile_tiny)
     with runtime.load(pipe, plan, backend="auto") as handle:
         run_tiny(pipe)
         report = handle.report()
-    assert handle.fp8_backend == "made-up"
+    assert handle.quantized_backend == "made-up"
     assert report.call_counts.get("made-up", 0) == made_up.MadeUpBackend.calls > 0
     assert report.matches_plan()
 

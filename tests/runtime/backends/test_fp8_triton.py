@@ -226,6 +226,7 @@ ODD_LAYERS_NATIVE = """\
 """
 
 
+@pytest.mark.slow
 @interpreted
 def test_tiny_pipeline_runs_the_plan_on_fp8_triton(t2v_pipe, compile_tiny):
     plan = compile_tiny(recipe(T2V, steps=2, rules=ODD_LAYERS_NATIVE))

@@ -283,7 +283,7 @@ def test_every_dtype_runs_on_the_reference_backend_cell_for_cell(dtype, i2v_pipe
     with runtime.load(i2v_pipe, plan, backend="reference") as handle:
         run_tiny(i2v_pipe)
         report = handle.report()
-    assert report.matches_plan() and report.call_counts["reference"] > 0 and report.fp8_backend == "reference"
+    assert report.matches_plan() and report.call_counts["reference"] > 0 and report.quantized_backend == "reference"
 
 
 # ---------------------------------------------------------------------------------------------------------------

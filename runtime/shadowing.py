@@ -56,7 +56,7 @@ class ShadowRecorder:
         return [r.to_dict() for r in self.records]
 
 
-def _fp8_backend(backend: str, numerics: Numerics) -> AttentionBackend:
+def _quantized_backend(backend: str, numerics: Numerics) -> AttentionBackend:
     resolved, reason = resolve_quantized_backend(backend, numerics)
     if resolved is None:
         raise BackendUnavailableError(f"shadow mode needs an FP8 backend: {reason}")
@@ -94,7 +94,7 @@ def shadow(
         unknown = sorted(set(kinds) - set(family.kinds))
         if unknown:
             raise PlanMismatchError(f"unknown attention kind(s) {unknown}; this family has {list(family.kinds)}")
-    fp8 = _fp8_backend(backend, numerics)
+    fp8 = _quantized_backend(backend, numerics)
     recorder = ShadowRecorder(backend=fp8.name, numerics=numerics)
     context = CallContext()
     hint = "the step count given to runtime.shadow(num_inference_steps=...)"
@@ -110,7 +110,7 @@ def shadow(
         rotation = (found.head_dim, numerics.rotation_seed) if numerics.hadamard_rotation else None
         # without a plan, the family may be another size of this pipeline class: count the model's blocks
         modules = attention_paths(family, name, kinds, None if loaded is not None else model)
-        specs.append(ComponentSpec(name, model, modules, state, None, None, rotation, needs_fp8=True))
+        specs.append(ComponentSpec(name, model, modules, state, None, None, rotation, needs_quantized=True))
     mark_installed(pipe, recorder)
     try:
         installation = install(specs, tracker)

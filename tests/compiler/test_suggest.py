@@ -27,7 +27,7 @@ from qcompiler.suggest.cover import (
     suggest_recipe,
 )
 from qcompiler.suggest.sensitivity import SensitivityError, load_sensitivity, sensitivity_from_dict
-from tests.quality.synthetic import synthetic_sensitivity
+from tests.compiler.synthetic import synthetic_sensitivity
 
 
 def _plan_cells(text: str, variant: str | None):
@@ -76,6 +76,7 @@ def test_lint_passes_on_a_written_recipe(tmp_path) -> None:
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 10_000),

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from qcompiler.stats import attention_flops
-from runtime.quality.metrics import (
+from runtime.metrics import (
     PSNR_CAP_DB,
     SSIM_K1,
     call_error,

@@ -15,24 +15,14 @@ from typing import Any
 
 import torch
 
-from qcompiler.plan.format import Plan, load_plan, table_to_rows
+from qcompiler.plan.format import Plan, load_plan
 from runtime.backends import AttentionBackend, NativeBackend, resolve_quantized_backend
 from runtime.backends.registry import component_refusal
 from runtime.call_record import CallRecord
 from runtime.checks import attention_paths, check_structure, transformer_components
 from runtime.dispatch import PLAN, ComponentState
 from runtime.errors import BackendUnavailableError, PlanMismatchError, UnknownBackendError
-from runtime.execution_report import (
-    FALLBACK,
-    FALLBACK_BACKEND,
-    FP8,
-    NATIVE,
-    SKIPPED,
-    SKIPPED_KEY,
-    CellCounts,
-    ExecutionReport,
-    executed_char,
-)
+from runtime.execution_report import FALLBACK_BACKEND, CellCounts, ExecutionReport, build_report
 from runtime.hooks import parallel_layout
 from runtime.install import ComponentSpec, Installation, install, mark_installed, unmark_installed
 from runtime.numerics import Numerics
@@ -40,12 +30,10 @@ from runtime.step_tracker import CallContext, StepTracker
 
 logger = logging.getLogger("runtime")
 
-EMBEDDED_PLAN_KEY = "_qcompile_plan"  # private key in transformer/config.json written by `qcompile patch`
-
 
 def _embedded_plan(pipe: Any) -> Plan:
     from qcompiler.families import list_families
-    from qcompiler.targets.pipeline_dir import embedded_plan_from_configs
+    from qcompiler.targets.pipeline_dir import PLAN_KEY, embedded_plan_from_configs
 
     # the transformers of any known family: the plan, once read, says which family it is
     configs = {name: model.config for family in list_families()
@@ -53,10 +41,10 @@ def _embedded_plan(pipe: Any) -> Plan:
     data = embedded_plan_from_configs(configs)
     if data is None:
         raise PlanMismatchError(
-            f"no plan given and the pipeline's transformer configs have no {EMBEDDED_PLAN_KEY!r}: pass a plan "
+            f"no plan given and the pipeline's transformer configs have no {PLAN_KEY!r}: pass a plan "
             "(runtime.load(pipe, 'plan.json')) or embed one with: qcompile patch PIPELINE_DIR plan.json"
         )
-    logger.info("runtime.load: using the plan embedded in the transformer config (%s)", EMBEDDED_PLAN_KEY)
+    logger.info("runtime.load: using the plan embedded in the transformer config (%s)", PLAN_KEY)
     return load_plan(data)
 
 
@@ -88,8 +76,8 @@ class PlanHandle:
         return self._active
 
     @property
-    def fp8_backend(self) -> str | None:
-        """Name of the backend that serves FP8 cells (None when none does)."""
+    def quantized_backend(self) -> str | None:
+        """Name of the backend that serves quantized (FP8, MX, INT8) cells (None when none does)."""
         return next((b.name for b in self._served.values() if b is not None), None)
 
     def _install(self, models: dict[str, torch.nn.Module]) -> None:
@@ -107,11 +95,11 @@ class PlanHandle:
                 # backend="native" runs every cell natively, whatever the plan says (a deliberate override).
                 rows[kind] = tuple(tuple(False for _ in row) for row in table) if force_native else table
                 counts[kind] = self._counts[(name, kind)] = CellCounts(steps, len(modules[kind]))
-            needs_fp8 = backend is not None and any(any(row) for kind_rows in rows.values() for row in kind_rows)
+            needs_quantized = backend is not None and any(any(row) for kind_rows in rows.values() for row in kind_rows)
             rotation = (family.component(name).head_dim, numerics.rotation_seed) if (
                 backend is not None and numerics.hadamard_rotation) else None
             specs.append(ComponentSpec(name, models[name], modules, ComponentState(name, PLAN, backend, self._context),
-                                       rows, counts, rotation, needs_fp8))
+                                       rows, counts, rotation, needs_quantized))
         self._models = models
         self._installation = install(specs, self._tracker)
         self._active = True
@@ -148,32 +136,6 @@ class PlanHandle:
     def report(self) -> ExecutionReport:
         """What ran on this rank since load (or the last reset_report), cell for cell comparable with the plan.
         Under context parallelism, `runtime.gather_reports(handle.report())` combines the ranks' reports."""
-        plan_rows: dict[str, dict[str, list[str]]] = {}
-        executed: dict[str, dict[str, list[str]]] = {}
-        cells: dict[str, dict[str, list[list[dict[str, int]]]]] = {}
-        totals: dict[str, int] = {}
-        fallback_calls = skipped = 0
-        for (component, kind), counts in self._counts.items():
-            fp8_name = self._served[component].name if self._served[component] is not None else FALLBACK_BACKEND
-            plan_rows.setdefault(component, {})[kind] = table_to_rows(self.plan.table(component, kind))
-            executed.setdefault(component, {})[kind] = ["".join(executed_char(c) for c in row) for row in counts.counts]
-            kind_cells = []
-            for row in counts.counts:
-                row_cells = []
-                for cell in row:
-                    named: dict[str, int] = {}
-                    for lane_name, lane in (("native", NATIVE), (fp8_name, FP8), (FALLBACK_BACKEND, FALLBACK),
-                                            (SKIPPED_KEY, SKIPPED)):
-                        if cell[lane]:
-                            named[lane_name] = named.get(lane_name, 0) + cell[lane]
-                    for backend_name, calls in named.items():
-                        if backend_name != SKIPPED_KEY:
-                            totals[backend_name] = totals.get(backend_name, 0) + calls
-                    fallback_calls += cell[FALLBACK]
-                    skipped += cell[SKIPPED]
-                    row_cells.append(named)
-                kind_cells.append(row_cells)
-            cells.setdefault(component, {})[kind] = kind_cells
         compiled = sum(h.compiled_forwards for h in self._installation.hooks)
         notes = []
         if compiled:
@@ -181,23 +143,13 @@ class PlanHandle:
                          "one per forward, not attention calls")
         rank, world = _rank_and_world()
         layouts = {parallel_layout(m) for m in self._models.values()} - {None}
-        return ExecutionReport(
-            plan_rows=plan_rows,
-            executed=executed,
-            cells=cells,
-            call_counts=totals,
-            fallback_calls=fallback_calls,
-            fallback_reasons=dict(self.fallback_reasons),
-            pipeline_calls=self._tracker.pipeline_calls,
-            expert_schedule=list(self.plan.expert_schedule),
-            observed_schedule=self._tracker.observed_schedule(),
-            fp8_backend=self.fp8_backend,
-            counted="decisions" if compiled else "calls",
-            notes=notes,
-            skipped=skipped,
-            rank=rank,
-            world_size=world,
-            parallel=",".join(sorted(layouts)) or None,
+        names = {name: backend.name if backend is not None else FALLBACK_BACKEND
+                 for name, backend in self._served.items()}
+        return build_report(
+            self.plan, self._counts, names, fallback_reasons=self.fallback_reasons,
+            pipeline_calls=self._tracker.pipeline_calls, observed_schedule=self._tracker.observed_schedule(),
+            quantized_backend=self.quantized_backend, counted="decisions" if compiled else "calls", notes=notes,
+            rank=rank, world_size=world, parallel=",".join(sorted(layouts)) or None,
         )
 
 
@@ -230,14 +182,14 @@ def _serving_backends(
     """Per component, the backend serving its FP8 cells (None: native), and why FP8 falls back where it does.
     Raises BackendUnavailableError where the plan wants FP8, nothing can serve it and the policy is `error`."""
     numerics = Numerics.from_plan(plan)
-    fp8_backend, reason = resolve_quantized_backend(backend, numerics)
+    quantized, reason = resolve_quantized_backend(backend, numerics)
     served: dict[str, AttentionBackend | None] = {}
     fallbacks: dict[str, str] = {}
     for name in plan.component_names:
-        why, remedy = component_refusal(backend, fp8_backend, reason, numerics,
+        why, remedy = component_refusal(backend, quantized, reason, numerics,
                                         plan.family.component(name).head_dim) or ("", "")
         wants_fp8 = any(any(row) for kind in plan.attention_kinds for row in plan.table(name, kind))
-        served[name] = None if why else fp8_backend
+        served[name] = None if why else quantized
         if not why or not wants_fp8 or backend == "native" or isinstance(backend, NativeBackend):
             continue
         if plan.fallback == "error":
