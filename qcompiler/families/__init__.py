@@ -92,10 +92,18 @@ def _checked(name: str, dirs: tuple[Path, ...]) -> dict:
     if problems:
         where, message = problems[0]
         raise FamilyError(f"{path}: {json_path(where)}: {message}")
-    if len(data["components"]) > 1 and data["boundary_ratio"] is not None \
-            and data["scheduler"]["class"] not in EXPERT_SCHEDULERS:
-        raise FamilyError(f"{path}: $.scheduler.class: the expert schedule of a two-component family is predicted "
-                          f"for {', '.join(EXPERT_SCHEDULERS)} only, not {data['scheduler']['class']!r}")
+    if len(data["components"]) > 1 and data["boundary_ratio"] is not None:
+        if data["scheduler"]["class"] not in EXPERT_SCHEDULERS:
+            raise FamilyError(f"{path}: $.scheduler.class: the expert schedule of a two-component family is "
+                              f"predicted for {', '.join(EXPERT_SCHEDULERS)} only, not {data['scheduler']['class']!r}")
+        shifts = [("$.scheduler.flow_shift", data["scheduler"]["flow_shift"])] + [
+            (f"$.variants.{name}.scheduler.flow_shift", variant["scheduler"]["flow_shift"])
+            for name, variant in sorted((data.get("variants") or {}).items())
+            if "flow_shift" in variant.get("scheduler", {})]
+        for where, shift in shifts:
+            if shift is None:
+                raise FamilyError(f"{path}: {where}: a two-component family needs a number here (the expert "
+                                  "schedule is predicted from it); null is for one-component families only")
     return data
 
 

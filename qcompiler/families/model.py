@@ -72,7 +72,7 @@ class Family:
     boundary_ratio: float | None
     num_train_timesteps: int
     scheduler_class: str
-    flow_shift: float
+    flow_shift: float | None  # None: no one fixed shift (dynamic shifting, checkpoint-only); one component only
     batch: int
     cfg: bool
     tokens: tuple[tuple[str, int], ...]  # token role -> count at the reference shapes

@@ -52,6 +52,33 @@ class UnsupportedDtypeError(QcompileError):
     """The plan's quantized format has no equivalent in the target."""
 
 
+class UnsupportedFamilyError(QcompileError):
+    """The target has settings for other models only: nothing it reads can place the plan's family's cells."""
+
+
+def require_family(plan: Plan, target: str, supported: Iterable[str], missing: str) -> None:
+    """Refuse (UnsupportedFamilyError) a plan whose components are not all of the `supported` diffusers classes.
+
+    `missing` says, for the target, what it lacks for other models; it may use `{model}` (the plan's
+    unsupported class) and `{module}` (the path of one of the plan's attention modules, e.g.
+    `transformer_blocks.0.attn`), so the reader sees the plan's own names.
+    """
+    supported = tuple(supported)
+    family = plan.family
+    others = [c for c in family.components if c.diffusers_class not in supported]
+    if not others:
+        return
+    kind = family.kind_specs[0].name
+    module = family.module_path(others[0].name, kind, 0)
+    models = ", ".join(dict.fromkeys(c.diffusers_class for c in others))
+    raise UnsupportedFamilyError(
+        f"plan {plan.content_hash[:12]} ({family_label(plan)}: {models}) cannot be exported to {target}: "
+        + missing.format(model=models, module=module)
+        + f". {target} export covers {', '.join(supported)} only; run this family's plans with qcompile's "
+        "runtime (runtime.load)"
+    )
+
+
 def target_names(key: str) -> dict[str, str]:
     """Plan dtype -> its name in export target `key` (a FormatSpec.targets key: "vllm-omni", "mindiesd-strategy",
     "xdit", ...), for the registered formats that target runs."""

@@ -40,6 +40,7 @@ from qcompiler.targets.cells import (
     group_cells,
     num_layers,
     reachable_experts,
+    require_family,
     routing_lines,
     target_dtype,
 )
@@ -66,6 +67,13 @@ WEIGHTS_UNTOUCHED = "W16A16"
 #   "[!b]*"          any name not starting with "b": proj_out, condition_embedder.time_embedder.linear_1, ...
 #   "blocks.*.[!a]*" a 3-part block child not starting with "a" (no Linear today; kept for safety)
 FALLBACK_PATTERNS = ("*.*.*.*", "[!b]*", "blocks.*.[!a]*")
+# FALLBACK_PATTERNS and the fa_layers names are Wan's module names: for another model "[!b]*" matches its
+# attention modules too (transformer_blocks.0.attn), which would switch their FA quantization off.
+SUPPORTED_MODELS = ("WanTransformer3DModel",)
+MISSING = ("the export's module patterns are Wan-only: fallback_layers (which keep every Linear at W16A16) are "
+           "written for WanTransformer3DModel's names and would also match {model}'s attention modules (such as "
+           "{module}), switching their FA quantization off; patterns for {model}'s Linear and attention names, and "
+           "a MindIE-SD model whose attention calls fa_quant for them, are missing")
 MINDIESD_ROTATION_SEED = 1234  # ONLINE_FA_ROT_SEED in mindiesd/quantization/utils.py, not configurable
 
 
@@ -214,6 +222,7 @@ def export_mindiesd(plan: Plan, *, conservative: bool = False, routing: str = PI
     (MXFP8, INT8, unknown dtypes), NotExpressibleError naming the cells otherwise; `conservative=True` returns
     the largest safe rectangle per expert.
     """
+    require_family(plan, TARGET, SUPPORTED_MODELS, MISSING)
     strategy = target_dtype(plan, TARGET, STRATEGY_KEY)
     reach = reachable_experts(plan, routing, extra=[diffusers_expert_schedule(plan)])
     kinds = plan.attention_kinds

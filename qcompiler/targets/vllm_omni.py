@@ -38,6 +38,7 @@ from qcompiler.targets.cells import (
     group_cells,
     num_layers,
     reachable_experts,
+    require_family,
     routing_lines,
     target_dtype,
 )
@@ -53,6 +54,12 @@ TARGET = "vllm-omni"
 # vllm-omni quantizes only Wan's self-attention (attn1); it opts cross-attention (text K/V of 512 tokens) out
 # (`disable_kv_quant=True`). Cells of any other kind can only ever run native there.
 QUANTIZED_KIND = "self"
+
+# vllm-omni gates FP8 attention by (step, layer) tags its Wan pipelines set, with Wan's expert routing.
+SUPPORTED_MODELS = ("WanTransformer3DModel",)
+MISSING = ("vllm-omni's FP8 attention gate is Wan-only: its layer tags and expert routing exist for Wan "
+           "(diffusion_kv_cache_skip_layers indexes Wan's blocks.N.attn1 only); nothing tags {model}'s attention "
+           "calls (such as {module}) with a layer and step")
 
 # Plan dtype -> the value of vllm-omni 0.30's `diffusion_kv_cache_dtype` ("fp8, mxfp8, mxfp4, or float (NPU)"):
 # the same spelling as MindIE-SD's quant_attention `precision=`, which is what vllm-omni passes it on.
@@ -205,6 +212,7 @@ def export_vllm_omni(plan: Plan, *, conservative: bool = False, routing: str = P
     exact. With `conservative=True`, returns instead the largest expressible setting that never quantizes a
     cell the plan keeps native (see _best_rectangle).
     """
+    require_family(plan, TARGET, SUPPORTED_MODELS, MISSING)
     dtype = target_dtype(plan, TARGET, DTYPE_KEY)
     reach = reachable_experts(plan, routing, extra=[vllm_omni_expert_schedule(plan)])
     # (step, component) -> quantized self-attention layers, for every reachable pair.

@@ -35,12 +35,21 @@ from qcompiler.targets.cells import (
     group_cells,
     num_layers,
     reachable_experts,
+    require_family,
     routing_lines,
     target_dtype,
 )
 
 TARGET = "xDiT (xfuser 0.7.0)"
 SELF, CROSS = "self", "cross"
+
+# The schedule's length and routing are known for xfuser's Wan runner only (runner_models/wan.py).
+SUPPORTED_MODELS = ("WanTransformer3DModel",)
+MISSING = ("the --hybrid_attn_schedule export is Wan-only: it is laid out by xfuser 0.7.0's Wan runner "
+           "(runner_models/wan.py: one entry per transformer forward, two per step with separate CFG branches, "
+           "Wan's expert routing and flow_shift defaults); how many forwards per step xDiT's runner for {model} "
+           "makes (batched or separate CFG, guidance-distilled), and whether its attention (such as {module}) "
+           "follows the schedule, are not modelled")
 
 # Plan dtype -> the default xDiT quantized backend for it (AttentionBackendType names, xfuser 0.7.0).
 # Each format's spec names it (qcompiler/formats/<dtype>.py, target "xdit").
@@ -137,6 +146,7 @@ def export_xdit(plan: Plan, *, conservative: bool = False, routing: str = PINNED
     `cfg`: the pipeline runs classifier-free guidance (xDiT: guidance_scale > 1). Raises UnsupportedDtypeError,
     ValueError for an unknown backend name, NotExpressibleError naming the cells the schedule cannot follow.
     """
+    require_family(plan, TARGET, SUPPORTED_MODELS, MISSING)
     default_backend = target_dtype(plan, TARGET, BACKEND_KEY)
     fp8_backend = quantized_backend or default_backend
     if fp8_backend not in QUANTIZED_BACKENDS:

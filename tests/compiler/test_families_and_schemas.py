@@ -17,12 +17,22 @@ from tests.conftest import VALID_RECIPE
 
 
 def test_builtin_families_match_the_reference_sizes():
-    sizes = {f.name: [(c.name, f.num_layers(c.name, "self"), c.num_heads, c.head_dim) for c in f.components]
+    sizes = {f.name: [(c.name, *(f"{b.name}:{b.length}" for b in c.block_lists), c.num_heads, c.head_dim)
+                      for c in f.components]
              for f in list_families()}
-    assert sizes["wan2.2-i2v-a14b"] == [("transformer", 40, 40, 128), ("transformer_2", 40, 40, 128)]
-    assert sizes["wan2.2-ti2v-5b"] == [("transformer", 30, 24, 128)]
-    assert sizes["wan2.1-t2v-1.3b"] == [("transformer", 30, 12, 128)]
+    assert sizes["wan2.2-i2v-a14b"] == [("transformer", "blocks:40", 40, 128), ("transformer_2", "blocks:40", 40, 128)]
+    assert sizes["wan2.2-ti2v-5b"] == [("transformer", "blocks:30", 24, 128)]
+    assert sizes["wan2.1-t2v-1.3b"] == [("transformer", "blocks:30", 12, 128)]
     assert get_family("wan2.2-t2v-a14b").boundary_ratio == 0.875
+    # diffusers 0.42.1 class defaults (CogVideoX-5B: its released config), docs/families.md
+    assert sizes["flux.1-dev"] == sizes["flux.1-schnell"] == [
+        ("transformer", "transformer_blocks:19", "single_transformer_blocks:38", 24, 128)]
+    assert sizes["hunyuanvideo1.5-t2v-480p"] == [
+        ("transformer", "transformer_blocks:54", "refiner_blocks:2", 16, 128)]
+    assert sizes["ltx-video"] == [("transformer", "transformer_blocks:28", 32, 64)]
+    assert sizes["cogvideox-2b"] == [("transformer", "transformer_blocks:30", 30, 64)]
+    assert sizes["cogvideox-5b"] == [("transformer", "transformer_blocks:42", 48, 64)]
+    assert sizes["qwen-image"] == [("transformer", "transformer_blocks:60", 24, 128)]
 
 
 def test_a_new_family_needs_only_a_data_file(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from qcompiler import compile_recipe_text
 from qcompiler.plan.format import Plan, content_sha256, load_plan
-from qcompiler.targets.cells import NotExpressibleError, UnsupportedDtypeError
+from qcompiler.targets.cells import NotExpressibleError, UnsupportedDtypeError, UnsupportedFamilyError
 from qcompiler.targets.mindiesd import export_mindiesd
 from qcompiler.targets.vllm_omni import export_vllm_omni
 from qcompiler.targets.xdit import export_xdit
@@ -27,6 +27,7 @@ from . import xdit_decoder as xdit
 from .conftest import build_plan
 
 SHIPPED = sorted((Path(__file__).parents[2] / "recipes").glob("*.plan.json"))
+WAN22_I2V = Path(__file__).parents[2] / "recipes" / "wan22_i2v.plan.json"
 ROUTING_MODES = ("pinned", "any")
 LAYERS = 40
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -106,6 +107,11 @@ CHECKS = {"vllm-omni": check_vllm_omni, "mindiesd": check_mindiesd, "xdit": chec
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_every_shipped_plan_exports_exactly_or_is_refused_naming_cells(path, target, routing_mode):
     plan = load_plan(path)
+    if any(c.diffusers_class != "WanTransformer3DModel" for c in plan.family.components):
+        # The targets' settings exist for Wan only (tests/compiler/test_new_families.py checks the wording).
+        with pytest.raises(UnsupportedFamilyError, match="Wan-only"):
+            CHECKS[target](plan, routing_mode)
+        return
     outcome = CHECKS[target](plan, routing_mode)
     # The shipped recipes are rectangles of self-attention, one layer set for both experts: exact where
     # layers can be chosen; xDiT has one backend for every layer, so their native edge blocks are refused.
@@ -228,7 +234,7 @@ def with_dtype(plan: Plan, dtype: str) -> Plan:
     ("mxfp4_e2m1", "mxfp4", "MXFP4", "AITER_MXFP4"),
 ])
 def test_mx_plans_export_by_dtype_name(dtype, vllm_name, mindiesd_strategy, xdit_backend):
-    plan = with_dtype(load_plan(SHIPPED[3]), dtype)
+    plan = with_dtype(load_plan(WAN22_I2V), dtype)
     exported = export_vllm_omni(plan)
     assert exported.engine_args()["diffusion_kv_cache_dtype"] == vllm_name
     assert f"--diffusion-kv-cache-dtype {vllm_name} " in exported.to_flags()
@@ -244,7 +250,7 @@ def test_mx_plans_export_by_dtype_name(dtype, vllm_name, mindiesd_strategy, xdit
 
 @pytest.mark.parametrize("export", [export_vllm_omni, export_mindiesd, export_xdit])
 def test_int8_plans_are_refused_everywhere(export):
-    plan = with_dtype(load_plan(SHIPPED[3]), "int8_per_tensor")
+    plan = with_dtype(load_plan(WAN22_I2V), "int8_per_tensor")
     with pytest.raises(UnsupportedDtypeError) as caught:
         export(plan)
     assert "int8_per_tensor" in str(caught.value) and "runtime.load" in str(caught.value)
@@ -254,7 +260,7 @@ def test_int8_plans_are_refused_everywhere(export):
 
 
 def test_mindiesd_snippet_passes_policy_defaults_and_states_the_seed():
-    exported = export_mindiesd(load_plan(SHIPPED[3]))
+    exported = export_mindiesd(load_plan(WAN22_I2V))
     text = exported.to_python()
     assert 'TimestepPolicyConfig(fa_default_strategy="FLOAT")' in text
     assert all('target="fa"' in line for line in text.splitlines() if "policy.register(" in line)
@@ -324,8 +330,8 @@ def test_mindiesd_json_names_the_transformers_each_config_applies_to(tmp_path):
     assert [entry["components"] for entry in data["configs"]] == [["transformer"], ["transformer_2"]]
     assert data["native_components"] == []
     assert "online_quant_config" not in data
-    shipped = json.loads(export_mindiesd(load_plan(SHIPPED[3])).to_json())
-    assert [entry["components"] for entry in shipped["configs"]] == [list(load_plan(SHIPPED[3]).component_names)]
+    shipped = json.loads(export_mindiesd(load_plan(WAN22_I2V)).to_json())
+    assert [entry["components"] for entry in shipped["configs"]] == [list(load_plan(WAN22_I2V).component_names)]
 
 
 def test_mindiesd_leaves_out_an_expert_with_no_quantized_step():

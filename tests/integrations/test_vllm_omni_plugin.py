@@ -26,7 +26,9 @@ from runtime.integrations.vllm_omni.plugin import CellGate
 from tests.export.conftest import build_plan
 from tests.integrations import vllm_omni_wheel as wheel
 
-RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.plan.json"))
+# vllm-omni 0.30 serves Wan pipelines: the shipped plans of other families are refused (test below).
+RECIPES = sorted(p for p in (Path(__file__).resolve().parents[2] / "recipes").glob("*.plan.json")
+                 if all(c.diffusers_class == "WanTransformer3DModel" for c in load_plan(p).family.components))
 
 # Per-expert layers, a notch, FP8 cross-attention: nothing vllm-omni's one-rectangle flags can say.
 GENERATED_RECIPE = textwrap.dedent("""\
@@ -227,6 +229,13 @@ def test_edited_plan_is_refused(tmp_path: Path, gate):
     path.write_text(json.dumps(data))
     with pytest.raises(PlanError, match="edited after compiling"):
         plugin.activate(path, report_dir=str(tmp_path), step_source=gate.step)
+
+
+def test_a_plan_of_a_family_vllm_omni_does_not_serve_is_refused(world: wheel.WanWorld, gate, tmp_path: Path):
+    plan = load_plan(Path(__file__).resolve().parents[2] / "recipes" / "flux1_dev.plan.json")
+    activate(plan, tmp_path, gate)
+    with pytest.raises(plugin.PluginRefusal, match="not a vllm-omni Wan transformer"):
+        serve(world, plan)
 
 
 def test_plan_whose_family_record_differs_is_refused(tmp_path: Path, gate):

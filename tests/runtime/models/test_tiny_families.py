@@ -1,5 +1,5 @@
 """The five new families' tiny offline pipelines (runtime/models/tiny_*.py) against their format-2 family data
-(qcompiler/families/data_next/) and diffusers 0.42.1's real attention call paths.
+(qcompiler/families/data/) and diffusers 0.42.1's real attention call paths.
 
 The attention calls are observed independently of qcompile's runtime (tiny_family_observer: hooks on the attention
 modules, a wrapped `dispatch_attention_fn` and `F.scaled_dot_product_attention`); the per-forward counts asserted
@@ -20,7 +20,7 @@ import torch
 
 from tests.runtime.models.tiny_family_observer import observe
 
-DATA = Path(__file__).resolve().parents[3] / "qcompiler" / "families" / "data_next"
+DATA = Path(__file__).resolve().parents[3] / "qcompiler" / "families" / "data"
 
 # family file -> (tiny module, build kwargs)
 FAMILIES = {
