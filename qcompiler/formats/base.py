@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from qcompiler.numerics import DEFAULT_ROTATION_SEED
+from qcompiler.numerics import DEFAULT_ROTATION_SEED, KV_BLOCK_TOKENS, QUERY_BLOCK_TOKENS
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,19 @@ ROTATION_SEED = NumericsKey("rotation_seed", DEFAULT_ROTATION_SEED)
 
 def k_mean_subtraction_key(default: bool) -> NumericsKey:
     return NumericsKey("k_mean_subtraction", default, (True, False))
+
+
+def per_block_numerics(*extra: NumericsKey) -> tuple[NumericsKey, ...]:
+    """The numerics keys of the formats whose plans record the per-block kernel's token blocks (fixed by the
+    kernel contract, not settable): rotation, seed, the two block sizes, K mean subtraction (off), then `extra`."""
+    return (
+        HADAMARD_ROTATION,
+        ROTATION_SEED,
+        NumericsKey("query_block_tokens", QUERY_BLOCK_TOKENS, (QUERY_BLOCK_TOKENS,), settable=False),
+        NumericsKey("kv_block_tokens", KV_BLOCK_TOKENS, (KV_BLOCK_TOKENS,), settable=False),
+        k_mean_subtraction_key(False),
+        *extra,
+    )
 
 
 @dataclass(frozen=True)

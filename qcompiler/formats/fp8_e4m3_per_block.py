@@ -1,22 +1,8 @@
 """fp8_e4m3_per_block: float8 e4m3 with per-block float32 scales, as the Ascend FIA kernel's quant mode 7 takes
 them (the default format). Quantizer: runtime/quant/per_block.py."""
 
-from qcompiler.formats.base import (
-    HADAMARD_ROTATION,
-    ROTATION_SEED,
-    ForeignKeyRule,
-    FormatSpec,
-    NumericsKey,
-    k_mean_subtraction_key,
-)
-from qcompiler.numerics import (
-    DEFAULT_PV_PRECISION,
-    KV_BLOCK_TOKENS,
-    PV_PRECISIONS,
-    QUERY_BLOCK_TOKENS,
-    SEED_FA_FP8_S,
-    SEED_FA_NATIVE_S,
-)
+from qcompiler.formats.base import ForeignKeyRule, FormatSpec, NumericsKey, per_block_numerics
+from qcompiler.numerics import DEFAULT_PV_PRECISION, PV_PRECISIONS, SEED_FA_FP8_S, SEED_FA_NATIVE_S
 
 FORMAT = FormatSpec(
     name="fp8_e4m3_per_block",
@@ -25,12 +11,7 @@ FORMAT = FormatSpec(
     description="float8 e4m3 with one float32 scale per (batch, head, 128-token query block) and per (batch, head, "
                 "256-token key/value block), as the Ascend FIA kernel's quant mode 7 takes it",
     order=0,
-    numerics=(
-        HADAMARD_ROTATION,
-        ROTATION_SEED,
-        NumericsKey("query_block_tokens", QUERY_BLOCK_TOKENS, (QUERY_BLOCK_TOKENS,), settable=False),
-        NumericsKey("kv_block_tokens", KV_BLOCK_TOKENS, (KV_BLOCK_TOKENS,), settable=False),
-        k_mean_subtraction_key(False),
+    numerics=per_block_numerics(
         # Recorded only when a recipe sets it, so plans that never name it keep their hash. The MX kernels'
         # handling of P is their own (not an option): QC152 refuses the key with another dtype.
         NumericsKey("pv_precision", DEFAULT_PV_PRECISION, PV_PRECISIONS, when_set=True, foreign=ForeignKeyRule(

@@ -1,7 +1,6 @@
 """mxfp8_e4m3: OCP MX v1.0 MXFP8 (e4m3 elements, one E8M0 scale per 32 elements). Quantizer: runtime/quant/mx.py."""
 
-from qcompiler.formats.base import HADAMARD_ROTATION, ROTATION_SEED, FormatSpec, NumericsKey, k_mean_subtraction_key
-from qcompiler.numerics import KV_BLOCK_TOKENS, QUERY_BLOCK_TOKENS
+from qcompiler.formats.base import FormatSpec, per_block_numerics
 
 FORMAT = FormatSpec(
     name="mxfp8_e4m3",
@@ -12,13 +11,7 @@ FORMAT = FormatSpec(
     order=1,
     # MX formats block along 32 elements (MX_BLOCK_ELEMENTS), fixed by the format; their plans record the
     # per-block kernel's token block sizes unchanged (the plan schema pins them).
-    numerics=(
-        HADAMARD_ROTATION,
-        ROTATION_SEED,
-        NumericsKey("query_block_tokens", QUERY_BLOCK_TOKENS, (QUERY_BLOCK_TOKENS,), settable=False),
-        NumericsKey("kv_block_tokens", KV_BLOCK_TOKENS, (KV_BLOCK_TOKENS,), settable=False),
-        k_mean_subtraction_key(False),
-    ),
+    numerics=per_block_numerics(),
     speed_factor=None,
     speed_factor_source="never measured (no timing of an MXFP8 attention kernel yet)",
     targets={"vllm-omni": "mxfp8", "mindiesd-precision": "mxfp8", "xdit": "AITER_MXFP8"},
