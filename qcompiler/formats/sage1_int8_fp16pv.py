@@ -6,7 +6,8 @@ reference: runtime/quant/sage_formats.py (on runtime/quant/sage.py); kernel back
 from qcompiler.formats.base import ROTATION_SEED, FormatSpec, NumericsKey, k_mean_subtraction_key
 
 NAME = "sage1_int8_fp16pv"
-# [v1] quant_per_block.py:33 (BLKQ=128, BLKK=64): the library's only granularity, so recorded and fixed.
+# [v1] quant_per_block.py:33 (BLKQ=128, BLKK=64): the library's only granularity, fixed. Not recorded as
+# numerics keys: the plan schema pins query_block_tokens / kv_block_tokens to the per-block FP8 kernel's 128 / 256.
 Q_BLOCK_TOKENS = 128
 K_BLOCK_TOKENS = 64
 
@@ -22,11 +23,11 @@ FORMAT = FormatSpec(
         # The library rotates nothing; a recipe asking for the plan's Hadamard rotation is refused (QC154).
         NumericsKey("hadamard_rotation", False, (False,)),
         ROTATION_SEED,  # every format records one (suggest and the calibrate files carry it); unused here
-        NumericsKey("query_block_tokens", Q_BLOCK_TOKENS, (Q_BLOCK_TOKENS,), settable=False),
-        NumericsKey("kv_block_tokens", K_BLOCK_TOKENS, (K_BLOCK_TOKENS,), settable=False),
         # smooth_k: the library's default (and diffusers') is on.
         k_mean_subtraction_key(True),
-        NumericsKey("pv_precision", "fp16", ("fp16",), settable=False),
+        # Fixed by the kernel; typed so the backends' P @ V check reads it, recorded only if a recipe names it
+        # (the sensitivity schema has no such key).
+        NumericsKey("pv_precision", "fp16", ("fp16",), settable=False, when_set=True),
     ),
     speed_factor=None,
     speed_factor_source="never measured against BF16 attention on one card (the SageAttention repo's chart, 518 "
@@ -43,7 +44,7 @@ FORMAT = FormatSpec(
         "deploy with runtime.load on a CUDA machine (pip install sageattention==1.0.6), or pass backend='reference' "
         "to emulate it on CPU",
     ),
-    numerics_summary="sage1 numerics: k smoothing={k_mean_subtraction}, INT8 Q per {query_block_tokens} / K per "
-                     "{kv_block_tokens} tokens, FP16 P.V, no rotation; quantized cells run sageattention's "
+    numerics_summary="sage1 numerics: k smoothing={k_mean_subtraction}, INT8 Q per 128 / K per 64 "
+                     "tokens, FP16 P.V, no rotation; quantized cells run sageattention's "
                      "`sageattn` (backend sage-v1)",
 )

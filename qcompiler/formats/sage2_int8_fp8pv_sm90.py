@@ -23,7 +23,9 @@ FORMAT = FormatSpec(
         # smooth_k: the library's default (and diffusers') is on. The Q/K granularity is the library's default
         # per_thread, fixed (docs/sageattention.md): no numerics key records it.
         k_mean_subtraction_key(True),
-        NumericsKey("pv_precision", "e4m3", ("e4m3",), settable=False),
+        # Fixed by the kernel; typed so the backends' P @ V check reads it, recorded only if a recipe names it
+        # (the sensitivity schema has no such key).
+        NumericsKey("pv_precision", "e4m3", ("e4m3",), settable=False, when_set=True),
     ),
     speed_factor=None,
     speed_factor_source="never measured against BF16 attention on one card (published: 882 TOPS vs FA3-FP8's 892 "
