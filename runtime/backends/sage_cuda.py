@@ -44,7 +44,7 @@ SAGE1_PIN = "sageattention==1.0.6"
 SAGE1_FUNCTION = "sageattn"
 SM90_FUNCTION = "sageattn_qk_int8_pv_fp8_cuda_sm90"
 SAGE2_INSTALL = ("build SageAttention 2 from source: git clone https://github.com/thu-ml/SageAttention && "
-                 "cd SageAttention && pip install --no-build-isolation . (docs/gpu.md)")
+                 "cd SageAttention && python setup.py install (docs/gpu.md)")
 # [v1] core.py:82 and [v2] core.py:926-937: head dims 64, 96 (padded to 128 by the kernel) and 128.
 SAGE_HEAD_DIMS = HeadDims(exactly=(64, 96, 128))
 # sageattention 1.0.6's Triton kernels use INT8 tensor-core dots: Ampere (sm80) and newer.
