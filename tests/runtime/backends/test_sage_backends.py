@@ -190,6 +190,24 @@ def test_sage_v1_without_smoothing_passes_k_as_is():
     assert ck is k and kwargs["smooth_k"] is False
 
 
+def test_sage_v1_runs_sageattention_1_0_6s_own_kernels_in_the_interpreter():
+    # The library's Triton kernels under TRITON_INTERPRET=1 (tests/conftest.py sets it without CUDA), through
+    # sageattn's body minus its `assert q.is_cuda` (tests/runtime/test_sage_reference.py). fp32 in and out, so the
+    # interpreter's truncating bf16 cast plays no part; the residue is the reference's GPU model of the fp16 P.V
+    # accumulation (16-deep) against the interpreter's (one rounding per 64 keys): docs/sageattention.md, <= 3.9e-4.
+    from tests.runtime.test_sage_reference import _run_sage1_kernels
+
+    def sageattn_on_cpu(q, k, v, *, tensor_layout, is_causal, sm_scale, smooth_k):
+        assert smooth_k and not is_causal and sm_scale == q.shape[-1] ** -0.5  # what _run_sage1_kernels runs
+        return _run_sage1_kernels(q, k, v, tensor_layout, is_causal, q.dtype)[0]
+
+    numerics = Numerics.for_dtype(SAGE1)
+    q, k, v = _bsnd(torch.float32, tokens=200)
+    real = Sage1Backend(numerics, function=sageattn_on_cpu).attend(q, k, v, None)
+    ours = ReferenceBackend(numerics).attend(q, k, v, None)
+    assert real.dtype == torch.float32 and (real - ours).abs().max() <= 1e-3 and _cos(real, ours) >= 0.99999
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_sage_sm90_calls_the_sm90_kernel_as_the_reference_does(dtype):
     stand_in = Recorder(sage2_qk_int8_pv_fp8_cuda_sm90)
