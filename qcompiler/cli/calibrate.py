@@ -49,7 +49,9 @@ def _read_prompts(path: str | None) -> tuple[str, ...] | None:
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds; every prompt runs every seed.")
 @click.option("--dtype", type=FormatChoice(), default=DEFAULT_FORMAT, show_default=True,
               help="Quantized format to measure (qcompiler/formats/ has one module per format).")
-@click.option("--hadamard/--no-hadamard", default=True, show_default=True, help="Measure with the Q/K Hadamard rotation.")
+@click.option("--hadamard/--no-hadamard", default=None,
+              help="Measure with the Q/K Hadamard rotation. Default: the recipe default of the dtype (on; off for the "
+                   "SageAttention dtypes, which take no rotation).")
 @click.option("--rotation-seed", type=click.IntRange(0, MAX_ROTATION_SEED), default=DEFAULT_ROTATION_SEED, show_default=True)
 @click.option("--k-mean-subtraction/--no-k-mean-subtraction", default=None,
               help="Measure with K's token mean subtracted (exact for softmax). Default: the recipe default of the "
@@ -60,7 +62,7 @@ def _read_prompts(path: str | None) -> tuple[str, ...] | None:
               help="int8_per_tensor only: one scale per tensor per call, or per head. [default: call]")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Sensitivity file to write.")
 @pipeline_options
-def command(family: str, steps: int, prompts_file: str | None, seeds: str, dtype: str, hadamard: bool,
+def command(family: str, steps: int, prompts_file: str | None, seeds: str, dtype: str, hadamard: bool | None,
             rotation_seed: int, k_mean_subtraction: bool | None, v_rotation: bool | None, scale_scope: str | None,
             output: str, pipeline: str, backend: str, height: int, width: int, num_frames: int,
             guidance_scale: float, no_progress: bool) -> None:
@@ -72,6 +74,9 @@ def command(family: str, steps: int, prompts_file: str | None, seeds: str, dtype
         raise click.UsageError(f"--v-rotation/--no-v-rotation and --scale-scope apply to --dtype {owners} only")
     given = {"hadamard_rotation": hadamard, "rotation_seed": rotation_seed, "k_mean_subtraction": k_mean_subtraction,
              **int8_only}
+    rotation_key = get_format(dtype).key("hadamard_rotation")
+    if hadamard and rotation_key is not None and rotation_key.allowed is not None and True not in rotation_key.allowed:
+        raise click.UsageError(f"--dtype {dtype} takes no Q/K rotation (its kernel rotates nothing): drop --hadamard")
     seed_list = _parse_seeds(seeds)
     prompts = _read_prompts(prompts_file)
     get_family(family)

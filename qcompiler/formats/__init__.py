@@ -121,7 +121,14 @@ def recipe_findings(dtype: str, recipe_numerics: Mapping[str, Any] | None) -> li
     spec = get_format(dtype)
     findings = []
     for name in given:
-        if spec.key(name) is not None:
+        own = spec.key(name)
+        if own is not None:
+            fixed = (own.default,) if not own.settable else own.allowed
+            if fixed is not None and given[name] not in fixed:
+                findings.append(RecipeFinding(
+                    ("numerics", name), False, "error", "QC154",
+                    f"dtype {dtype} takes numerics.{name} = {', '.join(map(_yaml, fixed))} only, the recipe sets "
+                    f"{_yaml(given[name])}", f"remove numerics.{name} (or set it to {_yaml(fixed[0])})"))
             continue
         for owner in FORMATS.values():
             key = owner.key(name)
@@ -135,6 +142,10 @@ def recipe_findings(dtype: str, recipe_numerics: Mapping[str, Any] | None) -> li
         code, message, hint = spec.recipe_warning
         findings.append(RecipeFinding(("dtype",), False, "warning", code, message, hint))
     return findings
+
+
+def _yaml(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 discover_formats()

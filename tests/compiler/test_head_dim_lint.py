@@ -44,7 +44,8 @@ def test_head_dim_no_backend_runs_is_a_warning_naming_who_runs_what(tmp_path, mo
 
 @pytest.mark.parametrize(("dtype", "head_dim", "hint"), [
     ("fp8_e4m3_per_block", 256, "use dtype int8_per_tensor, which a backend runs at head dim 256"),
-    ("int8_per_tensor", 96, "no dtype runs at head dim 96"),  # rotations need a power of two; FP8 takes 64/128
+    # rotations need a power of two and FP8 takes 64/128; SageAttention's kernels take 96 (sage-v1, sage-sm90)
+    ("int8_per_tensor", 96, "use dtype sage1_int8_fp16pv or sage2_int8_fp8pv_sm90, which a backend runs at head dim 96"),
 ])
 def test_the_hint_names_a_dtype_that_would_run(tmp_path, monkeypatch, dtype, head_dim, hint):
     path = recipe_for_head_dim(tmp_path, monkeypatch, head_dim, dtype)

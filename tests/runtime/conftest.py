@@ -27,9 +27,14 @@ COMPONENTS = {I2V: "[transformer, transformer_2]", TI2V: "[transformer]", T2V: "
 
 
 def recipe(family: str = I2V, *, steps: int = 4, default: str = "fp8", kinds: str = "[self]",
-           fallback: str = "error", rules: str = "", rotation: bool = True,
+           fallback: str = "error", rules: str = "", rotation: bool | None = None,
            dtype: str = "fp8_e4m3_per_block") -> str:
-    """A recipe for `family` with the given knobs; `rules` is YAML for the rules list (already indented)."""
+    """A recipe for `family` with the given knobs; `rules` is YAML for the rules list (already indented);
+    `rotation` None: the dtype's default (on; off for the SageAttention dtypes, which take none)."""
+    if rotation is None:
+        from qcompiler.formats import get_format
+
+        rotation = get_format(dtype).key("hadamard_rotation").default
     text = f"""\
         version: 1
         family: {family}

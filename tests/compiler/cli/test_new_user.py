@@ -136,7 +136,8 @@ def test_speed_factors_are_per_dtype_and_only_where_measured() -> None:
     from qcompiler.formats import quantized_name, speed_factor
 
     assert speed_factor("fp8_e4m3_per_block") == pytest.approx(5.43 / 6.81, abs=5e-4)
-    assert {name for name in DTYPES if speed_factor(name) is None} == {"mxfp8_e4m3", "mxfp4_e2m1", "int8_per_tensor"}
+    assert {name for name in DTYPES if speed_factor(name) is None} == {"mxfp8_e4m3", "mxfp4_e2m1", "int8_per_tensor",
+                                                                       "sage1_int8_fp16pv", "sage2_int8_fp8pv_sm90"}
     assert all(row.speed_factor_source for row in DTYPES.values())
     assert quantized_name("fp8_e4m3_per_block") == "FP8" and quantized_name("mxfp4_e2m1") == "quantized (mxfp4_e2m1)"
 

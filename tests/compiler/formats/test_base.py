@@ -69,7 +69,8 @@ def test_other_formats_keys_are_findings_of_the_owners_rule():
 
 def test_export_target_names_come_from_the_specs():
     assert {name: spec.target_name("vllm-omni") for name, spec in FORMATS.items()} == {
-        "fp8_e4m3_per_block": "fp8", "mxfp8_e4m3": "mxfp8", "mxfp4_e2m1": "mxfp4", "int8_per_tensor": None}
+        "fp8_e4m3_per_block": "fp8", "mxfp8_e4m3": "mxfp8", "mxfp4_e2m1": "mxfp4", "int8_per_tensor": None,
+        "sage1_int8_fp16pv": None, "sage2_int8_fp8pv_sm90": None}
     assert get_format("mxfp8_e4m3").target_name("mindiesd-strategy") is None
     assert "OnlineQuantConfig" in get_format("mxfp8_e4m3").target_refusal("mindiesd-strategy")
     assert "own runtime" in get_format("int8_per_tensor").target_refusal("xdit")

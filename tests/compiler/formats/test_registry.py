@@ -50,7 +50,8 @@ def made_up_format(tmp_path, monkeypatch):
 
 
 def test_the_registry_is_the_packages_modules_in_listing_order():
-    assert list(FORMATS) == ["fp8_e4m3_per_block", "mxfp8_e4m3", "mxfp4_e2m1", "int8_per_tensor"]
+    assert list(FORMATS) == ["fp8_e4m3_per_block", "mxfp8_e4m3", "mxfp4_e2m1", "int8_per_tensor",
+                            "sage1_int8_fp16pv", "sage2_int8_fp8pv_sm90"]
     assert all(spec.name == name for name, spec in FORMATS.items())
     with pytest.raises(KeyError, match="unknown quantized attention dtype 'fp3'; known: fp8_e4m3_per_block"):
         get_format("fp3")

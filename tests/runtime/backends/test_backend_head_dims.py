@@ -79,7 +79,7 @@ def test_runtime_backends_and_the_manifest_agree():
         backend = BACKENDS[name].make(Numerics())
         assert backend.dtypes == recorded[name].dtypes
         for dtype in backend.dtypes:
-            served = BACKENDS[name].make(Numerics.int8() if dtype == "int8_per_tensor" else Numerics(dtype=dtype))
+            served = BACKENDS[name].make(Numerics.for_dtype(dtype))
             for head_dim in (12, 32, 64, 96, 128, 256):
                 takes = name in serving_backends(dtype, head_dim, rotated=True)
                 assert (served.unsupported_reason(head_dim) is None) == takes, (name, dtype, head_dim)

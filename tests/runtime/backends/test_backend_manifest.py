@@ -60,7 +60,7 @@ def test_the_cli_offers_the_manifests_quantized_names():
     result = CliRunner().invoke(cli, ["report", "plan.json", "--backend", "fp8-gpu"])
     assert result.exit_code == 2
     assert "'fp8-gpu' is not one of 'auto', 'reference', 'npu-quant-attention'" in result.output
-    assert "'int8-npu', 'fp8-reference', 'fp8-npu'" in result.output and "'native'" not in result.output
+    assert "'int8-npu', 'sage-v1', 'sage-sm90', 'fp8-reference', 'fp8-npu'" in result.output and "'native'" not in result.output
 
 
 def test_the_manifest_and_lints_head_dim_check_need_no_torch():

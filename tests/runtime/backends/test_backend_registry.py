@@ -29,13 +29,13 @@ from tests.runtime.conftest import T2V, recipe
 
 def test_the_registry_finds_every_backend_module_of_the_package():
     assert list(backends()) == ["native", "reference", "npu-quant-attention", "npu-mindiesd-fia", "npu-torch-fia",
-                              "fp8-triton", "int8-npu"]
+                              "fp8-triton", "int8-npu", "sage-v1", "sage-sm90"]
     assert backend_names()[-2:] == ("fp8-reference", "fp8-npu")
     assert [s.name for s in backends().values() if s.auto_order is not None] == [
-        "npu-quant-attention", "npu-mindiesd-fia", "npu-torch-fia", "fp8-triton", "int8-npu"]
+        "npu-quant-attention", "npu-mindiesd-fia", "npu-torch-fia", "fp8-triton", "int8-npu", "sage-v1", "sage-sm90"]
     assert {s.module for s in backends().values()} == {
         f"runtime.backends.{m}" for m in ("native", "reference", "npu_quant_attention", "npu_mindiesd_fia",
-                                          "npu_torch_fia", "fp8_triton", "int8_npu")}
+                                          "npu_torch_fia", "fp8_triton", "int8_npu", "sage_cuda")}
 
 
 def test_a_package_of_backend_modules_is_imported_whole(tmp_path, monkeypatch):
