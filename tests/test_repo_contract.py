@@ -65,6 +65,8 @@ def test_plain_pytest_leaves_slow_tests_out_and_the_ci_command_runs_them(tmp_pat
     (tmp_path / "test_probe.py").write_text(
         "import pytest\n\n\ndef test_fast():\n    pass\n\n\n@pytest.mark.slow\ndef test_heavy():\n    pass\n")
     pytest_args = shlex.split(_readme_test_command().split("&&")[-1])
+    assert pytest_args[0] == "OMP_NUM_THREADS=1"  # one torch thread: two ran 10-20x slower on a busy 2-core machine
+    pytest_args = pytest_args[1:]
     assert pytest_args[:3] == [".venv/bin/python", "-m", "pytest"]
 
     def collected(*args: str) -> list[str]:
