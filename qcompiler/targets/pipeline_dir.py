@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from qcompiler.errors import PlanError, QcompileError
-from qcompiler.fileio import InputRefused, parse_json, read_regular_file, write_bytes_atomically
+from qcompiler.fileio import TEMP_MARKER, InputRefused, parse_json, read_regular_file, write_bytes_atomically
 from qcompiler.plan.format import MAX_PLAN_BYTES, Plan, load_plan
 
 try:
@@ -54,10 +54,15 @@ MAX_CONFIG_BYTES = MAX_PLAN_BYTES + 1024 * 1024
 
 # config.json key -> plan component key: what the plan's tables and kernels depend on.
 _STRUCTURE_KEYS = (("num_layers", "num_layers"), ("num_attention_heads", "num_heads"), ("attention_head_dim", "head_dim"))
-# Temp files of write_bytes_atomically (".NAME.xxxxxxxx.tmp") and of the writability probe that a killed run of
-# ours can leave; found only in the folders we write, and deleted only while holding the folder's lock.
+# Temp files of write_bytes_atomically for the files we write (".NAME.qcompile-tmp-PID.xxxxxxxx.tmp", see
+# qcompiler/fileio.py; ".NAME.xxxxxxxx.tmp" from qcompile versions before the pid was added) and of the
+# writability probe, that a killed or interrupted run of ours can leave. Found only in the folders we write, and
+# deleted only while holding the folder's lock, so whatever the pid, the writer is this process or a dead run.
+# The next atomic write to the same file removes its own, but a run can write nothing at all (a --remove with
+# nothing to remove, a patch that the recovery completed): so every run deletes them here.
 _OUR_TEMP_FILE = re.compile(
-    r"\.(?:config\.json(?:\.qcompile-backup)?|\.qcompile-patch-journal\.json|qcompile-probe)\.[a-z0-9_]{8}\.tmp"
+    rf"\.(?:config\.json(?:\.qcompile-backup)?|\.qcompile-patch-journal\.json)\.(?:{TEMP_MARKER}-[0-9]{{1,10}}\.)?"
+    r"[a-z0-9_]{8}\.tmp|\.qcompile-probe\.[a-z0-9_]{8}\.tmp"
 )
 _JOURNAL_PATH = re.compile(r"[^/\\]+/config\.json(?:\.qcompile-backup)?")
 

@@ -66,11 +66,23 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob(".*") if p.is_file())
 
 
+def restore(folder: Path, files: dict[str, bytes]) -> None:
+    """Make `folder` hold exactly `files` (a snapshot) again."""
+    for path in [p for p in folder.rglob("*") if p.is_file()]:
+        if str(path.relative_to(folder)) not in files:
+            path.unlink()
+    for name, data in files.items():
+        if not (folder / name).is_file() or (folder / name).read_bytes() != data:
+            (folder / name).write_bytes(data)
+
+
 def random_interrupt_loop(folder: Path, plan_path: Path, count: int, seed: int,
                           log=None) -> Counter:
     """`count` interrupted runs of `qcompile patch` / `--remove` on `folder` (stock at the start), each followed by
     a check that the folder loads (stock or fully patched) and by a repairing run that must succeed and leave the
-    folder byte for byte as before or as fully patched. Returns counts; "failure: ..." keys are findings."""
+    folder byte for byte as before or as fully patched. Returns counts; "failure: ..." keys are findings, and
+    `log` (a callable taking one line) gets each failing iteration's details. After a failed repair the folder
+    is put back to stock, so one finding is counted once, not again by the iterations after it."""
     from qcompiler.plan.format import load_plan
 
     rng = random.Random(seed)
@@ -109,36 +121,71 @@ def random_interrupt_loop(folder: Path, plan_path: Path, count: int, seed: int,
         kind = ("finished" if child.returncode == 0 else
                 "rolled back by the command" if child.returncode == 128 + signum else
                 f"killed ({name})" if child.returncode == -signum else f"exit {child.returncode}")
+        found: list[str] = []  # the failures of this iteration
         try:
             now = loaded_state(folder, plan_sha)
         except AssertionError as exc:
-            counts["failure: not loadable"] += 1
-            _log(log, f"#{i} {operation[-1]} {name} after {delay:.4f}s: {exc}")
-            now = "broken"
+            found.append("failure: not loadable")
+            now = f"broken ({exc})"
         if kind == "rolled back by the command":
             if "after the change" in stderr:
                 kind = "interrupted after completing"
                 if after == before or after not in (stock, patched):
-                    counts["failure: said complete but is not"] += 1
+                    found.append("failure: said complete but is not")
             elif after != before:
-                counts["failure: said nothing changed but the folder changed"] += 1
-        if kind == "exit 1" and "Aborted!" in stderr and signum == signal.SIGINT and after == before:
-            kind = "SIGINT before the command started (click: Aborted!)"
+                found.append("failure: said nothing changed but the folder changed")
+        if kind == "exit 1" and signum == signal.SIGINT and after == before:
+            # Python's own answer to Ctrl-C before our handler is set: while click runs, it prints Aborted!;
+            # earlier (interpreter start-up, imports: slow on a loaded machine) a KeyboardInterrupt traceback
+            # (`python -m` exits 1 on it, not by SIGINT).
+            if "Aborted!" in stderr:
+                kind = "SIGINT before the command started (click: Aborted!)"
+            elif stderr.rstrip().endswith("KeyboardInterrupt"):
+                kind = "SIGINT while Python was starting (KeyboardInterrupt)"
         if kind.startswith("exit") or (kind == "finished" and stderr.strip()):
-            counts[f"failure: {kind}: {stderr.strip()[-200:]}"] += 1
+            found.append(f"failure: {kind}: {stderr.strip()[-200:]}")
         changed = "unchanged" if after == before else "complete" if after in (stock, patched) else "partial"
-        counts[f"{kind}, folder {changed}, loads {now}"] += 1
+        counts[f"{kind}, folder {changed}, loads {now if not now.startswith('broken') else 'broken'}"] += 1
         # Repair: the next command (either one) finishes or undoes what was left, and succeeds.
         repair = ["patch", str(folder), str(plan_path)] if rng.random() < 0.5 else ["patch", str(folder), "--remove"]
         fixed = run(repair)
         final = snapshot(folder)
         nothing_to_remove = fixed.returncode == 1 and "nothing to remove" in fixed.stderr and final == stock
         if (fixed.returncode != 0 and not nothing_to_remove) or final not in (stock, patched) or leftovers(folder):
-            counts["failure: repair"] += 1
-            _log(log, f"#{i} repair {repair[2:]} exit {fixed.returncode}: {fixed.stderr.strip()[-300:]} {leftovers(folder)}")
-        state = "stock" if final == stock else "patched"
+            found.append("failure: repair")
+        if found:
+            counts.update(found)
+            _log(log, f"#{i} (seed {seed}) {_label(operation)} on a {state} folder, {name} "
+                      f"{delay:.4f}s after {'our first file appeared' if targeted else 'the start'}: {kind}, "
+                      f"exit {child.returncode}, stderr {stderr.strip()[-300:]!r}, folder after: "
+                      f"{_compare(after, before, stock, patched)}, loads {now}; then {_label(repair)}: exit "
+                      f"{fixed.returncode}, stderr {fixed.stderr.strip()[-300:]!r}, folder after: "
+                      f"{_compare(final, before, stock, patched)}; findings: {found}")
+        if "failure: repair" in found:
+            restore(folder, stock)
+        state = "stock" if snapshot(folder) == stock else "patched"
         counts["_seconds"] += round(time.perf_counter() - started, 3)
     return counts
+
+
+def _label(args: list[str]) -> str:
+    return "patch --remove" if "--remove" in args else "patch PLAN"
+
+
+def _compare(files: dict[str, bytes], before: dict[str, bytes], stock: dict[str, bytes],
+             patched: dict[str, bytes]) -> str:
+    """How a snapshot differs from the nearest of the known states: which files are extra, missing or changed."""
+    if files == before:
+        return "unchanged"
+    for label, known in (("stock", stock), ("patched", patched)):
+        if files == known:
+            return label
+    label, known = min((("stock", stock), ("patched", patched)),
+                       key=lambda lk: len(set(files) ^ set(lk[1])) + sum(files.get(k) != v for k, v in lk[1].items()))
+    extra = sorted(set(files) - set(known))
+    missing = sorted(set(known) - set(files))
+    changed = sorted(k for k in set(files) & set(known) if files[k] != known[k])
+    return f"neither stock nor patched; vs {label}: extra {extra}, missing {missing}, changed {changed}"
 
 
 def _log(log, line: str) -> None:

@@ -258,13 +258,30 @@ def test_a_reader_takes_a_folder_whose_first_transformer_has_no_plan_as_not_patc
 
 def test_leftover_temp_files_of_ours_are_deleted_and_others_kept(config_only_pipeline_dir, tiny_plan_path):
     folder = config_only_pipeline_dir
-    ours = [folder / "transformer" / ".config.json.ab3_x9z0.tmp", folder / "..qcompile-patch-journal.json.abcdefgh.tmp",
+    # the names write_bytes_atomically gives (with the writer's pid), and those of older qcompile versions
+    ours = [folder / "transformer" / ".config.json.qcompile-tmp-4242.ab3_x9z0.tmp",
+            folder / "..qcompile-patch-journal.json.qcompile-tmp-7.abcdefgh.tmp",
+            folder / "transformer_2" / ".config.json.qcompile-backup.qcompile-tmp-99999.12345678.tmp",
+            folder / ".qcompile-probe.zz_9a8b7.tmp",
+            folder / "transformer" / ".config.json.ab3_x9z0.tmp", folder / "..qcompile-patch-journal.json.abcdefgh.tmp",
             folder / "transformer_2" / ".config.json.qcompile-backup.12345678.tmp"]
     theirs = [folder / "transformer" / ".config.json.keep.tmp", folder / "transformer" / "notes.tmp"]
     for path in ours + theirs:
         path.write_text("{")
     patch_pipeline_dir(folder, tiny_plan_path)
     assert not any(p.exists() for p in ours) and all(p.exists() for p in theirs)
+
+
+def test_a_remove_with_nothing_to_remove_still_deletes_a_killed_runs_temp_file(config_only_pipeline_dir):
+    """A patch killed while writing its journal leaves only the journal's temp file, in a stock folder: the
+    --remove that follows writes nothing, and must still delete it (it did not: issue 18's flaky interrupt loop)."""
+    folder = config_only_pipeline_dir
+    stock = snapshot(folder)
+    leftover = folder / "..qcompile-patch-journal.json.qcompile-tmp-4242.5oh9329z.tmp"
+    leftover.write_bytes(b"")
+    with pytest.raises(PatchError, match="nothing to remove"):
+        remove_patch(folder)
+    assert snapshot(folder) == stock
 
 
 def test_a_hostile_journal_is_refused_not_followed(config_only_pipeline_dir, tiny_plan_path):
