@@ -69,6 +69,19 @@ def k_mean_subtraction_key(default: bool) -> NumericsKey:
     return NumericsKey("k_mean_subtraction", default, (True, False))
 
 
+def smoothed_unrotated_numerics(pv_precision: str) -> tuple[NumericsKey, ...]:
+    """The numerics keys of the SageAttention formats: no Q/K rotation (the library does none; a recipe asking for
+    it is refused, QC154), a seed recorded but unused (suggest and calibrate files carry one), K smoothing on (the
+    library's and diffusers' default), and P @ V precision fixed by the kernel (recorded only if a recipe names it:
+    the sensitivity schema has no such key)."""
+    return (
+        NumericsKey("hadamard_rotation", False, (False,)),
+        ROTATION_SEED,
+        k_mean_subtraction_key(True),
+        NumericsKey("pv_precision", pv_precision, (pv_precision,), settable=False, when_set=True),
+    )
+
+
 def per_block_numerics(*extra: NumericsKey) -> tuple[NumericsKey, ...]:
     """The numerics keys of the formats whose plans record the per-block kernel's token blocks (fixed by the
     kernel contract, not settable): rotation, seed, the two block sizes, K mean subtraction (off), then `extra`."""

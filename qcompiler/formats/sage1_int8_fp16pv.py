@@ -3,7 +3,7 @@ computes them: K smoothed, INT8 Q per 128-token block (sm_scale * log2 e folded 
 FP16 P and V, P.V accumulated in FP16 per 64-key block into FP32 (docs/sageattention.md). Quantizer and exact CPU
 reference: runtime/quant/sage_formats.py (on runtime/quant/sage.py); kernel backend: sage-v1."""
 
-from qcompiler.formats.base import ROTATION_SEED, FormatSpec, NumericsKey, k_mean_subtraction_key
+from qcompiler.formats.base import FormatSpec, smoothed_unrotated_numerics
 
 NAME = "sage1_int8_fp16pv"
 # [v1] quant_per_block.py:33 (BLKQ=128, BLKK=64): the library's only granularity, fixed. Not recorded as
@@ -19,16 +19,7 @@ FORMAT = FormatSpec(
                 "per 128-token block and INT8 K per 64-token block (scale = amax / 127), FP16 P and V with P.V "
                 "accumulated in FP16 per 64 keys into FP32; no Q/K rotation (the library does none)",
     order=4,
-    numerics=(
-        # The library rotates nothing; a recipe asking for the plan's Hadamard rotation is refused (QC154).
-        NumericsKey("hadamard_rotation", False, (False,)),
-        ROTATION_SEED,  # every format records one (suggest and the calibrate files carry it); unused here
-        # smooth_k: the library's default (and diffusers') is on.
-        k_mean_subtraction_key(True),
-        # Fixed by the kernel; typed so the backends' P @ V check reads it, recorded only if a recipe names it
-        # (the sensitivity schema has no such key).
-        NumericsKey("pv_precision", "fp16", ("fp16",), settable=False, when_set=True),
-    ),
+    numerics=smoothed_unrotated_numerics("fp16"),
     speed_factor=None,
     speed_factor_source="never measured against BF16 attention on one card (the SageAttention repo's chart, 518 "
                         "TOPS vs FlashAttention-2's 339 at 32K, names no GPU here: "

@@ -4,7 +4,7 @@ one scale per channel, P in FP8 e4m3 (running row max -> 448), P.V accumulated i
 (docs/sageattention.md). Quantizer and exact CPU reference: runtime/quant/sage_formats.py (on
 runtime/quant/sage.py); kernel backend: sage-sm90."""
 
-from qcompiler.formats.base import ROTATION_SEED, FormatSpec, NumericsKey, k_mean_subtraction_key
+from qcompiler.formats.base import FormatSpec, smoothed_unrotated_numerics
 
 NAME = "sage2_int8_fp8pv_sm90"
 
@@ -16,17 +16,8 @@ FORMAT = FormatSpec(
                 "per thread (2 tokens of a 16-token warp band) and K per thread (32 tokens of a 128-token block), "
                 "V in FP8 e4m3 per channel, P in FP8 e4m3, P.V accumulated in FP32; no Q/K rotation",
     order=5,
-    numerics=(
-        # The library rotates nothing; a recipe asking for the plan's Hadamard rotation is refused (QC154).
-        NumericsKey("hadamard_rotation", False, (False,)),
-        ROTATION_SEED,  # every format records one (suggest and the calibrate files carry it); unused here
-        # smooth_k: the library's default (and diffusers') is on. The Q/K granularity is the library's default
-        # per_thread, fixed (docs/sageattention.md): no numerics key records it.
-        k_mean_subtraction_key(True),
-        # Fixed by the kernel; typed so the backends' P @ V check reads it, recorded only if a recipe names it
-        # (the sensitivity schema has no such key).
-        NumericsKey("pv_precision", "e4m3", ("e4m3",), settable=False, when_set=True),
-    ),
+    # The Q/K granularity is the library's default per_thread, fixed (docs/sageattention.md): no key records it.
+    numerics=smoothed_unrotated_numerics("e4m3"),
     speed_factor=None,
     speed_factor_source="never measured against BF16 attention on one card (published: 882 TOPS vs FA3-FP8's 892 "
                         "on H100 at head dim 128, an FP8 comparison, not a BF16 one: "
