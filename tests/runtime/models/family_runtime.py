@@ -37,10 +37,14 @@ def compile_shipped(recipe: str, out: Path, steps: int = STEPS) -> Plan:
     return load_plan(out)
 
 
-def compile_variant(recipe: str, *, default: str, keep_rules: bool = True, steps: int = STEPS) -> Plan:
-    """The shipped recipe with another `default:` (and, unless keep_rules, no rules), compiled for tiny."""
+def compile_variant(recipe: str, *, default: str, keep_rules: bool = True, kinds: str | None = None,
+                    steps: int = STEPS) -> Plan:
+    """The shipped recipe with another `default:` (unless keep_rules, no rules; with kinds, another
+    `attention_kinds:` list, e.g. "[self, cross]"), compiled for tiny."""
     text = (RECIPES / f"{recipe}.yaml").read_text()
     text = re.sub(r"(?m)^default: \w+", f"default: {default}", text)
+    if kinds is not None:
+        text = re.sub(r"(?m)^attention_kinds: .*$", f"attention_kinds: {kinds}", text)
     if not keep_rules:
         text = re.sub(r"(?ms)^rules:\n.*", "", text)
     return compile_recipe_text(text, name=f"{recipe}-{default}.yaml", steps=steps, variant="tiny")
