@@ -85,6 +85,8 @@ def test_planned_quantized_cross_cells_run_stock_with_their_mask_and_say_so(pipe
     assert report.executed["transformer"]["cross"] == ["0" * LAYERS] * STEPS
     assert {(m.kind, m.planned, m.executed) for m in report.mismatches()} == {("cross", "1", "0")}
     assert len(report.mismatches()) == STEPS * LAYERS
+    assert f"transformer / cross: {STEPS * LAYERS} planned-quantized calls carried an attention mask" in report.format()
+    assert not any("transformer / self" in note for note in report.notes)
 
 
 def test_all_native_plan_is_bit_identical_to_stock(pipe_and_stock):

@@ -93,6 +93,7 @@ def test_masked_calls_of_unequal_prompts_run_stock_and_are_reported_as_fallback(
     assert not report.matches_plan()
     assert {(m.planned, m.executed) for m in report.mismatches()} == {("1", "0")}
     assert len(report.mismatches()) == sum(map(sum, table))
+    assert f"transformer / joint: {len(planned)} planned-quantized calls carried an attention mask" in report.format()
 
 
 def test_all_native_plan_is_bit_identical_to_stock(pipe_and_stock):
