@@ -22,7 +22,7 @@ from runtime.call_record import CallRecord
 from runtime.checks import attention_paths, check_structure, transformer_components
 from runtime.dispatch import PLAN, ComponentState
 from runtime.errors import BackendUnavailableError, PlanMismatchError, UnknownBackendError
-from runtime.execution_report import FALLBACK_BACKEND, CellCounts, ExecutionReport, build_report
+from runtime.execution_report import FALLBACK, FALLBACK_BACKEND, CellCounts, ExecutionReport, build_report
 from runtime.hooks import parallel_layout
 from runtime.install import ComponentSpec, Installation, install, mark_installed, unmark_installed
 from runtime.numerics import Numerics
@@ -141,6 +141,7 @@ class PlanHandle:
         if compiled:
             notes.append(f"{compiled} forwards ran compiled blocks: their cells count the decisions the hook set, "
                          "one per forward, not attention calls")
+        notes.extend(self._ineligible_notes())
         rank, world = _rank_and_world()
         layouts = {parallel_layout(m) for m in self._models.values()} - {None}
         names = {name: backend.name if backend is not None else FALLBACK_BACKEND
@@ -151,6 +152,18 @@ class PlanHandle:
             quantized_backend=self.quantized_backend, counted="decisions" if compiled else "calls", notes=notes,
             rank=rank, world_size=world, parallel=",".join(sorted(layouts)) or None,
         )
+
+    def _ineligible_notes(self) -> list[str]:
+        """Where a backend serves the component, a fallback call is one the kernel cannot take as it is (a mask,
+        e.g. Qwen-Image's text padding or LTX-Video's cross-attention bias): say so, per component and kind."""
+        notes = []
+        for (name, kind), counts in sorted(self._counts.items()):
+            calls = sum(cell[FALLBACK] for row in counts.counts for cell in row)
+            if calls and self._served.get(name) is not None:
+                notes.append(f"{name} / {kind}: {calls} planned-quantized calls carried an attention mask (or "
+                             "dropout, a causal flag, GQA, a non-default scale) the quantized kernel does not take: "
+                             "they ran the stock attention with it, counted as fallback")
+        return notes
 
 
 def _rank_and_world() -> tuple[int, int]:

@@ -1,0 +1,46 @@
+"""LTX-Video (LTXVideoTransformer3DModel in LTXPipeline).
+
+What the LTX-Video family file cannot say as data:
+- batched CFG: with guidance the pipeline stacks the negative and positive prompts into one batch, so one
+  transformer forward per denoising step serves both branches (`branch` is BATCHED);
+- LTXVideoAttnProcessor calls diffusers' `dispatch_attention_fn` for both kinds: qcompile's backend is installed
+  on the processor;
+- cross-attention (attn2) carries the text mask as an additive bias on every call: a planned quantized cross cell
+  runs the stock attention and is counted as a fallback (runtime/dispatch.py), never quantized with its mask
+  dropped (the shipped recipe keeps cross native); self-attention (attn1) has no mask;
+- the tiny offline pipeline is runtime/models/tiny_ltx.py's (sizes fixed there: the family's `tiny` variant).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runtime.models import register
+from runtime.models._fixed_tiny import check_tiny_fits
+from runtime.models.base import BATCHED, ModelSupport
+
+
+@register
+class LTXVideoSupport(ModelSupport):
+    name = "ltx-video"
+    model_classes = ("LTXVideoTransformer3DModel",)
+    pipeline_classes = ("LTXPipeline",)
+    masked_kinds = ("cross",)
+
+    def branch(self, forward_in_step: int) -> str:
+        return BATCHED
+
+    def processor_classes(self) -> tuple[type, ...]:
+        from diffusers.models.transformers.transformer_ltx import LTXVideoAttnProcessor
+
+        return (LTXVideoAttnProcessor,)
+
+    def pipeline_types(self) -> tuple[type, ...]:
+        from diffusers import LTXPipeline
+
+        return (LTXPipeline,)
+
+    def build_tiny(self, family: Any, *, seed: int = 0) -> Any:
+        from runtime.models import tiny_ltx
+
+        return check_tiny_fits(tiny_ltx.build_tiny_pipeline(seed), family, "tiny_ltx")

@@ -1,0 +1,94 @@
+"""Shared by the per-family runtime tests (test_<family>_runtime.py): compile a shipped recipe for the tiny
+variant with the real CLI, and observe which attention calls ran quantized independently of the runtime's own
+bookkeeping.
+
+Independence: the calls come from tests/runtime/models/tiny_family_observer.py (hooks on the attention modules and
+a wrapped `dispatch_attention_fn`), the steps from counting transformer forwards (forward f of a call is step
+f // forwards_per_step), and "quantized" means the reference backend's `attend` ran inside that dispatch call: a
+wrapper on `ReferenceBackend.attend` marks the call the observer recorded last (the dispatch being served).
+Nothing here reads the runtime's counters, sites or report.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from click.testing import CliRunner
+
+from qcompiler import compile_recipe_text
+from qcompiler.cli.main import cli
+from qcompiler.plan.format import Plan, load_plan
+from runtime.backends.reference import ReferenceBackend
+from tests.runtime.models.tiny_family_observer import Observation, observe
+
+RECIPES = Path(__file__).resolve().parents[3] / "recipes"
+STEPS = 4
+
+
+def compile_shipped(recipe: str, out: Path, steps: int = STEPS) -> Plan:
+    """`qcompile recipes/<recipe>.yaml --variant tiny --steps N -o out` through the real CLI."""
+    result = CliRunner().invoke(cli, [str(RECIPES / f"{recipe}.yaml"), "--variant", "tiny", "--steps",
+                                                str(steps), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    return load_plan(out)
+
+
+def compile_variant(recipe: str, *, default: str, keep_rules: bool = True, kinds: str | None = None,
+                    steps: int = STEPS) -> Plan:
+    """The shipped recipe with another `default:` (unless keep_rules, no rules; with kinds, another
+    `attention_kinds:` list, e.g. "[self, cross]"), compiled for tiny."""
+    text = (RECIPES / f"{recipe}.yaml").read_text()
+    text = re.sub(r"(?m)^default: \w+", f"default: {default}", text)
+    if kinds is not None:
+        text = re.sub(r"(?m)^attention_kinds: .*$", f"attention_kinds: {kinds}", text)
+    if not keep_rules:
+        text = re.sub(r"(?ms)^rules:\n.*", "", text)
+    return compile_recipe_text(text, name=f"{recipe}-{default}.yaml", steps=steps, variant="tiny")
+
+
+@contextmanager
+def observe_quantized(transformer):
+    """Yield (observation, quantized): `quantized` is the set of (forward, call index) whose dispatch call ran
+    the reference backend's quantized attention."""
+    quantized: set[tuple[int, int]] = set()
+    stock = ReferenceBackend.attend
+
+    with observe(transformer) as obs:
+
+        @functools.wraps(stock)
+        def attend(self, *args, **kwargs):
+            quantized.add((len(obs.forwards) - 1, len(obs.forwards[-1]) - 1))
+            return stock(self, *args, **kwargs)
+
+        ReferenceBackend.attend = attend
+        try:
+            yield obs, quantized
+        finally:
+            ReferenceBackend.attend = stock
+
+
+def planned_cells(plan: Plan, obs: Observation, forwards_per_step: int, component: str = "transformer"
+                  ) -> tuple[set[tuple[int, int]], dict[tuple[int, int], tuple[str, int, int]]]:
+    """(the observed calls the plan quantizes, every observed call -> (kind, step, layer)), from the observation
+    and the family data alone."""
+    family = plan.family
+    comp = family.component(component)
+    kind_at = {(comp.block_list(k.block_list).path, k.module): k.name for k in family.kind_specs}
+    cells, planned = {}, set()
+    for f, calls in enumerate(obs.forwards):
+        step = f // forwards_per_step
+        for i, call in enumerate(calls):
+            kind = kind_at[(call.block_list, call.kind_module)]
+            cells[(f, i)] = (kind, step, call.layer)
+            if plan.table(component, kind)[step][call.layer]:
+                planned.add((f, i))
+    return planned, cells
+
+
+def run(module, pipe, steps: int = STEPS, seed: int = 0, **extra) -> torch.Tensor:
+    with torch.no_grad():
+        return pipe(**module.tiny_inputs(pipe, num_inference_steps=steps, seed=seed, **extra))[0]

@@ -1,0 +1,119 @@
+"""runtime.load follows an LTX-Video plan cell for cell on the tiny offline pipeline (runtime/models/ltx.py).
+
+One block list (28 `transformer_blocks`), two kinds through diffusers' dispatcher: `self` (attn1, no mask) and
+`cross` (attn2, an additive text mask on every call). Batched CFG: one forward per step serves both branches
+(batch 2), so every step's row is followed once per step and the branch is "cond+uncond". Which calls ran
+quantized is observed independently of the runtime (tests/runtime/models/family_runtime.py).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import runtime
+from runtime.errors import StepCountError
+from runtime.execution_report import FALLBACK_BACKEND
+from runtime.models import model_support, tiny_ltx
+from runtime.models.base import BATCHED
+from runtime.models.ltx import LTXVideoSupport
+from tests.runtime.models.family_runtime import (
+    STEPS,
+    compile_shipped,
+    compile_variant,
+    observe_quantized,
+    planned_cells,
+    run,
+)
+
+LAYERS = 28
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def pipe_and_stock():
+    pipe = tiny_ltx.build_tiny_pipeline(0)
+    return pipe, run(tiny_ltx, pipe)
+
+
+def test_shipped_plan_runs_cell_for_cell_in_one_batched_forward_per_step(pipe_and_stock, tmp_path):
+    pipe, stock = pipe_and_stock
+    plan = compile_shipped("ltx_video", tmp_path / "plan.json")
+    records = []
+    handle = runtime.load(pipe, plan, backend="reference")
+    try:
+        handle.set_observer(records.append)
+        with observe_quantized(pipe.transformer) as (obs, quantized):
+            out = run(tiny_ltx, pipe)
+        report = handle.report()
+    finally:
+        handle.unload()
+    assert report.matches_plan(), report.mismatches()[:5]
+    assert report.pipeline_calls == 1 and report.fallback_calls == 0
+    assert len(obs.forwards) == STEPS  # batched CFG: one forward per step ...
+    assert {call.batch for calls in obs.forwards for call in calls} == {2}  # ... over both branches
+    planned, cells = planned_cells(plan, obs, forwards_per_step=1)
+    assert planned and {cells[c][0] for c in planned} == {"self"}
+    assert quantized == planned
+    # every quantized call is recorded as serving both CFG branches
+    assert len(records) == len(planned) and {r.branch for r in records} == {BATCHED}
+    assert not torch.equal(out, stock)
+    assert torch.equal(run(tiny_ltx, pipe), stock)  # unloaded: stock, bit for bit
+
+
+def test_planned_quantized_cross_cells_run_stock_with_their_mask_and_say_so(pipe_and_stock):
+    """The cross-attention mask is on every call: a plan quantizing cross gets every cross call on the stock path
+    (mask kept), counted as fallback in the report, and no cross call is ever quantized."""
+    pipe, stock = pipe_and_stock
+    plan = compile_variant("ltx_video", default="fp8", keep_rules=False, kinds="[self, cross]")
+    with runtime.load(pipe, plan, backend="reference") as handle, \
+            observe_quantized(pipe.transformer) as (obs, quantized):
+        run(tiny_ltx, pipe)
+        report = handle.report()
+    _, cells = planned_cells(plan, obs, forwards_per_step=1)
+    assert {cells[c][0] for c in quantized} == {"self"}
+    assert len(quantized) == STEPS * LAYERS
+    cross = [c for c, (kind, _, _) in cells.items() if kind == "cross"]
+    assert len(cross) == STEPS * LAYERS and all(obs.forwards[f][i].masked for f, i in cross)
+    assert report.fallback_calls == STEPS * LAYERS
+    assert all(cell == {FALLBACK_BACKEND: 1} for row in report.cells["transformer"]["cross"] for cell in row)
+    assert report.executed["transformer"]["cross"] == ["0" * LAYERS] * STEPS
+    assert {(m.kind, m.planned, m.executed) for m in report.mismatches()} == {("cross", "1", "0")}
+    assert len(report.mismatches()) == STEPS * LAYERS
+    assert f"transformer / cross: {STEPS * LAYERS} planned-quantized calls carried an attention mask" in report.format()
+    assert not any("transformer / self" in note for note in report.notes)
+
+
+def test_all_native_plan_is_bit_identical_to_stock(pipe_and_stock):
+    pipe, stock = pipe_and_stock
+    plan = compile_variant("ltx_video", default="native", keep_rules=False, kinds="[self, cross]")
+    assert not plan.uses_quantized()
+    with runtime.load(pipe, plan, backend="reference") as handle, \
+            observe_quantized(pipe.transformer) as (_, quantized):
+        out = run(tiny_ltx, pipe)
+        assert handle.report().matches_plan()
+    assert not quantized
+    assert torch.equal(out, stock)
+
+
+def test_wrong_step_count_is_refused(pipe_and_stock):
+    pipe, stock = pipe_and_stock
+    plan = compile_variant("ltx_video", default="fp8")
+    with runtime.load(pipe, plan, backend="reference"):
+        with pytest.raises(StepCountError, match=f"called with 3 denoising steps, expected {STEPS}"):
+            run(tiny_ltx, pipe, steps=3)
+    assert torch.equal(run(tiny_ltx, pipe), stock)
+
+
+def test_ltx_model_support_serves_pipeline_and_tiny_builder():
+    from runtime.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline("ltx-video")
+    assert type(pipe).__name__ == "LTXPipeline"
+    assert isinstance(model_support(pipe), LTXVideoSupport)
+    assert model_support(pipe).branch(1) == BATCHED

@@ -1,0 +1,126 @@
+"""runtime.load follows a Qwen-Image plan cell for cell on the tiny offline pipeline (runtime/models/qwenimage.py).
+
+One block list (60 `transformer_blocks`), joint attention through diffusers' dispatcher. True CFG: two forwards
+per step (cond, then uncond, with different text lengths), both following the step's row. A key-padding mask
+appears only when prompts of unequal length share a batch: such calls run the stock attention with their mask and
+are reported as fallback, never quantized. Which calls ran quantized is observed independently of the runtime
+(tests/runtime/models/family_runtime.py). The tiny pipeline takes ~3 s to build: the module is slow.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import runtime
+from runtime.errors import StepCountError
+from runtime.execution_report import FALLBACK_BACKEND
+from runtime.models import model_support, tiny_qwenimage
+from runtime.models.qwenimage import QwenImageSupport
+from tests.runtime.models.family_runtime import (
+    STEPS,
+    compile_shipped,
+    compile_variant,
+    observe_quantized,
+    planned_cells,
+    run,
+)
+
+pytestmark = pytest.mark.slow
+
+LAYERS = 60
+UNEQUAL = dict(prompt=["a red cube", "a tall red cube on a table"], negative_prompt=["blurry", "x"])
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def pipe_and_stock():
+    pipe = tiny_qwenimage.build_tiny_pipeline(0)
+    return pipe, run(tiny_qwenimage, pipe)
+
+
+def test_shipped_plan_runs_cell_for_cell_in_both_cfg_forwards(pipe_and_stock, tmp_path):
+    pipe, stock = pipe_and_stock
+    plan = compile_shipped("qwen_image", tmp_path / "plan.json")
+    records = []
+    handle = runtime.load(pipe, plan, backend="reference")
+    try:
+        handle.set_observer(records.append)
+        with observe_quantized(pipe.transformer) as (obs, quantized):
+            out = run(tiny_qwenimage, pipe)
+        report = handle.report()
+    finally:
+        handle.unload()
+    assert report.matches_plan(), report.mismatches()[:5]
+    assert report.pipeline_calls == 1 and report.fallback_calls == 0
+    assert len(obs.forwards) == 2 * STEPS  # true CFG: cond and uncond forwards per step
+    assert not any(call.masked for calls in obs.forwards for call in calls)
+    assert obs.forwards[0][0].q_len != obs.forwards[1][0].q_len  # the branches' text lengths differ
+    planned, _ = planned_cells(plan, obs, forwards_per_step=2)
+    assert planned and quantized == planned
+    # each quantized cell served two calls, the cond forward's then the uncond forward's
+    assert all(cell in ({"reference": 2}, {"native": 2}) for row in report.cells["transformer"]["joint"] for cell in row)
+    assert [r.branch for r in records[:2]] == ["cond", "cond"] and records[-1].branch == "uncond"
+    assert not torch.equal(out, stock)
+    assert torch.equal(run(tiny_qwenimage, pipe), stock)  # unloaded: stock, bit for bit
+
+
+def test_masked_calls_of_unequal_prompts_run_stock_and_are_reported_as_fallback(pipe_and_stock, tmp_path):
+    pipe, _ = pipe_and_stock
+    stock = run(tiny_qwenimage, pipe, **UNEQUAL)
+    plan = compile_shipped("qwen_image", tmp_path / "plan.json")
+    with runtime.load(pipe, plan, backend="reference") as handle, \
+            observe_quantized(pipe.transformer) as (obs, quantized):
+        out = run(tiny_qwenimage, pipe, **UNEQUAL)
+        report = handle.report()
+    assert all(call.masked and call.batch == 2 for calls in obs.forwards for call in calls)
+    assert not quantized  # no masked call was quantized with its mask dropped ...
+    assert torch.equal(out, stock)  # ... every call ran the stock attention with its mask
+    planned, _ = planned_cells(plan, obs, forwards_per_step=2)
+    assert planned
+    # ... and the report says so: each planned quantized cell ran as fallback, twice (cond, uncond)
+    assert report.fallback_calls == len(planned)
+    joint = report.cells["transformer"]["joint"]
+    table = plan.table("transformer", "joint")
+    for step, row in enumerate(joint):
+        for layer, cell in enumerate(row):
+            assert cell == ({FALLBACK_BACKEND: 2} if table[step][layer] else {"native": 2}), (step, layer)
+    assert not report.matches_plan()
+    assert {(m.planned, m.executed) for m in report.mismatches()} == {("1", "0")}
+    assert len(report.mismatches()) == sum(map(sum, table))
+    assert f"transformer / joint: {len(planned)} planned-quantized calls carried an attention mask" in report.format()
+
+
+def test_all_native_plan_is_bit_identical_to_stock(pipe_and_stock):
+    pipe, stock = pipe_and_stock
+    plan = compile_variant("qwen_image", default="native", keep_rules=False)
+    assert not plan.uses_quantized()
+    with runtime.load(pipe, plan, backend="reference") as handle, \
+            observe_quantized(pipe.transformer) as (_, quantized):
+        out = run(tiny_qwenimage, pipe)
+        assert handle.report().matches_plan()
+    assert not quantized
+    assert torch.equal(out, stock)
+
+
+def test_wrong_step_count_is_refused(pipe_and_stock):
+    pipe, stock = pipe_and_stock
+    plan = compile_variant("qwen_image", default="fp8")
+    with runtime.load(pipe, plan, backend="reference"):
+        with pytest.raises(StepCountError, match=f"called with 3 denoising steps, expected {STEPS}"):
+            run(tiny_qwenimage, pipe, steps=3)
+    assert torch.equal(run(tiny_qwenimage, pipe), stock)
+
+
+def test_qwen_image_model_support_serves_pipeline_and_tiny_builder(pipe_and_stock):
+    pipe, _ = pipe_and_stock
+    assert isinstance(model_support(pipe), QwenImageSupport)
+    assert isinstance(model_support(pipe.transformer), QwenImageSupport)
+    from runtime.tiny import build_tiny_pipeline
+
+    assert type(build_tiny_pipeline("qwen-image").transformer).__name__ == "QwenImageTransformer2DModel"
