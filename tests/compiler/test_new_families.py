@@ -29,6 +29,7 @@ NEW = {
     "flux1_dev": ("flux.1-dev", "flux1_dev", 28),
     "flux1_schnell": ("flux.1-schnell", "flux1_schnell", 4),
     "hunyuanvideo15_t2v_480p": ("hunyuanvideo1.5-t2v-480p", "hunyuanvideo15_t2v_480p", 50),
+    "hunyuanvideo_t2v_720p": ("hunyuanvideo-t2v-720p", "hunyuanvideo_t2v_720p", 50),
     "ltx_video": ("ltx-video", "ltx_video", 50),
     "cogvideox_2b": ("cogvideox-2b", "cogvideox_2b", 50),
     "cogvideox_5b": ("cogvideox-5b", "cogvideox_5b", 50),
@@ -36,6 +37,7 @@ NEW = {
 }
 # What each recipe quantizes (the rest of the family's kinds stay native; the recipes' comments say why).
 SCOPE = {"flux1_dev": ["joint", "single"], "flux1_schnell": ["joint", "single"], "hunyuanvideo15_t2v_480p": ["joint"],
+         "hunyuanvideo_t2v_720p": ["joint", "single"],
          "ltx_video": ["self"], "cogvideox_2b": ["joint"], "cogvideox_5b": ["joint"], "qwen_image": ["joint"]}
 EXPORTS = {"vllm-omni": export_vllm_omni, "MindIE-SD 3.1.0": export_mindiesd, "xDiT (xfuser 0.7.0)": export_xdit}
 runner = CliRunner()

@@ -31,6 +31,7 @@ FAMILIES = {
     "ltx_video": ("tiny_ltx", {}),
     "qwen_image": ("tiny_qwenimage", {}),
     "hunyuanvideo15_t2v_480p": ("tiny_hunyuanvideo15", {}),
+    "hunyuanvideo_t2v_720p": ("tiny_hunyuanvideo", {}),
 }
 
 # Observed per forward: (block list path, attention module, how attention is reached, mask passed) -> calls.
@@ -46,14 +47,17 @@ EXPECTED_CALLS = {
     "qwen_image": {("transformer_blocks", "attn", "dispatch", False): 60},
     "hunyuanvideo15_t2v_480p": {("context_embedder.token_refiner.refiner_blocks", "attn", "sdpa", True): 2,
                                 ("transformer_blocks", "attn", "dispatch", True): 54},
+    "hunyuanvideo_t2v_720p": {("context_embedder.token_refiner.refiner_blocks", "attn", "sdpa", True): 2,
+                              ("transformer_blocks", "attn", "dispatch", True): 20,
+                              ("single_transformer_blocks", "attn", "dispatch", True): 40},
 }
 # Transformer forwards per denoising step and the batch of each attention call (batched CFG: 2 in one forward).
 FORWARDS_PER_STEP = {"flux1_dev": 1, "flux1_schnell": 1, "cogvideox_2b": 1, "cogvideox_5b": 1, "ltx_video": 1,
-                     "qwen_image": 2, "hunyuanvideo15_t2v_480p": 2}
+                     "qwen_image": 2, "hunyuanvideo15_t2v_480p": 2, "hunyuanvideo_t2v_720p": 1}
 CALL_BATCH = {"flux1_dev": 1, "flux1_schnell": 1, "cogvideox_2b": 2, "cogvideox_5b": 2, "ltx_video": 2,
-              "qwen_image": 1, "hunyuanvideo15_t2v_480p": 1}
+              "qwen_image": 1, "hunyuanvideo15_t2v_480p": 1, "hunyuanvideo_t2v_720p": 1}
 # Pipelines on the slow side of 2 s per build + two 2-step calls with one thread.
-SLOW = {"qwen_image", "hunyuanvideo15_t2v_480p", "ltx_video"}
+SLOW = {"qwen_image", "hunyuanvideo15_t2v_480p", "hunyuanvideo_t2v_720p", "ltx_video"}
 STEPS = 2
 
 
