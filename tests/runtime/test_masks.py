@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from runtime.backends.reference import ReferenceBackend
 from runtime.dispatch import PLAN, ComponentState, Site
 from runtime.errors import BackendUnavailableError, UnservableCallError
-from runtime.masks import Packing, analyze, run_packed
+from runtime.masks import analyze, run_packed
 from runtime.metrics import call_error
 from runtime.numerics import Numerics
 from runtime.step_tracker import CallContext
