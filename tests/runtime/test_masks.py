@@ -273,3 +273,23 @@ def test_site_runs_a_refused_mask_stock_and_counts_it_as_fallback_by_the_native_
     assert torch.equal(out, _stock(q, k, v, causal))
     assert site.take_counts() == (0, 0, 1) and not site.state.packed_calls
     assert "varies per query" in site.state.refused["cross"]
+
+
+# -- the execution report ---------------------------------------------------------------------------------------
+
+def test_packed_calls_survive_the_report_round_trip_and_add_up_over_ranks():
+    from qcompiler import compile_recipe_text
+    from runtime.execution_report import FP8, CellCounts, build_report, combine_reports, report_from_dict
+    from tests.runtime.conftest import recipe
+
+    plan = compile_recipe_text(recipe(steps=2), name="t.yaml", variant="tiny")
+    first = plan.component_names[0]
+    counts = {(c, "self"): CellCounts(2, plan.family.num_layers(c, "self")) for c in plan.component_names}
+    counts[(first, "self")].row(0)[0][FP8] = 3
+    report = build_report(plan, counts, {c: "reference" for c in plan.component_names}, fallback_reasons={},
+                          pipeline_calls=1, observed_schedule=[first, first], quantized_backend="reference",
+                          packed_calls={first: {"self": 3}})
+    assert "packed: 3 quantized calls carried a padding mask" in report.format()
+    again = report_from_dict(report.to_dict())
+    assert again.packed_calls == {first: {"self": 3}}
+    assert combine_reports([report, again]).packed_calls == {first: {"self": 6}}

@@ -126,3 +126,4 @@ def test_ltx_model_support_serves_pipeline_and_tiny_builder():
     assert type(pipe).__name__ == "LTXPipeline"
     assert isinstance(model_support(pipe), LTXVideoSupport)
     assert model_support(pipe).branch(1) == BATCHED
+
