@@ -126,7 +126,10 @@ class Site:
                                       parallel_config)
                 state.observer(self._record(out, native, used="fp8"))
             return out
-        if state.backend is not None and state.fallback == "error":
+        # Under context parallelism a masked call keeps the stock path whatever the policy (as before packing):
+        # packing needs the whole sequence's mask in one process (docs/runtime.md).
+        if state.backend is not None and state.fallback == "error" and not (
+                attn_mask is not None and parallel_config is not None):
             raise UnservableCallError(
                 f"{self.component} / {self.kind} layer {self.layer}, step {state.context.step} "
                 f"({state.context.branch}): the plan runs this cell quantized, but the quantized kernel cannot take "
@@ -218,7 +221,8 @@ def _quantized_serving(query: torch.Tensor, key: torch.Tensor, attn_mask: Any, d
         return None, ""
     if parallel_config is not None:
         # Under context parallelism each rank holds a shard of the sequence: packing would need the mask's valid
-        # tokens per shard; masked calls keep the stock path (diffusers' own CP attention with the mask).
+        # tokens per shard; masked calls keep the stock path (diffusers' own CP attention with the mask), counted
+        # as fallback.
         return None, "an attention mask under context parallelism (packing runs in one process only)"
     if torch.compiler.is_compiling():
         return None, "an attention mask inside a compiled graph (packing reads the mask on the host)"
