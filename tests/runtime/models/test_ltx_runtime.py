@@ -127,3 +127,15 @@ def test_ltx_model_support_serves_pipeline_and_tiny_builder():
     assert isinstance(model_support(pipe), LTXVideoSupport)
     assert model_support(pipe).branch(1) == BATCHED
 
+
+
+def test_shadow_mode_measures_the_packed_cross_calls_and_leaves_the_run_stock(pipe_and_stock):
+    """calibrate's shadow mode records the error of every call the quantized kernel can serve: the masked
+    cross-attention calls too (packed over the valid text tokens), while the run stays stock."""
+    pipe, stock = pipe_and_stock
+    with runtime.shadow(pipe, num_inference_steps=STEPS, backend="reference") as recorder:
+        out = run(tiny_ltx, pipe)
+    assert torch.equal(out, stock)
+    kinds = [r.kind for r in recorder.records]
+    assert kinds.count("cross") == kinds.count("self") == STEPS * LAYERS
+    assert min(r.cos_sim for r in recorder.records if r.kind == "cross") > 0.95

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import runtime
+from runtime.backends.base import AttentionBackend
 from runtime.errors import StepCountError
 from runtime.models import model_support, tiny_qwenimage
 from runtime.models.qwenimage import QwenImageSupport
@@ -103,6 +105,31 @@ def test_masked_calls_of_unequal_prompts_run_quantized_packed_and_are_reported_s
             "quantized over the valid tokens only (packed per sample)") in text
     assert "counted as fallback" not in text
     assert report.to_dict()["packed_calls"] == {"transformer": {"joint": len(planned)}}
+
+
+class _ExactAttention(AttentionBackend):
+    """A mask-less kernel without quantization error: SDPA over exactly the q/k/v it is given."""
+
+    name = "exact-sdpa"
+    is_quantized = True
+
+    def attend(self, query, key, value, rotation):
+        return F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2),
+                                              value.transpose(1, 2)).transpose(1, 2)
+
+
+def test_packing_is_exact_a_mask_less_exact_kernel_reproduces_the_stock_masked_run(pipe_and_stock):
+    """What packing computes is the masked attention itself: with an exact mask-less kernel in every cell, the
+    unequal-prompt run (every call masked) equals the stock run up to float rounding."""
+    pipe, _ = pipe_and_stock
+    stock = run(tiny_qwenimage, pipe, **UNEQUAL)
+    plan = compile_variant("qwen_image", default="fp8", keep_rules=False)
+    with runtime.load(pipe, plan, backend=_ExactAttention()) as handle:
+        out = run(tiny_qwenimage, pipe, **UNEQUAL)
+        report = handle.report()
+    assert report.matches_plan() and report.fallback_calls == 0
+    assert report.packed_calls == {"transformer": {"joint": 2 * STEPS * LAYERS}}
+    assert torch.allclose(out, stock, rtol=1e-4, atol=1e-5), float((out - stock).abs().max())
 
 
 def test_all_native_plan_is_bit_identical_to_stock(pipe_and_stock):
