@@ -16,7 +16,8 @@ CPU, torch 2.13's SDPA writes zeros there, for boolean and -inf masks alike).
   finite negative bias that provably underflows (LTX-Video's cross-attention: `(1 - mask) * -10000.0` in the
   hidden dtype, repeated per head, [B, N, 1, Sk]).
 It refuses (with a reason) a mask that varies per head, a per-query pattern that is not padding (causal, sliding
-window, block sparse), bias values other than 0 and a dropping value, and a finite bias not provably dropping.
+window, block sparse), bias values other than 0 and a dropping value, a finite bias not provably dropping, and a
+query row with no zero-bias key but finite biases (its stock softmax runs over the biased keys).
 
 Why a finite bias is dropped exactly: SDPA computes softmax(s + b) as exp(s_j + b_j - m) / sum, with m the row
 max, in fp32 or wider (half-precision kernels accumulate the softmax in fp32). For a valid query row m is at
@@ -131,7 +132,11 @@ def analyze(query: torch.Tensor, key: torch.Tensor, attn_mask: torch.Tensor, sca
     query_valid = keep.any(dim=2)  # [b, sq]: attends some key
     if not bool((keep == (query_valid[:, :, None] & key_valid[:, None, :])).all()):
         return _refuse("the mask varies per query in a way padding does not (causal, windowed or block-sparse)")
-    if not mask.dtype == torch.bool:
+    if mask.dtype != torch.bool:
+        if bool(torch.isfinite(mask[~query_valid.expand(mask.shape[:2])]).any()):
+            # such a row's softmax runs over the biased keys: real attention, not a row the mask empties
+            return _refuse("a query row keeps no key with bias 0 but has finite biases (a softmax over the biased "
+                           "keys, not padding)")
         reason = _bias_not_dropping(query, key, mask, keep, query_valid, key_valid, scale)
         if reason:
             return _refuse(reason)

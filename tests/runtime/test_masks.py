@@ -145,6 +145,8 @@ def test_more_biases_and_dtypes_are_refused():
     assert "dtype" in analyze(q, k, _key_valid().to(torch.int64)).reason
     assert "does not broadcast" in analyze(q, k, torch.ones(B, 1, 1, S_K + 1, dtype=torch.bool)).reason
     assert "NaN" in analyze(q, k, torch.full((B, 1, 1, S_K), float("nan"))).reason
+    # a sample none of whose keys has bias 0: its stock softmax runs over the biased keys (no row is emptied)
+    assert "keeps no key with bias 0" in analyze(q, k, _ltx_bias(_key_valid((0, 12, 4)))).reason
 
 
 # -- exactness of the drop --------------------------------------------------------------------------------------
@@ -165,10 +167,13 @@ def test_stock_attention_gives_dropped_keys_exactly_zero_weight(dtype):
                        torch.zeros(int((~valid).sum()) * N * S_Q))
 
 
-def test_fully_masked_query_rows_are_what_stock_gives_zeros_on_cpu():
+@pytest.mark.parametrize("form", ["bool", "minus_inf"])
+def test_fully_masked_query_rows_are_what_stock_gives_zeros_on_cpu(form):
     q, k, v = _qkv(s_q=S_K)
     valid = _key_valid()
     mask = valid[:, None, None, :] & valid[:, None, :, None]
+    if form == "minus_inf":
+        mask = torch.zeros(mask.shape).masked_fill(~mask, -torch.inf)
     packing = analyze(q, k, mask).packing
     out = run_packed(q, k, v, packing, lambda a, b, c: _stock(a, b, c, torch.ones(1, 1, 1, 1, dtype=torch.bool)),
                      _stock_rows(q, k, v, mask))
