@@ -8,11 +8,14 @@ asks that site which attention function runs:
 
 - native: diffusers' dispatch again with the backend the processor had before (so an all-native plan, and
   every native cell, is the stock computation, context parallelism included);
-- FP8: our backend's `attend(q, k, v, rotation)` (BSND). Under Ulysses it runs inside diffusers' templated
-  context-parallel attention, after the all-to-all, where each rank holds the full sequence for its heads and
-  quantizes exactly the blocks one process would. Cross-attention, whose queries diffusers keeps sharded, runs
-  locally on the rank's query tokens. Ring (and Ulysses-anything padding) is refused before the forward starts,
-  by the component hook (runtime/hooks.py).
+- FP8: our backend's `attend(q, k, v, rotation)` (BSND). A call with a padding mask (text padding) runs it per
+  batch sample over the valid tokens only (runtime/masks.py); a call the kernel cannot take (another mask,
+  dropout, ...) follows the plan's fallback policy: the stock attention, counted as a fallback, or
+  UnservableCallError. Under Ulysses it runs inside diffusers' templated context-parallel attention, after the
+  all-to-all, where each rank holds the full sequence for its heads and quantizes exactly the blocks one process
+  would (masked calls with a `parallel_config` run stock, counted as fallback). Cross-attention, whose queries
+  diffusers keeps sharded, runs locally on the rank's query tokens. Ring (and Ulysses-anything padding) is
+  refused before the forward starts, by the component hook (runtime/hooks.py).
 
 Per call this reads a few attributes and increments one counter: the per-forward decisions (the bool `fp8`, the
 rotation matrix, the process group for error metrics) are set once per transformer forward by the hook.
@@ -126,10 +129,10 @@ class Site:
                                       parallel_config)
                 state.observer(self._record(out, native, used="fp8"))
             return out
-        # Under context parallelism a masked call keeps the stock path whatever the policy (as before packing):
-        # packing needs the whole sequence's mask in one process (docs/runtime.md).
-        if state.backend is not None and state.fallback == "error" and not (
-                attn_mask is not None and parallel_config is not None):
+        # Under context parallelism or inside a compiled graph a masked call keeps the stock path whatever the
+        # policy (as before packing): packing needs the whole sequence's mask, read on the host (docs/runtime.md).
+        stock_by_layout = attn_mask is not None and (parallel_config is not None or torch.compiler.is_compiling())
+        if state.backend is not None and state.fallback == "error" and not stock_by_layout:
             raise UnservableCallError(
                 f"{self.component} / {self.kind} layer {self.layer}, step {state.context.step} "
                 f"({state.context.branch}): the plan runs this cell quantized, but the quantized kernel cannot take "
