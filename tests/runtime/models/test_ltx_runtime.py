@@ -9,15 +9,20 @@ quantized is observed independently of the runtime (tests/runtime/models/family_
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
 import runtime
-from runtime.errors import StepCountError
+from qcompiler import compile_recipe_text
+from runtime.errors import StepCountError, UnservableCallError
+from runtime.execution_report import FALLBACK_BACKEND
 from runtime.models import model_support, tiny_ltx
 from runtime.models.base import BATCHED
 from runtime.models.ltx import LTXVideoSupport
 from tests.runtime.models.family_runtime import (
+    RECIPES,
     STEPS,
     compile_shipped,
     compile_variant,
@@ -139,3 +144,40 @@ def test_shadow_mode_measures_the_packed_cross_calls_and_leaves_the_run_stock(pi
     kinds = [r.kind for r in recorder.records]
     assert kinds.count("cross") == kinds.count("self") == STEPS * LAYERS
     assert min(r.cos_sim for r in recorder.records if r.kind == "cross") > 0.95
+
+
+def _soft_masked_inputs(pipe):
+    """Prompt embeddings whose text mask is soft on one token (0.9999): the transformer's bias there is -1, a
+    penalty the stock softmax applies, not padding."""
+    embeds, mask, negative, negative_mask = pipe.encode_prompt(
+        "a red cube", "blurry", max_sequence_length=tiny_ltx.TEXT_TOKENS, device="cpu")
+    mask = mask.float()
+    mask[0, 0] = 0.9999
+    return dict(prompt=None, negative_prompt=None, prompt_embeds=embeds, prompt_attention_mask=mask,
+                negative_prompt_embeds=negative, negative_prompt_attention_mask=negative_mask)
+
+
+@pytest.mark.parametrize("fallback", ["error", "native"])
+def test_a_cross_mask_that_is_not_padding_follows_the_plans_fallback_policy(pipe_and_stock, fallback):
+    pipe, _ = pipe_and_stock
+    text = (RECIPES / "ltx_video.yaml").read_text()
+    text = re.sub(r"(?m)^fallback: \w+", f"fallback: {fallback}", text)
+    text = re.sub(r"(?m)^attention_kinds: .*$", "attention_kinds: [self, cross]", text)
+    plan = compile_recipe_text(re.sub(r"(?ms)^rules:\n.*", "", text), name="ltx.yaml", steps=STEPS, variant="tiny")
+    inputs = _soft_masked_inputs(pipe)
+    if fallback == "error":
+        with runtime.load(pipe, plan, backend="reference"):
+            with pytest.raises(UnservableCallError, match=r"transformer / cross layer 0, step 0 \(cond\+uncond\): "
+                                                          r".*not provably an exact drop.*fallback: native"):
+                run(tiny_ltx, pipe, **inputs)
+        return
+    with runtime.load(pipe, plan, backend="reference") as handle, \
+            observe_quantized(pipe.transformer) as (obs, quantized):
+        run(tiny_ltx, pipe, **inputs)
+        report = handle.report()
+    _, cells = planned_cells(plan, obs, forwards_per_step=1)
+    assert {cells[c][0] for c in quantized} == {"self"}  # no cross call ran quantized with its mask dropped
+    assert report.fallback_calls == STEPS * LAYERS and not report.packed_calls
+    assert all(cell == {FALLBACK_BACKEND: 1} for row in report.cells["transformer"]["cross"] for cell in row)
+    assert (f"transformer / cross: {STEPS * LAYERS} planned-quantized calls carried an attention mask"
+            in report.format()) and "not provably an exact drop" in report.format()
