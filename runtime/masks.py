@@ -26,8 +26,8 @@ j, s_j + b_j - m <= b_j + bound with bound = scale * max_i |q_i| * (max_dropped 
 the sample's valid queries and every head. exp(x) is exactly 0 in fp32 for x below ln(2^-150) = -103.97 (half
 the smallest subnormal; flush-to-zero exps underflow even earlier). We require -b_j - bound >= 2 * 103.97 (for
 float64 data: 2 * 745.13): the factor 2 covers the rounding of s_j + b_j - m in bf16/fp16 (relative error below
-2^-7), so the computed exponent is still far below the underflow point. LTX-Video's -10000 passes with a bound in
-the thousands; its QK RMS-norm keeps real bounds in the tens.
+2^-7), so the computed exponent is still far below the underflow point. LTX-Video's -10000 passes for any bound up
+to 9792 (its QK RMS-norm keeps the tiny pipeline's far below); a call whose bound is larger is refused, not guessed.
 """
 
 from __future__ import annotations
