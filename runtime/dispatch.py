@@ -8,11 +8,14 @@ asks that site which attention function runs:
 
 - native: diffusers' dispatch again with the backend the processor had before (so an all-native plan, and
   every native cell, is the stock computation, context parallelism included);
-- FP8: our backend's `attend(q, k, v, rotation)` (BSND). Under Ulysses it runs inside diffusers' templated
-  context-parallel attention, after the all-to-all, where each rank holds the full sequence for its heads and
-  quantizes exactly the blocks one process would. Cross-attention, whose queries diffusers keeps sharded, runs
-  locally on the rank's query tokens. Ring (and Ulysses-anything padding) is refused before the forward starts,
-  by the component hook (runtime/hooks.py).
+- FP8: our backend's `attend(q, k, v, rotation)` (BSND). A call with a padding mask (text padding) runs it per
+  batch sample over the valid tokens only (runtime/masks.py); a call the kernel cannot take (another mask,
+  dropout, ...) follows the plan's fallback policy: the stock attention, counted as a fallback, or
+  UnservableCallError. Under Ulysses it runs inside diffusers' templated context-parallel attention, after the
+  all-to-all, where each rank holds the full sequence for its heads and quantizes exactly the blocks one process
+  would (masked calls with a `parallel_config` run stock, counted as fallback). Cross-attention, whose queries
+  diffusers keeps sharded, runs locally on the rank's query tokens. Ring (and Ulysses-anything padding) is
+  refused before the forward starts, by the component hook (runtime/hooks.py).
 
 Per call this reads a few attributes and increments one counter: the per-forward decisions (the bool `fp8`, the
 rotation matrix, the process group for error metrics) are set once per transformer forward by the hook.
@@ -40,6 +43,8 @@ from runtime.diffusers_private import (
     register_attention_backend,
     templated_context_parallel_attention,
 )
+from runtime.errors import UnservableCallError
+from runtime.masks import Packing, analyze, as_4d, run_packed
 from runtime.metrics import CallError, call_error
 from runtime.step_tracker import CallContext
 
@@ -50,7 +55,8 @@ PLAN, SHADOW = "plan", "shadow"
 class ComponentState:
     """What every site of one transformer component shares, kept current by its hook once per forward."""
 
-    def __init__(self, component: str, mode: str, backend: AttentionBackend | None, context: CallContext):
+    def __init__(self, component: str, mode: str, backend: AttentionBackend | None, context: CallContext,
+                 fallback: str = "native"):
         self.component = component
         self.mode = mode  # PLAN: follow the flags; SHADOW: native output, FP8 error recorded
         self.backend = backend  # the FP8 backend; None: planned FP8 cells fall back to native
@@ -61,6 +67,10 @@ class ComponentState:
         self.error_group: Any = None
         self.observer: Callable[[CallRecord], None] | None = None  # plan mode: records of FP8 calls
         self.sink: list[CallRecord] | None = None  # shadow mode: where records go
+        self.fallback = fallback  # the plan's policy for a planned-quantized call the kernel cannot take
+        # plan mode: per kind, the quantized calls that carried a padding mask and ran packed (runtime/masks.py)
+        self.packed_calls: dict[str, int] = {}
+        self.refused: dict[str, str] = {}  # plan mode: per kind, why the kernel last refused a planned call
 
 
 class Site:
@@ -96,30 +106,70 @@ class Site:
                 self.native_calls += 1
             return backend_call(self.stock_backend, query, key, value, attn_mask, dropout_p, is_causal, scale,
                                 enable_gqa, parallel_config)
-        eligible = state.backend is not None and _fp8_eligible(query, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+        if state.backend is None:
+            packing, why = None, "no quantized backend serves this component"
+        else:
+            packing, why = _quantized_serving(query, key, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+                                              parallel_config)
         if state.mode == SHADOW:
             native = self._native(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                                   parallel_config)
-            if eligible:
-                fp8 = self._fp8(query, key, value, parallel_config)
+            if not why:
+                fp8 = self._quantized(query, key, value, attn_mask, packing, scale, parallel_config)
                 state.sink.append(self._record(fp8, native, used="native"))
             return native
-        if self.fp8 and eligible:
+        if not why:
             if counting:
                 self.fp8_calls += 1
-            out = self._fp8(query, key, value, parallel_config)
+                if packing is not None:
+                    state.packed_calls[self.kind] = state.packed_calls.get(self.kind, 0) + 1
+            out = self._quantized(query, key, value, attn_mask, packing, scale, parallel_config)
             if state.observer is not None:
                 native = self._native(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                                       parallel_config)
                 state.observer(self._record(out, native, used="fp8"))
             return out
+        # Under context parallelism or inside a compiled graph a masked call keeps the stock path whatever the
+        # policy (as before packing): packing needs the whole sequence's mask, read on the host (docs/runtime.md).
+        stock_by_layout = attn_mask is not None and (parallel_config is not None or torch.compiler.is_compiling())
+        if state.backend is not None and state.fallback == "error" and not stock_by_layout:
+            raise UnservableCallError(
+                f"{self.component} / {self.kind} layer {self.layer}, step {state.context.step} "
+                f"({state.context.branch}): the plan runs this cell quantized, but the quantized kernel cannot take "
+                f"this call as it is: {why}. The plan's fallback policy is 'error', so it is not run natively "
+                f"behind your back. Fix: set `fallback: native` in the recipe (such calls then run the stock "
+                f"attention and the report counts them as fallback), or keep {self.kind!r} native (leave it out of "
+                f"the recipe's attention_kinds, or add a rule with precision: native for it)"
+            )
         if counting:
             self.fallback_calls += 1  # planned FP8, but no backend serves it or this call is not FP8-eligible
+            if state.backend is not None:
+                state.refused[self.kind] = why
         return self._native(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, parallel_config)
 
     def _native(self, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, parallel_config):
         return backend_call(self.stock_backend, query, key, value, attn_mask, dropout_p, is_causal, scale,
                             enable_gqa, parallel_config)
+
+    def _quantized(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: Any,
+                   packing: Packing | None, scale: float | None, parallel_config: Any) -> torch.Tensor:
+        if packing is None:
+            return self._fp8(query, key, value, parallel_config)
+        return run_packed(query, key, value, packing, self._fp8_packed,
+                          lambda sample, rows: self._stock_rows(query, key, value, attn_mask, scale, sample, rows))
+
+    def _fp8_packed(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        return self.state.backend.attend(query, key, value, self.state.rotation)
+
+    def _stock_rows(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor,
+                    scale: float | None, samples: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The stock attention of query rows `rows` of `samples` whose mask keeps no key: only it says what such
+        a row holds (zeros on torch 2.13's SDPA, the unmasked attention for a finite bias)."""
+        mask = as_4d(attn_mask, query, key)
+        mask = mask if mask.shape[0] == 1 else mask[samples]
+        mask = mask if mask.shape[2] == 1 else mask[:, :, rows]
+        return backend_call(self.stock_backend, query[samples][:, rows], key[samples], value[samples], mask, 0.0,
+                            False, scale, False, None)
 
     def _fp8(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, parallel_config: Any) -> torch.Tensor:
         if parallel_config is None:  # one process, or cross-attention under CP (queries sharded, K/V whole)
@@ -142,11 +192,47 @@ class Site:
                           state.backend.name, error.cos_sim, error.rel_l1, error.rmse, used)
 
 
+def _unservable_arguments(query: torch.Tensor, dropout_p: float, is_causal: bool, scale: float | None,
+                          enable_gqa: bool) -> str:
+    """What the quantized kernel cannot take besides a mask: it takes no dropout, no causal flag, no GQA, and only
+    the default 1/sqrt(D) scale ("" when none)."""
+    if dropout_p:
+        return f"dropout_p={dropout_p}"
+    if is_causal:
+        return "a causal flag"
+    if enable_gqa:
+        return "grouped-query attention (enable_gqa)"
+    if scale is not None and not math.isclose(scale, 1.0 / math.sqrt(query.shape[-1])):
+        return f"the scale {scale:.6g} (the kernel applies 1/sqrt(head_dim))"
+    return ""
+
+
 def _fp8_eligible(query: torch.Tensor, attn_mask: Any, dropout_p: float, is_causal: bool, scale: float | None,
                   enable_gqa: bool) -> bool:
-    """The FP8 kernel takes no mask, no dropout, no causal flag, no GQA, and the default 1/sqrt(D) scale."""
-    default_scale = scale is None or math.isclose(scale, 1.0 / math.sqrt(query.shape[-1]))
-    return attn_mask is None and not dropout_p and not is_causal and not enable_gqa and default_scale
+    """The quantized kernel takes the call as it is: no mask, and nothing of `_unservable_arguments`."""
+    return attn_mask is None and not _unservable_arguments(query, dropout_p, is_causal, scale, enable_gqa)
+
+
+def _quantized_serving(query: torch.Tensor, key: torch.Tensor, attn_mask: Any, dropout_p: float, is_causal: bool,
+                       scale: float | None, enable_gqa: bool, parallel_config: Any) -> tuple[Packing | None, str]:
+    """How the quantized kernel serves a call: (None, "") as it is, (packing, "") over the valid tokens of a padding
+    mask (runtime/masks.py), or (None, why it cannot)."""
+    why = _unservable_arguments(query, dropout_p, is_causal, scale, enable_gqa)
+    if why:
+        return None, why
+    if attn_mask is None:
+        return None, ""
+    if parallel_config is not None:
+        # Under context parallelism each rank holds a shard of the sequence: packing would need the mask's valid
+        # tokens per shard; masked calls keep the stock path (diffusers' own CP attention with the mask), counted
+        # as fallback.
+        return None, "an attention mask under context parallelism (packing runs in one process only)"
+    if torch.compiler.is_compiling():
+        return None, "an attention mask inside a compiled graph (packing reads the mask on the host)"
+    analysis = analyze(query, key, attn_mask, scale)
+    if analysis.packing is None:
+        return None, f"an attention mask that is not a padding mask: {analysis.reason}"
+    return analysis.packing, ""
 
 
 def _gathered_error(fp8: torch.Tensor, native: torch.Tensor, group: Any) -> CallError:

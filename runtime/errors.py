@@ -21,6 +21,12 @@ class BackendUnavailableError(QcompileError):
     """The plan asks for FP8 attention that no available backend can serve, and its fallback policy is `error`."""
 
 
+class UnservableCallError(BackendUnavailableError):
+    """A planned-quantized attention call the quantized kernel cannot take as it is (a mask that is not a padding
+    mask, dropout, a causal flag, GQA, a non-default scale), and the plan's fallback policy is `error`; the message
+    names the component, kind, layer, step and why, and the fix."""
+
+
 class ParallelLayoutError(PlanMismatchError):
     """The pipeline runs with a context-parallel layout (ring, Ulysses-anything) under which FP8 attention cannot
     quantize the blocks one process would; the message names the layout that works (Ulysses)."""

@@ -87,6 +87,9 @@ class ExecutionReport:
     world_size: int = 1
     parallel: str | None = None  # "ulysses=2" etc. when the components ran context-parallel
     ranks: int = 1  # how many ranks' reports this one combines
+    # component -> kind -> quantized calls that carried a padding mask and ran over the valid tokens only
+    # (runtime/masks.py); they are quantized calls of their cells (the backend's lane), counted here once more
+    packed_calls: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def mismatches(self) -> list[Mismatch]:
         """Cells that ran otherwise than planned, and cells of a served step that never ran."""
@@ -130,6 +133,7 @@ class ExecutionReport:
             "world_size": self.world_size,
             "parallel": self.parallel,
             "ranks": self.ranks,
+            "packed_calls": self.packed_calls,
         }
 
     def format(self) -> str:
@@ -160,6 +164,9 @@ class ExecutionReport:
             + " ".join(s or "-" for s in self.observed_schedule)
             + ("" if self.schedule_matches_plan() else "   MISMATCH")
         )
+        packed = sum(calls for kinds in self.packed_calls.values() for calls in kinds.values())
+        if packed:
+            lines.append(f"packed: {packed} quantized calls carried a padding mask and ran over the valid tokens only")
         if self.fallback_calls:
             lines.append(f"fallback: {self.fallback_calls} planned-FP8 calls ran native: "
                          + "; ".join(f"{c}: {r}" for c, r in self.fallback_reasons.items()))
@@ -171,7 +178,8 @@ class ExecutionReport:
 def build_report(plan: Plan, counts: Mapping[tuple[str, str], CellCounts], quantized_names: Mapping[str, str], *,
                  fallback_reasons: Mapping[str, str], pipeline_calls: int, observed_schedule: list[str | None],
                  quantized_backend: str | None, counted: str = "calls", notes: Sequence[str] = (), rank: int = 0,
-                 world_size: int = 1, parallel: str | None = None) -> ExecutionReport:
+                 world_size: int = 1, parallel: str | None = None,
+                 packed_calls: Mapping[str, Mapping[str, int]] | None = None) -> ExecutionReport:
     """The one builder of an ExecutionReport from live counts (runtime.load's PlanHandle and the vllm-omni
     plugin): `counts[(component, kind)]` are the cells, `quantized_names[component]` names the backend whose calls
     the quantized lane holds (the fallback lane is FALLBACK_BACKEND, skipped forwards SKIPPED_KEY)."""
@@ -207,6 +215,7 @@ def build_report(plan: Plan, counts: Mapping[tuple[str, str], CellCounts], quant
         expert_schedule=list(plan.expert_schedule), observed_schedule=observed_schedule,
         quantized_backend=quantized_backend, counted=counted, notes=list(notes), skipped=skipped, rank=rank,
         world_size=world_size, parallel=parallel,
+        packed_calls={c: dict(kinds) for c, kinds in (packed_calls or {}).items()},
     )
 
 
@@ -250,6 +259,11 @@ def combine_reports(reports: list[ExecutionReport]) -> ExecutionReport:
     reasons: dict[str, str] = {}
     for r in reports:
         reasons.update(r.fallback_reasons)
+    packed: dict[str, dict[str, int]] = {}
+    for r in reports:
+        for component, kinds in r.packed_calls.items():
+            for kind, calls in kinds.items():
+                packed.setdefault(component, {})[kind] = packed.get(component, {}).get(kind, 0) + calls
     return ExecutionReport(
         plan_rows=first.plan_rows, executed=executed, cells=cells, call_counts=totals,
         fallback_calls=sum(r.fallback_calls for r in reports), fallback_reasons=reasons,
@@ -258,7 +272,7 @@ def combine_reports(reports: list[ExecutionReport]) -> ExecutionReport:
                                                          for r in reports) else [None] * len(first.observed_schedule),
         quantized_backend=first.quantized_backend, counted=first.counted, notes=notes,
         skipped=sum(r.skipped for r in reports), rank=0, world_size=first.world_size, parallel=first.parallel,
-        ranks=len(reports),
+        ranks=len(reports), packed_calls=packed,
     )
 
 
@@ -281,5 +295,5 @@ def report_from_dict(data: dict[str, Any]) -> ExecutionReport:
         pipeline_calls=data["pipeline_calls"], expert_schedule=data["expert_schedule"],
         observed_schedule=data["observed_schedule"], quantized_backend=data["fp8_backend"], counted=data["counted"],
         notes=list(data["notes"]), skipped=data["skipped"], rank=data["rank"], world_size=data["world_size"],
-        parallel=data["parallel"], ranks=data["ranks"],
+        parallel=data["parallel"], ranks=data["ranks"], packed_calls=data.get("packed_calls", {}),
     )

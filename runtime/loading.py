@@ -69,6 +69,7 @@ class PlanHandle:
         self._installation = Installation()
         self._models: dict[str, torch.nn.Module] = {}
         self._counts: dict[tuple[str, str], CellCounts] = {}
+        self._states: list[ComponentState] = []  # kept past unload: the report reads their packed/refused calls
         self._active = False
 
     @property
@@ -98,8 +99,9 @@ class PlanHandle:
             needs_quantized = backend is not None and any(any(row) for kind_rows in rows.values() for row in kind_rows)
             rotation = (family.component(name).head_dim, numerics.rotation_seed) if (
                 backend is not None and numerics.hadamard_rotation) else None
-            specs.append(ComponentSpec(name, models[name], modules, ComponentState(name, PLAN, backend, self._context),
-                                       rows, counts, rotation, needs_quantized))
+            state = ComponentState(name, PLAN, backend, self._context, plan.fallback)
+            self._states.append(state)
+            specs.append(ComponentSpec(name, models[name], modules, state, rows, counts, rotation, needs_quantized))
         self._models = models
         self._installation = install(specs, self._tracker)
         self._active = True
@@ -130,6 +132,9 @@ class PlanHandle:
     def reset_report(self) -> None:
         for counts in self._counts.values():
             counts.clear()
+        for state in self._states:
+            state.packed_calls.clear()
+            state.refused.clear()
         self._tracker.observed.clear()
         self._tracker.pipeline_calls = 0
 
@@ -151,20 +156,39 @@ class PlanHandle:
             pipeline_calls=self._tracker.pipeline_calls, observed_schedule=self._tracker.observed_schedule(),
             quantized_backend=self.quantized_backend, counted="decisions" if compiled else "calls", notes=notes,
             rank=rank, world_size=world, parallel=",".join(sorted(layouts)) or None,
+            packed_calls=self._packed_calls(),
         )
 
+    def _packed_calls(self) -> dict[str, dict[str, int]]:
+        """Per component and kind, the planned-quantized calls that carried a padding mask and ran quantized over
+        the valid tokens only (runtime/masks.py); counted with the quantized calls of their cells too."""
+        packed: dict[str, dict[str, int]] = {}
+        for state in self._states:
+            for kind, calls in sorted(state.packed_calls.items()):
+                if calls:
+                    packed.setdefault(state.component, {})[kind] = calls
+        return packed
+
     def _ineligible_notes(self) -> list[str]:
-        """Where a backend serves the component, a fallback call is one the kernel cannot take as it is (a mask,
-        e.g. Qwen-Image's text padding or LTX-Video's cross-attention bias): say so, per component and kind."""
+        """Which cells ran how where a call carried what the quantized kernel does not take: padding masks served
+        by packing, and calls run stock (a mask that is not padding, e.g. under context parallelism, dropout, ...),
+        per component and kind."""
         notes = []
+        refused = {(state.component, kind): why for state in self._states
+                   for kind, why in state.refused.items()}
+        for component, kinds in self._packed_calls().items():
+            for kind, calls in kinds.items():
+                notes.append(f"{component} / {kind}: {calls} planned-quantized calls carried a padding mask: they ran "
+                             "quantized over the valid tokens only (packed per sample)")
         for (name, kind), counts in sorted(self._counts.items()):
             calls = sum(cell[FALLBACK] for row in counts.counts for cell in row)
             if calls and self._served.get(name) is not None:
+                why = refused.get((name, kind))
                 notes.append(f"{name} / {kind}: {calls} planned-quantized calls carried an attention mask (or "
                              "dropout, a causal flag, GQA, a non-default scale) the quantized kernel does not take: "
-                             "they ran the stock attention with it, counted as fallback")
+                             "they ran the stock attention with it, counted as fallback"
+                             + (f" (last: {why})" if why else ""))
         return notes
-
 
 def _rank_and_world() -> tuple[int, int]:
     dist = torch.distributed

@@ -24,7 +24,14 @@ from qcompiler.errors import QcompileError
 
 COND, UNCOND, BATCHED = "cond", "uncond", "cond+uncond"
 DISPATCHER, PROCESSOR = "dispatcher", "processor"
-# A call that carries a mask runs the stock attention and counts as a fallback (runtime/dispatch.py).
+# Mask policies (`ModelSupport.mask_policy`), what runtime/dispatch.py does with a planned-quantized call's mask:
+# MASK_PACK, a padding mask (key padding, the outer-product self-attention mask, a bias that provably drops keys:
+# runtime/masks.py) runs quantized over each sample's valid tokens, and any other mask follows the plan's fallback
+# policy (`native`: the stock attention with the mask, counted as fallback; `error`: UnservableCallError);
+# MASK_FALLBACK, the model's masks are never padding: every masked call follows the plan's fallback policy.
+# Under context parallelism masked calls run the stock attention, counted as fallback, under either. The policy is
+# a declaration (docs, tests): runtime/dispatch.py decides per call from the mask itself.
+MASK_PACK = "pack"
 MASK_FALLBACK = "fallback"
 
 DEFAULT_PROMPT = "a red cube on a table"
@@ -45,7 +52,7 @@ class ModelSupport:
     same_transformer_pipelines: ClassVar[Mapping[str, tuple[str, ...]]] = {}
     attention_entry: ClassVar[str] = DISPATCHER
     masked_kinds: ClassVar[tuple[str, ...]] = ()  # kinds whose calls carry an attention mask
-    mask_policy: ClassVar[str] = MASK_FALLBACK
+    mask_policy: ClassVar[str] = MASK_PACK
 
     # -- per forward ----------------------------------------------------------------------------------
     def branch(self, forward_in_step: int) -> str:

@@ -5,9 +5,12 @@ What the LTX-Video family file cannot say as data:
   transformer forward per denoising step serves both branches (`branch` is BATCHED);
 - LTXVideoAttnProcessor calls diffusers' `dispatch_attention_fn` for both kinds: qcompile's backend is installed
   on the processor;
-- cross-attention (attn2) carries the text mask as an additive bias on every call: a planned quantized cross cell
-  runs the stock attention and is counted as a fallback (runtime/dispatch.py), never quantized with its mask
-  dropped (the shipped recipe keeps cross native); self-attention (attn1) has no mask;
+- cross-attention (attn2) carries the text mask on every call as an additive bias, `(1 - mask) * -10000.0` in
+  the hidden dtype, repeated per head ([B, N, 1, S_text]): a padding mask whose -10000 provably gives the padded
+  tokens exactly zero weight (runtime/masks.py checks it per call against the scores' bound), so a planned
+  quantized cross call runs quantized over each sample's valid text tokens (MASK_PACK), never with its mask
+  dropped, and the report counts it as packed (the shipped recipe still keeps cross native: 1.7% of the FLOPs);
+  self-attention (attn1) has no mask;
 - the tiny offline pipeline is runtime/models/tiny_ltx.py's (sizes fixed there: the family's `tiny` variant).
 """
 
@@ -17,7 +20,7 @@ from typing import Any
 
 from runtime.models import register
 from runtime.models._fixed_tiny import check_tiny_fits
-from runtime.models.base import BATCHED, ModelSupport
+from runtime.models.base import BATCHED, MASK_PACK, ModelSupport
 
 
 @register
@@ -26,6 +29,7 @@ class LTXVideoSupport(ModelSupport):
     model_classes = ("LTXVideoTransformer3DModel",)
     pipeline_classes = ("LTXPipeline",)
     masked_kinds = ("cross",)
+    mask_policy = MASK_PACK
 
     def branch(self, forward_in_step: int) -> str:
         return BATCHED

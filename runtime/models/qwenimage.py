@@ -5,9 +5,11 @@ What the Qwen-Image family file cannot say as data:
   prompt) once more for the negative prompt, each with its own text length: the base class's branch mapping;
 - QwenDoubleStreamAttnProcessor2_0 calls diffusers' `dispatch_attention_fn`: qcompile's backend is installed on
   the processor;
-- the joint attention carries a key-padding mask only when prompts of unequal length share a batch (the pipeline
-  drops an all-ones mask): a masked call runs the stock attention and is counted as a fallback
-  (runtime/dispatch.py), never quantized with its mask dropped;
+- the joint attention carries a key-padding mask ([B, 1, 1, S_text + S_image] bool, image tokens always valid)
+  only when prompts of unequal length share a batch (the pipeline drops an all-ones mask): a planned-quantized
+  masked call runs quantized over each sample's valid tokens (runtime/masks.py packs them; MASK_PACK), never with
+  its mask dropped, and the report counts it as packed; under context parallelism it runs the stock attention,
+  counted as fallback;
 - the tiny offline pipeline is runtime/models/tiny_qwenimage.py's (sizes fixed there: the family's `tiny` variant).
 """
 
@@ -17,7 +19,7 @@ from typing import Any
 
 from runtime.models import register
 from runtime.models._fixed_tiny import check_tiny_fits
-from runtime.models.base import ModelSupport
+from runtime.models.base import MASK_PACK, ModelSupport
 
 
 @register
@@ -26,6 +28,7 @@ class QwenImageSupport(ModelSupport):
     model_classes = ("QwenImageTransformer2DModel",)
     pipeline_classes = ("QwenImagePipeline",)
     masked_kinds = ("joint",)  # only with unequal prompts in one batch
+    mask_policy = MASK_PACK
 
     def processor_classes(self) -> tuple[type, ...]:
         from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0

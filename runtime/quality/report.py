@@ -308,6 +308,7 @@ def build_report(plan: Plan, options: ReportOptions, pipe: Any = None) -> dict[s
             "observed_schedule": execution_dict["observed_schedule"],
             "expert_schedule": execution_dict["expert_schedule"],
             "fallback_calls": execution_dict["fallback_calls"],
+            "packed_calls": sum(n for kinds in execution_dict["packed_calls"].values() for n in kinds.values()),
         },
         "summary": {
             "calls": {"total": calls_total, "fp8": calls_fp8, "share": calls_fp8 / calls_total if calls_total else 0.0},

@@ -2,8 +2,8 @@
 
 One block list (60 `transformer_blocks`), joint attention through diffusers' dispatcher. True CFG: two forwards
 per step (cond, then uncond, with different text lengths), both following the step's row. A key-padding mask
-appears only when prompts of unequal length share a batch: such calls run the stock attention with their mask and
-are reported as fallback, never quantized. Which calls ran quantized is observed independently of the runtime
+appears only when prompts of unequal length share a batch: such calls run quantized over each sample's valid tokens
+(runtime/masks.py packs them), never with the mask dropped, and the report counts them as packed. Which calls ran quantized is observed independently of the runtime
 (tests/runtime/models/family_runtime.py). The tiny pipeline takes ~3 s to build: the module is slow.
 """
 
@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import runtime
+from runtime.backends.base import AttentionBackend
 from runtime.errors import StepCountError
-from runtime.execution_report import FALLBACK_BACKEND
 from runtime.models import model_support, tiny_qwenimage
 from runtime.models.qwenimage import QwenImageSupport
 from tests.runtime.models.family_runtime import (
@@ -70,30 +71,65 @@ def test_shipped_plan_runs_cell_for_cell_in_both_cfg_forwards(pipe_and_stock, tm
     assert torch.equal(run(tiny_qwenimage, pipe), stock)  # unloaded: stock, bit for bit
 
 
-def test_masked_calls_of_unequal_prompts_run_stock_and_are_reported_as_fallback(pipe_and_stock, tmp_path):
+def test_masked_calls_of_unequal_prompts_run_quantized_packed_and_are_reported_so(pipe_and_stock, tmp_path):
+    """Prompts of unequal length in one batch: every joint call carries a key-padding mask ([B, 1, 1, S] bool). It
+    is a padding mask, so the planned quantized calls run quantized over each sample's valid tokens (packed), never
+    with the mask dropped, and the report says they were packed, with no fallback."""
     pipe, _ = pipe_and_stock
     stock = run(tiny_qwenimage, pipe, **UNEQUAL)
     plan = compile_shipped("qwen_image", tmp_path / "plan.json")
+    records = []
     with runtime.load(pipe, plan, backend="reference") as handle, \
             observe_quantized(pipe.transformer) as (obs, quantized):
+        handle.set_observer(records.append)
         out = run(tiny_qwenimage, pipe, **UNEQUAL)
         report = handle.report()
-    assert all(call.masked and call.batch == 2 for calls in obs.forwards for call in calls)
-    assert not quantized  # no masked call was quantized with its mask dropped ...
-    assert torch.equal(out, stock)  # ... every call ran the stock attention with its mask
+    calls = [call for calls in obs.forwards for call in calls]
+    assert all(call.masked and call.batch == 2 and call.mask_dtype == "bool" for call in calls)
+    assert {call.mask_shape for call in calls} <= {(2, 1, 1, call.kv_len) for call in calls}
     planned, _ = planned_cells(plan, obs, forwards_per_step=2)
-    assert planned
-    # ... and the report says so: each planned quantized cell ran as fallback, twice (cond, uncond)
-    assert report.fallback_calls == len(planned)
+    assert planned and quantized == planned  # every planned masked call ran the quantized kernel ...
+    assert not torch.equal(out, stock)
+    # ... with the mask honoured: each call's output is close to the stock masked attention on the same inputs
+    assert len(records) == len(planned) and min(r.cos_sim for r in records) > 0.95
+    assert report.matches_plan(), report.mismatches()[:5]
+    assert report.fallback_calls == 0
+    assert report.packed_calls == {"transformer": {"joint": len(planned)}}
     joint = report.cells["transformer"]["joint"]
     table = plan.table("transformer", "joint")
     for step, row in enumerate(joint):
         for layer, cell in enumerate(row):
-            assert cell == ({FALLBACK_BACKEND: 2} if table[step][layer] else {"native": 2}), (step, layer)
-    assert not report.matches_plan()
-    assert {(m.planned, m.executed) for m in report.mismatches()} == {("1", "0")}
-    assert len(report.mismatches()) == sum(map(sum, table))
-    assert f"transformer / joint: {len(planned)} planned-quantized calls carried an attention mask" in report.format()
+            assert cell == ({"reference": 2} if table[step][layer] else {"native": 2}), (step, layer)
+    text = report.format()
+    assert (f"transformer / joint: {len(planned)} planned-quantized calls carried a padding mask: they ran "
+            "quantized over the valid tokens only (packed per sample)") in text
+    assert "counted as fallback" not in text
+    assert report.to_dict()["packed_calls"] == {"transformer": {"joint": len(planned)}}
+
+
+class _ExactAttention(AttentionBackend):
+    """A mask-less kernel without quantization error: SDPA over exactly the q/k/v it is given."""
+
+    name = "exact-sdpa"
+    is_quantized = True
+
+    def attend(self, query, key, value, rotation):
+        return F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2),
+                                              value.transpose(1, 2)).transpose(1, 2)
+
+
+def test_packing_is_exact_a_mask_less_exact_kernel_reproduces_the_stock_masked_run(pipe_and_stock):
+    """What packing computes is the masked attention itself: with an exact mask-less kernel in every cell, the
+    unequal-prompt run (every call masked) equals the stock run up to float rounding."""
+    pipe, _ = pipe_and_stock
+    stock = run(tiny_qwenimage, pipe, **UNEQUAL)
+    plan = compile_variant("qwen_image", default="fp8", keep_rules=False)
+    with runtime.load(pipe, plan, backend=_ExactAttention()) as handle:
+        out = run(tiny_qwenimage, pipe, **UNEQUAL)
+        report = handle.report()
+    assert report.matches_plan() and report.fallback_calls == 0
+    assert report.packed_calls == {"transformer": {"joint": 2 * STEPS * LAYERS}}
+    assert torch.allclose(out, stock, rtol=1e-4, atol=1e-5), float((out - stock).abs().max())
 
 
 def test_all_native_plan_is_bit_identical_to_stock(pipe_and_stock):
