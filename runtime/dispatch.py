@@ -61,6 +61,12 @@ class ComponentState:
         self.error_group: Any = None
         self.observer: Callable[[CallRecord], None] | None = None  # plan mode: records of FP8 calls
         self.sink: list[CallRecord] | None = None  # shadow mode: where records go
+        # Under Ulysses, kinds whose one call attends over [text, image] with both streams sharded (Flux,
+        # Qwen-Image joint attention): the all-to-all hands each rank [text_0, image_0, text_1, image_1, ...];
+        # FP8 cells restore one process's [text, image] order (other blocks, other scales otherwise).
+        # `text_tokens` is the rank's text shard length in this forward, set by the component hook.
+        self.joint_kinds: frozenset[str] = frozenset()
+        self.text_tokens = 0
 
 
 class Site:
@@ -124,7 +130,10 @@ class Site:
     def _fp8(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, parallel_config: Any) -> torch.Tensor:
         if parallel_config is None:  # one process, or cross-attention under CP (queries sharded, K/V whole)
             return self.state.backend.attend(query, key, value, self.state.rotation)
-        return templated_context_parallel_attention(query, key, value, forward_op=self._fp8_forward_op,
+        forward_op = self._fp8_forward_op
+        if self.kind in self.state.joint_kinds and self.state.text_tokens:
+            forward_op = self._fp8_joint_forward_op
+        return templated_context_parallel_attention(query, key, value, forward_op=forward_op,
                                                     parallel_config=parallel_config)
 
     def _fp8_forward_op(self, ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: Any,
@@ -135,11 +144,36 @@ class Site:
             raise RuntimeError("qcompile FP8 attention returns no log-sum-exp (ring attention is not supported)")
         return self.state.backend.attend(query, key, value, self.state.rotation)
 
+    def _fp8_joint_forward_op(self, ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                              *args: Any, _parallel_config: Any = None, **kwargs: Any) -> torch.Tensor:
+        # After the all-to-all the sequence is the ranks' [text_r, image_r] in rank order: attend in one
+        # process's [text, image] order, then hand the rows back in the order the all-to-all expects.
+        ranks = _parallel_config.context_parallel_config.ulysses_degree
+        text = self.state.text_tokens
+        out = self._fp8_forward_op(ctx, *(_one_process_order(x, ranks, text) for x in (query, key, value)), *args,
+                                   _parallel_config=_parallel_config, **kwargs)
+        batch, length, heads, dim = out.shape
+        local_image = length // ranks - text
+        return torch.cat([out[:, :ranks * text].reshape(batch, ranks, text, heads, dim),
+                          out[:, ranks * text:].reshape(batch, ranks, local_image, heads, dim)], dim=2).flatten(1, 2)
+
     def _record(self, fp8: torch.Tensor, native: torch.Tensor, used: str) -> CallRecord:
         state = self.state
         error = call_error(fp8, native) if state.error_group is None else _gathered_error(fp8, native, state.error_group)
         return CallRecord(self.component, state.context.step, self.layer, self.kind, state.context.branch,
                           state.backend.name, error.cos_sim, error.rel_l1, error.rmse, used)
+
+
+def _one_process_order(x: torch.Tensor, ranks: int, text: int) -> torch.Tensor:
+    """[text_0, image_0, text_1, image_1, ...] (BSND, equal shards) -> [text_0, text_1, ..., image_0, image_1, ...]."""
+    shards = x.reshape(x.shape[0], ranks, x.shape[1] // ranks, *x.shape[2:])
+    return torch.cat([shards[:, :, :text].flatten(1, 2), shards[:, :, text:].flatten(1, 2)], dim=1)
+
+
+def joint_kinds(family: Any) -> frozenset[str]:
+    """The family's kinds whose queries and keys are [text, image] in one call (both sharded under Ulysses)."""
+    return frozenset(k.name for k in family.kind_specs
+                     if len(k.query_tokens) == 2 and k.query_tokens[0] == "text" and k.key_tokens == k.query_tokens)
 
 
 def _fp8_eligible(query: torch.Tensor, attn_mask: Any, dropout_p: float, is_causal: bool, scale: float | None,
