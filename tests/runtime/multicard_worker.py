@@ -214,17 +214,29 @@ def _error(exc: Exception) -> dict:
     return {"error": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()}
 
 
-def family_main(rank: int, world: int, init_file: str, out_dir: str, family: str, plans: dict[str, dict]) -> None:
-    """Every check of one family on this rank: plans["quantized"] (every cell quantized) and plans["shipped"]
-    loaded after and before enable_parallelism, unload, ring refused both ways round; for a family without a
-    `_cp_plan`, what enable_parallelism and then runtime.load do."""
+def family_main(rank: int, world: int, init_file: str, out_dir: str, plans: dict[str, dict[str, dict]]) -> None:
+    """Every check of every family in `plans` (family -> plan key -> plan dict) on this rank, one family after
+    the other (one spawn for all: starting ranks costs more than the checks); results saved after each family."""
     torch.set_num_threads(1)
     cpu_device_count_shim()
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=TIMEOUT)
-    import runtime
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        for family in FAMILIES:
+            if family in plans:
+                results[family] = {}
+                family_checks(family, plans[family], results[family])
+                torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+        dist.destroy_process_group()
 
-    spec = FAMILIES[family]
-    results: dict[str, Any] = {}
+
+def family_checks(family: str, plans: dict[str, dict], results: dict[str, Any]) -> None:
+    """plans["quantized"] (every cell quantized) and plans["shipped"] loaded after and before
+    enable_parallelism, unload, ring refused both ways round; for a family without a `_cp_plan`, what
+    enable_parallelism and then runtime.load do."""
+    import runtime
 
     def loaded(pipe, key, enable_after=False):
         handle = runtime.load(pipe, plans[key], backend="reference")
@@ -236,41 +248,36 @@ def family_main(rank: int, world: int, init_file: str, out_dir: str, family: str
         finally:
             handle.unload()
 
-    try:
-        if not spec["cp_plan"]:
-            pipe = family_pipeline(family)
-            _run(results, "enable", lambda: enable_ulysses(pipe))
-            _run(results, "load", lambda: runtime.load(pipe, plans["shipped"], backend="reference"))
-            return
-        # A: enable_parallelism first, then load.
+    if not FAMILIES[family]["cp_plan"]:
         pipe = family_pipeline(family)
-        enable_ulysses(pipe)
-        _run(results, "stock_cp", lambda: run_family(family, pipe))
-        _run(results, "quantized_after", lambda: loaded(pipe, "quantized"))
-        _run(results, "shipped_after", lambda: loaded(pipe, "shipped"))
-        _run(results, "unloaded", lambda: run_family(family, pipe))
+        _run(results, "enable", lambda: enable_ulysses(pipe))
+        _run(results, "load", lambda: runtime.load(pipe, plans["shipped"], backend="reference"))
+        return
+    # A: enable_parallelism first, then load.
+    pipe = family_pipeline(family)
+    enable_ulysses(pipe)
+    _run(results, "stock_cp", lambda: run_family(family, pipe))
+    _run(results, "quantized_after", lambda: loaded(pipe, "quantized"))
+    _run(results, "shipped_after", lambda: loaded(pipe, "shipped"))
+    _run(results, "unloaded", lambda: run_family(family, pipe))
+    if FAMILIES[family]["parallel"]:
         with native_in_one_process_order(pipe):
             _run(results, "shipped_native_reordered", lambda: loaded(pipe, "shipped"))
-        # B: load first, then enable_parallelism.
-        pipe = family_pipeline(family)
-        _run(results, "quantized_before", lambda: loaded(pipe, "quantized", enable_after=True))
-        # C: ring, refused at load (parallelism already on) and by the first forward (enabled after load).
-        pipe = family_pipeline(family)
+    # B: load first, then enable_parallelism.
+    pipe = family_pipeline(family)
+    _run(results, "quantized_before", lambda: loaded(pipe, "quantized", enable_after=True))
+    # C: ring, refused by the first forward (enabled after load), then at load (already on).
+    pipe = family_pipeline(family)
 
-        def ring_after_load():
-            with runtime.load(pipe, plans["quantized"], backend="reference"):
-                enable_ulysses(pipe, ring=2)
-                return run_family(family, pipe)
+    def ring_after_load():
+        with runtime.load(pipe, plans["quantized"], backend="reference"):
+            enable_ulysses(pipe, ring=2)
+            return run_family(family, pipe)
 
-        _run(results, "ring_after_load", ring_after_load)
-        pipe = family_pipeline(family)
-        enable_ulysses(pipe, ring=2)
+    _run(results, "ring_after_load", ring_after_load)
 
-        def ring_before_load():
-            with runtime.load(pipe, plans["quantized"], backend="reference"):
-                return "loaded"
+    def ring_before_load():
+        with runtime.load(pipe, plans["quantized"], backend="reference"):
+            return "loaded"
 
-        _run(results, "ring_before_load", ring_before_load)
-    finally:
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-        dist.destroy_process_group()
+    _run(results, "ring_before_load", ring_before_load)

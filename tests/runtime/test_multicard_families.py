@@ -1,6 +1,6 @@
 """Ulysses context parallelism for the families other than Wan: one spawn of 2 CPU ranks (gloo, one thread each)
-per family, running every check of that family (tests/runtime/multicard_worker.py `family_main`); the one-process
-references are computed here while the ranks run.
+runs every check of every family, table-driven (tests/runtime/multicard_worker.py `FAMILIES`, `family_main`);
+the one-process references are computed here while the ranks run.
 
 Each family has two plans compiled from its shipped recipe for the tiny variant, 3 steps: "quantized" (every cell
 of every kind quantized: `default: fp8`, no rules) and "shipped" (the recipe as it is: native edge steps and
@@ -30,6 +30,7 @@ RECIPES = {"flux.1-dev": "flux1_dev", "qwen-image": "qwen_image", "ltx-video": "
 STOCK_ORDER_REL_L2 = 1e-5
 # What differs between ranks and between one process and a rank in a report dict.
 RANK_FIELDS = ("rank", "world_size", "parallel", "ranks")
+PARALLEL = [f for f, spec in worker.FAMILIES.items() if spec["parallel"]]
 
 
 @pytest.fixture(autouse=True)
@@ -40,37 +41,31 @@ def _offline(monkeypatch):
 
 @pytest.fixture(scope="module")
 def spawned(tmp_path_factory):
-    """family -> (per-rank results, one-process references); each family spawned once, when first asked for."""
-    cache: dict[str, tuple[list[dict], dict]] = {}
-
-    def get(family: str):
-        if family not in cache:
-            cache[family] = _spawn(family, tmp_path_factory.mktemp(family.replace(".", "_")))
-        return cache[family]
-
-    return get
-
-
-def _spawn(family: str, folder):
-    recipe = RECIPES[family]
-    plans = {"shipped": compile_shipped(recipe, folder / "shipped.json", steps=worker.FAMILY_STEPS)}
-    if worker.FAMILIES[family]["cp_plan"]:
-        plans["quantized"] = compile_variant(recipe, default="fp8", keep_rules=False, steps=worker.FAMILY_STEPS)
+    """family -> (per-rank results, one-process references): one spawn of 2 ranks runs every family's checks
+    (starting ranks costs more than the checks) while this process computes the references."""
+    folder = tmp_path_factory.mktemp("families")
+    plans: dict[str, dict] = {}
+    for family, recipe in RECIPES.items():
+        plans[family] = {"shipped": compile_shipped(recipe, folder / f"{recipe}.json", steps=worker.FAMILY_STEPS)}
+        if worker.FAMILIES[family]["cp_plan"]:
+            plans[family]["quantized"] = compile_variant(recipe, default="fp8", keep_rules=False,
+                                                         steps=worker.FAMILY_STEPS)
     context = mp.start_processes(
-        worker.family_main, args=(WORLD, str(folder / "init"), str(folder), family,
-                                  {k: p.to_dict() for k, p in plans.items()}),
+        worker.family_main, args=(WORLD, str(folder / "init"), str(folder),
+                                  {f: {k: p.to_dict() for k, p in ps.items()} for f, ps in plans.items()}),
         nprocs=WORLD, start_method="spawn", join=False)
-    refs: dict = {}
-    if worker.FAMILIES[family]["parallel"]:
-        pipe = worker.family_pipeline(family)
-        refs["stock"] = worker.run_family(family, pipe)
+    refs: dict[str, dict] = {}
+    for family in PARALLEL:
+        pipe, refs[family] = worker.family_pipeline(family), {}
+        refs[family]["stock"] = worker.run_family(family, pipe)
         for key in ("quantized", "shipped"):
-            with runtime.load(pipe, plans[key], backend="reference") as handle:
-                refs[key] = worker.run_family(family, pipe)
-                refs[f"{key}_report"] = handle.report().to_dict()
+            with runtime.load(pipe, plans[family][key], backend="reference") as handle:
+                refs[family][key] = worker.run_family(family, pipe)
+                refs[family][f"{key}_report"] = handle.report().to_dict()
     while not context.join(timeout=300):
         pass
-    return [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(WORLD)], refs
+    ranks = [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return lambda family: ([rank[family] for rank in ranks], refs.get(family, {}))
 
 
 def _ok(result):
@@ -84,9 +79,6 @@ def _without_rank(report: dict) -> dict:
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
-
-
-PARALLEL = [f for f, spec in worker.FAMILIES.items() if spec["parallel"]]
 
 
 @pytest.mark.parametrize("family", PARALLEL)
