@@ -10,9 +10,10 @@ asks that site which attention function runs:
   every native cell, is the stock computation, context parallelism included);
 - FP8: our backend's `attend(q, k, v, rotation)` (BSND). Under Ulysses it runs inside diffusers' templated
   context-parallel attention, after the all-to-all, where each rank holds the full sequence for its heads and
-  quantizes exactly the blocks one process would. Cross-attention, whose queries diffusers keeps sharded, runs
-  locally on the rank's query tokens. Ring (and Ulysses-anything padding) is refused before the forward starts,
-  by the component hook (runtime/hooks.py).
+  quantizes exactly the blocks one process would (joint [text, image] attention, whose all-to-all gives the
+  ranks' shards in rank order, is put back in one process's token order first). Cross-attention, whose queries
+  diffusers keeps sharded, runs locally on the rank's query tokens. Ring (and Ulysses-anything padding) is
+  refused before the forward starts, by the component hook (runtime/hooks.py).
 
 Per call this reads a few attributes and increments one counter: the per-forward decisions (the bool `fp8`, the
 rotation matrix, the process group for error metrics) are set once per transformer forward by the hook.
@@ -150,6 +151,8 @@ class Site:
         # process's [text, image] order, then hand the rows back in the order the all-to-all expects.
         ranks = _parallel_config.context_parallel_config.ulysses_degree
         text = self.state.text_tokens
+        if query.shape[1] != key.shape[1] or not 0 < text < query.shape[1] // ranks:  # not [text, image] shards
+            return self._fp8_forward_op(ctx, query, key, value, *args, _parallel_config=_parallel_config, **kwargs)
         out = self._fp8_forward_op(ctx, *(_one_process_order(x, ranks, text) for x in (query, key, value)), *args,
                                    _parallel_config=_parallel_config, **kwargs)
         batch, length, heads, dim = out.shape
