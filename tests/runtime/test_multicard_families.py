@@ -17,10 +17,12 @@ import torch
 import torch.multiprocessing as mp
 
 import runtime
+from qcompiler.families import get_family
+from runtime.dispatch import _one_process_order, joint_kinds
 from tests.runtime import multicard_worker as worker
 from tests.runtime.models.family_runtime import compile_shipped, compile_variant
 
-pytestmark = pytest.mark.slow  # spawns gloo ranks
+slow = pytest.mark.slow  # the tests that use `spawned`: one spawn of gloo ranks (~50 s on 2 shared cores)
 
 WORLD = 2
 RECIPES = {"flux.1-dev": "flux1_dev", "qwen-image": "qwen_image", "ltx-video": "ltx_video",
@@ -81,6 +83,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
+@slow
 @pytest.mark.parametrize("family", PARALLEL)
 def test_quantized_attention_bit_identical_to_one_process_both_orders(spawned, family):
     results, refs = spawned(family)
@@ -99,6 +102,7 @@ def test_quantized_attention_bit_identical_to_one_process_both_orders(spawned, f
             assert report.matches_plan() and not report.fallback_calls and report.call_counts["reference"] > 0
 
 
+@slow
 @pytest.mark.parametrize("family", PARALLEL)
 def test_shipped_plan_under_ulysses_runs_the_one_process_table(spawned, family):
     results, refs = spawned(family)
@@ -119,6 +123,7 @@ def test_shipped_plan_under_ulysses_runs_the_one_process_table(spawned, family):
     assert torch.equal(results[0]["shipped_after"]["latents"], results[1]["shipped_after"]["latents"])
 
 
+@slow
 @pytest.mark.parametrize("family", ["flux.1-dev", "qwen-image", "ltx-video"])
 @pytest.mark.parametrize("order", ["ring_after_load", "ring_before_load"])
 def test_ring_is_refused_while_the_plan_has_quantized_cells(spawned, family, order):
@@ -129,6 +134,7 @@ def test_ring_is_refused_while_the_plan_has_quantized_cells(spawned, family, ord
         assert "ring=2" in error["message"] and "ulysses_degree" in error["message"]
 
 
+@slow
 def test_ltx_video_ulysses_fails_in_diffusers_itself_and_load_does_not_hide_it(spawned):
     """diffusers 0.42.1's LTX-Video under Ulysses fails in its cross-attention: the text mask keeps all heads
     (prepare_attention_mask repeats it per head) while each rank attends with H/N heads after the all-to-all.
@@ -143,6 +149,7 @@ def test_ltx_video_ulysses_fails_in_diffusers_itself_and_load_does_not_hide_it(s
                    {k: stock[k] for k in ("error", "message")}, key
 
 
+@slow
 @pytest.mark.parametrize("family", ["cogvideox-2b", "hunyuanvideo1.5-t2v-480p"])
 def test_no_cp_plan_refused_by_diffusers_and_then_by_load_naming_the_class(spawned, family):
     results, _ = spawned(family)
@@ -154,3 +161,17 @@ def test_no_cp_plan_refused_by_diffusers_and_then_by_load_naming_the_class(spawn
         load = rank["load"]  # the half-configured model diffusers leaves behind is refused, not run
         assert load["error"] == "ParallelLayoutError", load
         assert cls in load["message"] and "diffusers 0.42.1 has no `_cp_plan`" in load["message"]
+
+
+@pytest.mark.parametrize(("family", "joint"), [
+    ("flux.1-dev", {"joint", "single"}), ("qwen-image", {"joint"}), ("ltx-video", set()), ("wan2.2-i2v-a14b", set()),
+])
+def test_kinds_put_back_in_one_process_order_under_ulysses(family, joint):
+    """Quantized cells of these kinds attend over [text, image] with both streams sharded (family data)."""
+    assert joint_kinds(get_family(family, "tiny")) == joint
+
+
+def test_one_process_order_gathers_each_stream_across_ranks():
+    # 2 ranks, 2 text + 3 image tokens each: [t0 t1 i0 i1 i2 | t2 t3 i3 i4 i5] -> [t0 t1 t2 t3 i0 ... i5]
+    tokens = torch.tensor([0, 1, 10, 11, 12, 2, 3, 13, 14, 15]).reshape(1, 10, 1, 1)
+    assert _one_process_order(tokens, 2, 2).flatten().tolist() == [0, 1, 2, 3, 10, 11, 12, 13, 14, 15]
