@@ -185,10 +185,11 @@ def native_in_one_process_order(pipe: Any):
     text = {"tokens": 0}
 
     def remember(module, args, kwargs):
-        text["tokens"] = kwargs["encoder_hidden_states"].shape[1] // 2
+        text["tokens"] = kwargs["encoder_hidden_states"].shape[1]  # whole: before diffusers' split
 
     def forward_op(ctx, query, key, value, *args, _parallel_config=None, **kwargs):
-        t, n = text["tokens"], _parallel_config.context_parallel_config.ulysses_degree
+        n = _parallel_config.context_parallel_config.ulysses_degree
+        t = text["tokens"] // n
         if query.shape[1] != key.shape[1]:  # not joint self-attention over [text, image]
             return stock(ctx, query, key, value, *args, _parallel_config=_parallel_config, **kwargs)
 
