@@ -13,9 +13,11 @@ asks that site which attention function runs:
   dropout, ...) follows the plan's fallback policy: the stock attention, counted as a fallback, or
   UnservableCallError. Under Ulysses it runs inside diffusers' templated context-parallel attention, after the
   all-to-all, where each rank holds the full sequence for its heads and quantizes exactly the blocks one process
-  would (masked calls with a `parallel_config` run stock, counted as fallback). Cross-attention, whose queries
-  diffusers keeps sharded, runs locally on the rank's query tokens. Ring (and Ulysses-anything padding) is
-  refused before the forward starts, by the component hook (runtime/hooks.py).
+  would (joint [text, image] attention, whose all-to-all gives the ranks' shards in rank order, is put
+  back in one process's token order first; masked calls with a `parallel_config` run stock, counted as
+  fallback). Cross-attention, whose queries diffusers keeps sharded, runs locally on the rank's query tokens.
+  Ring (and Ulysses-anything padding) is refused before the forward starts, by the component hook
+  (runtime/hooks.py).
 
 Per call this reads a few attributes and increments one counter: the per-forward decisions (the bool `fp8`, the
 rotation matrix, the process group for error metrics) are set once per transformer forward by the hook.
@@ -71,6 +73,12 @@ class ComponentState:
         # plan mode: per kind, the quantized calls that carried a padding mask and ran packed (runtime/masks.py)
         self.packed_calls: dict[str, int] = {}
         self.refused: dict[str, str] = {}  # plan mode: per kind, why the kernel last refused a planned call
+        # Under Ulysses, kinds whose one call attends over [text, image] with both streams sharded (Flux,
+        # Qwen-Image joint attention): the all-to-all hands each rank [text_0, image_0, text_1, image_1, ...];
+        # FP8 cells restore one process's [text, image] order (other blocks, other scales otherwise).
+        # `text_tokens` is the rank's text shard length in this forward, set by the component hook.
+        self.joint_kinds: frozenset[str] = frozenset()
+        self.text_tokens = 0
 
 
 class Site:
@@ -174,7 +182,10 @@ class Site:
     def _fp8(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, parallel_config: Any) -> torch.Tensor:
         if parallel_config is None:  # one process, or cross-attention under CP (queries sharded, K/V whole)
             return self.state.backend.attend(query, key, value, self.state.rotation)
-        return templated_context_parallel_attention(query, key, value, forward_op=self._fp8_forward_op,
+        forward_op = self._fp8_forward_op
+        if self.kind in self.state.joint_kinds and self.state.text_tokens:
+            forward_op = self._fp8_joint_forward_op
+        return templated_context_parallel_attention(query, key, value, forward_op=forward_op,
                                                     parallel_config=parallel_config)
 
     def _fp8_forward_op(self, ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: Any,
@@ -184,6 +195,21 @@ class Site:
         if return_lse:  # ring merges partial results by log-sum-exp; the hook refuses ring before we get here
             raise RuntimeError("qcompile FP8 attention returns no log-sum-exp (ring attention is not supported)")
         return self.state.backend.attend(query, key, value, self.state.rotation)
+
+    def _fp8_joint_forward_op(self, ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                              *args: Any, _parallel_config: Any = None, **kwargs: Any) -> torch.Tensor:
+        # After the all-to-all the sequence is the ranks' [text_r, image_r] in rank order: attend in one
+        # process's [text, image] order, then hand the rows back in the order the all-to-all expects.
+        ranks = _parallel_config.context_parallel_config.ulysses_degree
+        text = self.state.text_tokens
+        if query.shape[1] != key.shape[1] or not 0 < text < query.shape[1] // ranks:  # not [text, image] shards
+            return self._fp8_forward_op(ctx, query, key, value, *args, _parallel_config=_parallel_config, **kwargs)
+        out = self._fp8_forward_op(ctx, *(_one_process_order(x, ranks, text) for x in (query, key, value)), *args,
+                                   _parallel_config=_parallel_config, **kwargs)
+        batch, length, heads, dim = out.shape
+        local_image = length // ranks - text
+        return torch.cat([out[:, :ranks * text].reshape(batch, ranks, text, heads, dim),
+                          out[:, ranks * text:].reshape(batch, ranks, local_image, heads, dim)], dim=2).flatten(1, 2)
 
     def _record(self, fp8: torch.Tensor, native: torch.Tensor, used: str) -> CallRecord:
         state = self.state
@@ -205,6 +231,16 @@ def _unservable_arguments(query: torch.Tensor, dropout_p: float, is_causal: bool
     if scale is not None and not math.isclose(scale, 1.0 / math.sqrt(query.shape[-1])):
         return f"the scale {scale:.6g} (the kernel applies 1/sqrt(head_dim))"
     return ""
+def _one_process_order(x: torch.Tensor, ranks: int, text: int) -> torch.Tensor:
+    """[text_0, image_0, text_1, image_1, ...] (BSND, equal shards) -> [text_0, text_1, ..., image_0, image_1, ...]."""
+    shards = x.reshape(x.shape[0], ranks, x.shape[1] // ranks, *x.shape[2:])
+    return torch.cat([shards[:, :, :text].flatten(1, 2), shards[:, :, text:].flatten(1, 2)], dim=1)
+
+
+def joint_kinds(family: Any) -> frozenset[str]:
+    """The family's kinds whose queries and keys are [text, image] in one call (both sharded under Ulysses)."""
+    return frozenset(k.name for k in family.kind_specs
+                     if len(k.query_tokens) == 2 and k.query_tokens[0] == "text" and k.key_tokens == k.query_tokens)
 
 
 def _fp8_eligible(query: torch.Tensor, attn_mask: Any, dropout_p: float, is_causal: bool, scale: float | None,

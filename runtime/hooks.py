@@ -45,6 +45,27 @@ def parallel_layout(model: torch.nn.Module) -> str | None:
     return ",".join(parts) or "degree 1"
 
 
+def missing_cp_plan_reason(model: torch.nn.Module) -> str | None:
+    """Why this model cannot run context-parallel at all: parallelism is set on it, but its class has no
+    `_cp_plan` (diffusers' `enable_parallelism` raises for such a model after it has already set the config on
+    the model and its processors, leaving attention that would all-to-all inputs nothing ever sharded)."""
+    if context_parallel_config(model_parallel_config(model)) is None or getattr(type(model), "_cp_plan", None):
+        return None
+    import diffusers
+
+    return (f"{type(model).__name__} has a context-parallel config, but diffusers {diffusers.__version__} has no "
+            f"`_cp_plan` for {type(model).__name__} (it cannot shard its inputs; enable_parallelism refuses it): "
+            "run this model on one process per pipeline, without enable_parallelism")
+
+
+def check_context_parallel_plans(models: dict[str, torch.nn.Module]) -> None:
+    """Refuse a component left with a context-parallel config its class has no `_cp_plan` for."""
+    for name, model in models.items():
+        why = missing_cp_plan_reason(model)
+        if why:
+            raise ParallelLayoutError(f"{name}: {why}")
+
+
 def unsupported_layout_reason(model: torch.nn.Module) -> str | None:
     """Why FP8 attention cannot follow the plan under this model's context parallelism (None: it can)."""
     cp = context_parallel_config(model_parallel_config(model))
@@ -120,6 +141,7 @@ class ComponentHook:
         parallel = model_parallel_config(self.model)
         if parallel is self._layout_seen:
             return
+        check_context_parallel_plans({self.name: self.model})
         why = unsupported_layout_reason(self.model) if self.needs_quantized else None
         if why:
             raise ParallelLayoutError(f"{self.name} runs with context parallelism ({parallel_layout(self.model)}) "
@@ -143,6 +165,8 @@ class ComponentHook:
         self._step = -1
         step = self.tracker.begin_forward(self.name)
         self.check_layout()
+        if self.state.joint_kinds:
+            self.state.text_tokens = _text_shard(self.model, kwargs)
         self._check_sites()
         for site in self._all:
             site.take_counts()  # a forward that raised before our post hook leaves nothing behind
@@ -184,6 +208,16 @@ class ComponentHook:
                 cell[FALLBACK] += fallback
                 if not (native or fp8 or fallback or failed):
                     cell[SKIPPED] += 1  # the forward reached this step but a cache replaced this attention
+
+
+def _text_shard(model: torch.nn.Module, kwargs: dict) -> int:
+    """Text tokens per rank in this forward under Ulysses (0 without it): the transformer's
+    `encoder_hidden_states` (whole here: our pre-hook runs before diffusers' context-parallel split) / degree."""
+    cp = context_parallel_config(model_parallel_config(model))
+    text = kwargs.get("encoder_hidden_states")
+    if cp is None or (cp.ulysses_degree or 1) <= 1 or not isinstance(text, torch.Tensor):
+        return 0
+    return text.shape[1] // cp.ulysses_degree
 
 
 def _first_blocks(model: torch.nn.Module, sites: list[Site]) -> list[torch.nn.Module]:

@@ -20,10 +20,10 @@ from runtime.backends import AttentionBackend, NativeBackend, resolve_quantized_
 from runtime.backends.registry import component_refusal
 from runtime.call_record import CallRecord
 from runtime.checks import attention_paths, check_structure, transformer_components
-from runtime.dispatch import PLAN, ComponentState
+from runtime.dispatch import PLAN, ComponentState, joint_kinds
 from runtime.errors import BackendUnavailableError, PlanMismatchError, UnknownBackendError
 from runtime.execution_report import FALLBACK, FALLBACK_BACKEND, CellCounts, ExecutionReport, build_report
-from runtime.hooks import parallel_layout
+from runtime.hooks import check_context_parallel_plans, parallel_layout
 from runtime.install import ComponentSpec, Installation, install, mark_installed, unmark_installed
 from runtime.numerics import Numerics
 from runtime.step_tracker import CallContext, StepTracker
@@ -101,6 +101,7 @@ class PlanHandle:
                 backend is not None and numerics.hadamard_rotation) else None
             state = ComponentState(name, PLAN, backend, self._context, plan.fallback)
             self._states.append(state)
+            state.joint_kinds = joint_kinds(family)
             specs.append(ComponentSpec(name, models[name], modules, state, rows, counts, rotation, needs_quantized))
         self._models = models
         self._installation = install(specs, self._tracker)
@@ -262,6 +263,7 @@ def load(pipe: Any, plan: str | os.PathLike[str] | Mapping[str, Any] | Plan | No
     """
     check_backend_argument(backend)
     loaded = _embedded_plan(pipe) if plan is None else load_plan(plan)
+    check_context_parallel_plans(transformer_components(pipe, loaded.family))  # before the processor checks
     models = check_structure(pipe, loaded)
     served, fallbacks = _serving_backends(loaded, backend, models)
     handle = PlanHandle(pipe, loaded, backend, served, fallbacks)

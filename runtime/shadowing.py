@@ -18,7 +18,7 @@ from qcompiler.plan.format import Plan, load_plan
 from runtime.backends import AttentionBackend, resolve_quantized_backend
 from runtime.call_record import CallRecord
 from runtime.checks import attention_paths, check_structure, inspect_component, transformer_components
-from runtime.dispatch import SHADOW, ComponentState
+from runtime.dispatch import SHADOW, ComponentState, joint_kinds
 from runtime.errors import BackendUnavailableError, PlanMismatchError
 from runtime.install import ComponentSpec, install, mark_installed, unmark_installed
 from runtime.numerics import Numerics
@@ -107,6 +107,7 @@ def shadow(
             raise BackendUnavailableError(f"shadow mode cannot run FP8 attention in {name}: {why}")
         state = ComponentState(name, SHADOW, fp8, context)
         state.sink = recorder.records
+        state.joint_kinds = joint_kinds(family)  # under Ulysses, measure joint calls in one process's token order
         rotation = (found.head_dim, numerics.rotation_seed) if numerics.hadamard_rotation else None
         # without a plan, the family may be another size of this pipeline class: count the model's blocks
         modules = attention_paths(family, name, kinds, None if loaded is not None else model)
