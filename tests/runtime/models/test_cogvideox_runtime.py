@@ -254,3 +254,28 @@ def test_cogvideox_model_support_serves_pipelines_and_tiny_builders():
         expected = pipe.encode_prompt("a red cube on a table", "blurry", max_sequence_length=text_tokens(pipe),
                                       device="cpu")
     assert torch.equal(positive, expected[0]) and torch.equal(negative, expected[1])
+
+
+def test_report_and_calibrate_drive_the_tiny_pipelines(tmp_path):
+    """The quality tools' call arguments (CogVideoXSupport.text_tokens / encode_prompts / call_kwargs) drive both
+    tiny pipelines: `qcompile report --pipeline tiny` follows the shipped plan, calibrate measures every cell."""
+    import json
+
+    from click.testing import CliRunner
+
+    from qcompiler.cli.main import cli
+
+    plan = tmp_path / "plan.json"
+    compile_shipped("cogvideox_5b", plan)
+    result = CliRunner().invoke(cli, ["report", str(plan), "--pipeline", "tiny", "--backend", "reference",
+                                      "-o", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    execution = json.loads((tmp_path / "report" / "report.json").read_text())["execution"]
+    assert execution["matches_plan"] and execution["fallback_calls"] == 0
+    sensitivity = tmp_path / "sensitivity.json"
+    result = CliRunner().invoke(cli, ["calibrate", "--family", "cogvideox-2b", "--pipeline", "tiny", "--steps",
+                                      str(STEPS), "-o", str(sensitivity)])
+    assert result.exit_code == 0, result.output
+    cells = json.loads(sensitivity.read_text())["cells"]
+    assert {(c["kind"], c["step"], c["layer"]) for c in cells} == {
+        ("joint", step, layer) for step in range(STEPS) for layer in range(LAYERS["2b"])}
