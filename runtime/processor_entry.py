@@ -8,7 +8,8 @@ entry, anything else is refused.
 
 While a planned module's forward runs, a `torch.overrides.TorchFunctionMode` holding the module's `Site` is pushed
 on the thread's function-mode stack: the forward pre-hook pushes it, a forward hook registered with
-`always_call=True` pops it, so a forward that raises leaves nothing pushed. Each SDPA call the processor makes
+`always_call=True` pops it, so a forward that raises leaves nothing pushed (a KeyboardInterrupt, which torch
+does not run such hooks for, leaves a mode that the next attention forward of the thread drops). Each SDPA call the processor makes
 then goes to `Site.attend` (the same decisions, counters, shadow mode and observer records as a dispatcher call),
 its [B, H, S, D] query, key and value passed as [B, S, H, D] views (the dispatcher's layout, which Site and the
 backends take), the mask as it is (SDPA's and the dispatcher's masks are the same [B, H, Sq, Sk]-broadcastable
@@ -34,7 +35,6 @@ hook refuses a parallel layout where a processor-entry site may run quantized (r
 
 from __future__ import annotations
 
-import functools
 import threading
 import weakref
 from collections.abc import Callable
@@ -120,19 +120,37 @@ def _stock_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, att
     return out.transpose(1, 2)
 
 
-@functools.cache
+_stock_member: Any = None  # registered by the first install of a processor-entry site
+
+
 def sdpa_stock_backend() -> Any:
     """The `qcompile-sdpa` member of diffusers' AttentionBackendName: the stock backend of processor-entry sites."""
-    return register_attention_backend(QCOMPILE_SDPA_BACKEND_VALUE, _stock_sdpa, supports_context_parallel=False)
+    global _stock_member
+    if _stock_member is None:  # registration is idempotent: two threads' first installs get the same member
+        _stock_member = register_attention_backend(QCOMPILE_SDPA_BACKEND_VALUE, _stock_sdpa,
+                                                   supports_context_parallel=False)
+    return _stock_member
 
 
 def is_processor_site(site: Any) -> bool:
-    return site.stock_backend is sdpa_stock_backend()
+    """Whether `site` is reached through the processor entry (never registers anything)."""
+    return _stock_member is not None and site.stock_backend is _stock_member
 
 
 def installed_site(module: torch.nn.Module) -> Any:
     """The site whose processor entry is on `module` (None: none is)."""
     return _installed.get(module)
+
+
+def _drop_stale(entries: list) -> None:
+    """Drop the modes a forward interrupted by a BaseException left behind (torch runs always-called forward hooks
+    for an Exception only: a KeyboardInterrupt skips them). Attention modules do not nest, so any entry found
+    when an attention forward starts is such a one: it stops serving, and leaves torch's stack if on top."""
+    while entries:
+        _, mode = entries.pop()
+        mode.active = False
+        if torch.overrides._get_current_function_mode() is mode:
+            mode.__exit__(None, None, None)
 
 
 def install_entry(site: Any) -> Callable[[], None]:
@@ -141,6 +159,7 @@ def install_entry(site: Any) -> Callable[[], None]:
     module = site.module
 
     def enter(module: torch.nn.Module, args: Any) -> None:
+        _drop_stale(_thread.entries)
         mode = _SiteMode(site)
         mode.__enter__()
         _thread.entries.append((module, mode))

@@ -151,3 +151,31 @@ def test_a_quantized_processor_site_under_context_parallelism_is_refused(toy):
         hook({"refiner": ((True,),)}).check_layout()
     hook({"refiner": ((False,),)}).check_layout()  # native cells replay the stock call: nothing to refuse
     hook({"refiner": ((True,),)}, needs_quantized=False).check_layout()  # no backend serves it: all native
+
+
+def test_a_keyboard_interrupt_mid_forward_leaves_no_entry_serving(toy):
+    """torch runs always-called forward hooks for an Exception only: a KeyboardInterrupt leaves the mode pushed,
+    and the next attention forward of the thread drops it (its call is served once, by its own mode)."""
+    model, x = toy
+    site, undo = _site(model, ReferenceBackend(Numerics()))
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    handle = model.attn.to_out[0].register_forward_pre_hook(interrupt)
+    try:
+        with torch.no_grad(), pytest.raises(KeyboardInterrupt):
+            model(x)
+        handle.remove()
+        assert site.take_counts() == (1, 0, 0)
+        with torch.no_grad():
+            stock_free, _ = model(x)
+        assert site.take_counts() == (1, 0, 0)
+        q = torch.randn(1, HEADS, TOKENS, HEAD_DIM)
+        F.scaled_dot_product_attention(q, q, q)
+        assert site.take_counts() == (0, 0, 0)
+    finally:
+        handle.remove()
+        undo()
+    with torch.no_grad():
+        assert torch.equal(model(x)[0], stock_free)
