@@ -114,6 +114,28 @@ def test_wrong_step_count_is_refused(pipes):
     assert torch.equal(run(tiny_cogvideox, pipe), stock)
 
 
+def test_a_loop_timestep_outside_the_schedule_is_refused(pipes):
+    """CogVideoX's schedulers keep no step_index: the step comes from the loop's timestep, and a forward whose
+    timestep is not in the rest of the schedule stops the call instead of following the wrong row."""
+    pipe, stock = pipes["2b"]
+    plan = compile_variant("cogvideox_2b", default="fp8")
+
+    def drift(*_):  # registered before load: runs before qcompile's hook
+        if pipe._current_timestep is not None and float(pipe._current_timestep) < 600:
+            pipe._current_timestep = pipe._current_timestep + 1
+
+    handle = pipe.transformer.register_forward_pre_hook(drift)
+    try:
+        with runtime.load(pipe, plan, backend="reference"):
+            with pytest.raises(runtime.PlanMismatchError, match=r"step tracking lost: the pipeline's current timestep "
+                                                                r"\d+ is not in the rest of its scheduler's 4-step schedule "
+                                                                r"after step \d"):
+                run(tiny_cogvideox, pipe)
+    finally:
+        handle.remove()
+    assert torch.equal(run(tiny_cogvideox, pipe), stock)
+
+
 def test_5b_dpm_scheduler_stays_seeded_under_a_loaded_plan(pipes, tmp_path):
     """Nothing qcompile installs may hide `generator` or `eta` from the pipeline's look at `scheduler.step`: the
     DPM step (eta=1 in the tiny inputs) would draw unseeded noise and two seeded runs would differ."""
