@@ -179,3 +179,18 @@ def test_a_keyboard_interrupt_mid_forward_leaves_no_entry_serving(toy):
         undo()
     with torch.no_grad():
         assert torch.equal(model(x)[0], stock_free)
+
+
+def test_the_self_check_names_an_sdpa_processor_that_moved(monkeypatch):
+    """The processor entry relies on each listed class making exactly one F.scaled_dot_product_attention call of
+    its own: the private-API self-check says when a diffusers upgrade changes that (AttnProcessor computes
+    attention with baddbmm; NoSuchProcessor does not exist)."""
+    from runtime import diffusers_private
+
+    assert diffusers_private.check_private_api() == []
+    monkeypatch.setattr(diffusers_private, "SDPA_PROCESSOR_CLASSES",
+                        (*diffusers_private.SDPA_PROCESSOR_CLASSES, "AttnProcessor", "NoSuchProcessor"))
+    assert diffusers_private.check_private_api() == [
+        "AttnProcessor.__call__ no longer makes exactly one F.scaled_dot_product_attention(...) call of its own",
+        "diffusers.models.attention_processor.NoSuchProcessor is gone",
+    ]
