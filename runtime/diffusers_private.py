@@ -19,7 +19,9 @@ What we rely on:
 - a pipeline's `_current_timestep` (set inside its denoising loop) and a compiled block's `_compiled_call_impl`
   (torch's, set by `nn.Module.compile()`, which diffusers' `compile_repeated_blocks` calls).
 - the processor classes that call `F.scaled_dot_product_attention` themselves instead of the dispatch
-  (`SDPA_PROCESSOR_CLASSES` in `diffusers.models.attention_processor`; runtime/processor_entry.py serves them).
+  (`SDPA_PROCESSOR_CLASSES` in `diffusers.models.attention_processor`; runtime/processor_entry.py serves them),
+  and torch's `torch._C._nn.scaled_dot_product_attention` (what `F.scaled_dot_product_attention` is) and
+  `torch.overrides._get_current_function_mode`, which that entry uses.
 """
 
 from __future__ import annotations
@@ -98,6 +100,11 @@ def check_private_api() -> list[str]:
                 problems.append(f"{pipeline.__name__}.__call__ no longer sets the pipeline's _current_timestep")
     if not hasattr(torch.nn.Module, "_compiled_call_impl"):
         problems.append("torch.nn.Module has no _compiled_call_impl (compiled blocks would go unnoticed)")
+    # the processor entry (runtime/processor_entry.py) matches SDPA calls by torch's builtin and drops a stale mode
+    if SDPA_BUILTIN is not torch.nn.functional.scaled_dot_product_attention:
+        problems.append("torch.nn.functional.scaled_dot_product_attention is no longer torch._C._nn's builtin")
+    if not callable(getattr(torch.overrides, "_get_current_function_mode", None)):
+        problems.append("torch.overrides._get_current_function_mode is gone")
     return problems
 
 
@@ -128,6 +135,16 @@ def sdpa_processor_types() -> tuple[type, ...]:
 def calls_sdpa(processor: Any) -> bool:
     """Whether `processor` is one of the processors that call F.scaled_dot_product_attention themselves."""
     return type(processor) in sdpa_processor_types()
+
+
+# What `F.scaled_dot_product_attention` is (a builtin), and what a torch function mode receives as `func` for it:
+# the processor entry matches calls by it, so that a wrapper someone put on `F` (a test's observer) still reaches it.
+SDPA_BUILTIN = getattr(torch._C._nn, "scaled_dot_product_attention", None)  # None: check_private_api says so
+
+
+def current_function_mode() -> Any:
+    """The innermost torch function mode of this thread (None when none is pushed)."""
+    return torch.overrides._get_current_function_mode()
 
 
 def register_attention_backend(value: str, function: Callable[..., Any], *, supports_context_parallel: bool) -> Any:

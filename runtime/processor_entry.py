@@ -43,12 +43,9 @@ from typing import Any, NamedTuple
 import torch
 from torch.overrides import TorchFunctionMode
 
-from runtime.diffusers_private import register_attention_backend
+from runtime.diffusers_private import SDPA_BUILTIN, current_function_mode, register_attention_backend
 
 QCOMPILE_SDPA_BACKEND_VALUE = "qcompile-sdpa"
-# What `F.scaled_dot_product_attention` is (a builtin), and what a function mode receives as `func` for it;
-# taken from torch._C so that a wrapper someone put on `F` (a test's observer) still sends its calls here.
-_SDPA = torch._C._nn.scaled_dot_product_attention
 
 
 class _SdpaCall(NamedTuple):
@@ -90,7 +87,7 @@ class _SiteMode(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        if func is not _SDPA or not self.active:
+        if func is not SDPA_BUILTIN or not self.active:
             return func(*args, **kwargs)
         query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa = _sdpa_arguments(*args, **kwargs)
         if not query.dim() == key.dim() == value.dim() == 4:
@@ -149,7 +146,7 @@ def _drop_stale(entries: list) -> None:
     while entries:
         _, mode = entries.pop()
         mode.active = False
-        if torch.overrides._get_current_function_mode() is mode:
+        if current_function_mode() is mode:
             mode.__exit__(None, None, None)
 
 
