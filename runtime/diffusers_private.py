@@ -18,10 +18,15 @@ What we rely on:
   ulysses_anything` and its meshes `_flattened_mesh` / `_ulysses_mesh`.
 - a pipeline's `_current_timestep` (set inside its denoising loop) and a compiled block's `_compiled_call_impl`
   (torch's, set by `nn.Module.compile()`, which diffusers' `compile_repeated_blocks` calls).
+- the processor classes that call `F.scaled_dot_product_attention` themselves instead of the dispatch
+  (`SDPA_PROCESSOR_CLASSES` in `diffusers.models.attention_processor`; runtime/processor_entry.py serves them),
+  and torch's `torch._C._nn.scaled_dot_product_attention` (what `F.scaled_dot_product_attention` is) and
+  `torch.overrides._get_current_function_mode`, which that entry uses.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +45,11 @@ _NATIVE_FORWARD_OP_PARAMS = ("ctx", "query", "key", "value", "attn_mask", "dropo
                              "enable_gqa", "return_lse", "_save_ctx", "_parallel_config")
 _PROCESSOR_ATTRIBUTES = ("_attention_backend", "_parallel_config")
 _CONTEXT_PARALLEL_FIELDS = ("ring_degree", "ulysses_degree", "ulysses_anything", "_flattened_mesh", "_ulysses_mesh")
+# Processors of diffusers.models.attention_processor that call F.scaled_dot_product_attention themselves, each
+# once per forward with [B, H, S, D] tensors: CogVideoX's (and its fused twin), and the generic one that
+# HunyuanVideo-1.5's token refiner uses. Matched by exact class: a subclass may call attention otherwise.
+SDPA_PROCESSOR_CLASSES = ("AttnProcessor2_0", "CogVideoXAttnProcessor2_0", "FusedCogVideoXAttnProcessor2_0")
+_SDPA_CALL = "F.scaled_dot_product_attention("
 
 
 def check_private_api() -> list[str]:
@@ -66,9 +76,14 @@ def check_private_api() -> list[str]:
                         f"no longer takes {', '.join(_NATIVE_FORWARD_OP_PARAMS)})")
     from runtime.models import registered
 
-    # the processors of every registered model (runtime/models/): the installer sets their backend attribute
+    problems += _sdpa_processor_problems()
+    sdpa_types = sdpa_processor_types()
+    # the processors of every registered model (runtime/models/): the installer sets the backend attribute of
+    # those that dispatch; the SDPA-calling ones are checked above
     for support in registered():
         for processor in support.processor_classes():
+            if processor in sdpa_types:
+                continue
             problems += [f"{processor.__name__} has no class attribute {a}" for a in _PROCESSOR_ATTRIBUTES
                          if not hasattr(processor, a)]
     import dataclasses
@@ -85,7 +100,51 @@ def check_private_api() -> list[str]:
                 problems.append(f"{pipeline.__name__}.__call__ no longer sets the pipeline's _current_timestep")
     if not hasattr(torch.nn.Module, "_compiled_call_impl"):
         problems.append("torch.nn.Module has no _compiled_call_impl (compiled blocks would go unnoticed)")
+    # the processor entry (runtime/processor_entry.py) matches SDPA calls by torch's builtin and drops a stale mode
+    if SDPA_BUILTIN is not torch.nn.functional.scaled_dot_product_attention:
+        problems.append("torch.nn.functional.scaled_dot_product_attention is no longer torch._C._nn's builtin")
+    if not callable(getattr(torch.overrides, "_get_current_function_mode", None)):
+        problems.append("torch.overrides._get_current_function_mode is gone")
     return problems
+
+
+def _sdpa_processor_problems() -> list[str]:
+    from diffusers.models import attention_processor
+
+    problems = []
+    for name in SDPA_PROCESSOR_CLASSES:
+        processor = getattr(attention_processor, name, None)
+        if processor is None:
+            problems.append(f"diffusers.models.attention_processor.{name} is gone")
+            continue
+        source = inspect.getsource(processor.__call__)
+        if source.count(_SDPA_CALL) != 1 or "dispatch_attention_fn" in source:
+            problems.append(f"{name}.__call__ no longer makes exactly one {_SDPA_CALL}...) call of its own")
+    return problems
+
+
+@functools.cache
+def sdpa_processor_types() -> tuple[type, ...]:
+    """The classes of SDPA_PROCESSOR_CLASSES this diffusers has."""
+    from diffusers.models import attention_processor
+
+    return tuple(getattr(attention_processor, name) for name in SDPA_PROCESSOR_CLASSES
+                 if hasattr(attention_processor, name))
+
+
+def calls_sdpa(processor: Any) -> bool:
+    """Whether `processor` is one of the processors that call F.scaled_dot_product_attention themselves."""
+    return type(processor) in sdpa_processor_types()
+
+
+# What `F.scaled_dot_product_attention` is (a builtin), and what a torch function mode receives as `func` for it:
+# the processor entry matches calls by it, so that a wrapper someone put on `F` (a test's observer) still reaches it.
+SDPA_BUILTIN = getattr(torch._C._nn, "scaled_dot_product_attention", None)  # None: check_private_api says so
+
+
+def current_function_mode() -> Any:
+    """The innermost torch function mode of this thread (None when none is pushed)."""
+    return torch.overrides._get_current_function_mode()
 
 
 def register_attention_backend(value: str, function: Callable[..., Any], *, supports_context_parallel: bool) -> Any:

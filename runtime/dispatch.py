@@ -25,6 +25,9 @@ rotation matrix, the process group for error metrics) are set once per transform
 The current site is thread-local: pipelines called in several threads at once each see their own module's site
 between its pre-hook and its dispatch call. Everything else a site holds belongs to its pipeline, which runs one
 call at a time (runtime/install.py refuses a second thread's entry).
+
+Processors that call `F.scaled_dot_product_attention` themselves reach `Site.attend` through the processor entry
+(runtime/processor_entry.py) instead of this backend.
 """
 
 from __future__ import annotations
@@ -88,11 +91,13 @@ class Site:
     __slots__ = ("component", "kind", "layer", "module", "processor", "stock_backend", "state", "fp8",
                  "native_calls", "fp8_calls", "fallback_calls")
 
-    def __init__(self, component: str, kind: str, layer: int, module: Any, state: ComponentState):
+    def __init__(self, component: str, kind: str, layer: int, module: Any, state: ComponentState,
+                 stock_backend: Any = None):
         self.component, self.kind, self.layer = component, kind, layer
         self.module = module
         self.processor = module.processor
-        self.stock_backend = processor_backend(self.processor)
+        # None: the backend the processor dispatches to; the processor entry passes its own (processor_entry.py)
+        self.stock_backend = processor_backend(self.processor) if stock_backend is None else stock_backend
         self.state = state
         self.fp8 = False
         self.native_calls = self.fp8_calls = self.fallback_calls = 0

@@ -25,6 +25,7 @@ from runtime.diffusers_private import (
 from runtime.dispatch import SHADOW, ComponentState, Site, qcompile_backend
 from runtime.errors import ParallelLayoutError, PlanMismatchError
 from runtime.execution_report import FALLBACK, FP8, NATIVE, SKIPPED, CellCounts
+from runtime.processor_entry import is_processor_site
 from runtime.quant.rotation import get_rotation
 from runtime.step_tracker import StepTracker
 
@@ -117,6 +118,12 @@ class ComponentHook:
         self.needs_quantized = needs_quantized
         self._by_kind = list(sites.items())
         self._all = [s for kind_sites in sites.values() for s in kind_sites]
+        # Kinds reached through the processor entry that may run quantized (shadow mode: all of them): their
+        # processors call SDPA on whatever part of the sequence the rank holds, with no context-parallel handling.
+        self._entries = [(s, is_processor_site(s)) for s in self._all]  # (site, reached by the processor entry)
+        self._processor_kinds = sorted(
+            {s.kind for s, via_processor in self._entries if via_processor
+             and (rows is None or any(any(r) for r in rows[s.kind]))})
         self._first_blocks = _first_blocks(model, self._all)
         self._rotation_key: tuple[torch.device, torch.dtype] | None = None
         self._layout_seen: Any = None
@@ -143,6 +150,12 @@ class ComponentHook:
             return
         check_context_parallel_plans({self.name: self.model})
         why = unsupported_layout_reason(self.model) if self.needs_quantized else None
+        if (not why and self.needs_quantized and self._processor_kinds
+                and context_parallel_config(parallel) is not None):
+            processors = sorted({type(s.processor).__name__ for s in self._all if s.kind in self._processor_kinds})
+            why = (f"its {', '.join(self._processor_kinds)} attention is called by processors that call "
+                   f"F.scaled_dot_product_attention themselves ({', '.join(processors)}), which qcompile cannot run "
+                   "quantized across ranks; run this model in one process, or plan those kinds native")
         if why:
             raise ParallelLayoutError(f"{self.name} runs with context parallelism ({parallel_layout(self.model)}) "
                                       f"and its plan has FP8 attention cells: {why}")
@@ -151,9 +164,9 @@ class ComponentHook:
 
     def _check_sites(self) -> None:
         ours = qcompile_backend()
-        for site in self._all:
+        for site, via_processor in self._entries:
             processor = site.module.processor
-            if processor is not site.processor or processor_backend(processor) is not ours:
+            if processor is not site.processor or (not via_processor and processor_backend(processor) is not ours):
                 raise PlanMismatchError(
                     f"{self.name}: the attention processor or backend of {site.kind} attention layer {site.layer} "
                     "changed after runtime.load/shadow (set_processor or set_attention_backend); unload, make the "

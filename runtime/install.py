@@ -1,10 +1,16 @@
 """The one installer for plan mode (`runtime.load`) and shadow mode (`runtime.shadow`).
 
 For each component x attention kind x layer (module paths from the family data: block list path, layer, module),
-it keeps the stock processor, points its attention backend at qcompile's dispatch backend, puts a forward
-pre-hook on the attention module that makes its Site current, and adds one ComponentHook per component. Removal
-undoes exactly that, in reverse, so the pipeline is stock again (and keeps whatever `enable_parallelism`
-set on the processors, before or after install).
+it keeps the stock processor and installs one of two entries, chosen per attention module by its processor:
+- the dispatcher entry, for a processor that calls diffusers' `dispatch_attention_fn` (it has an
+  `_attention_backend`): its backend points at qcompile's dispatch backend, and a forward pre-hook on the
+  attention module makes its Site current (runtime/dispatch.py);
+- the processor entry, for a processor known to call `F.scaled_dot_product_attention` itself
+  (diffusers_private.SDPA_PROCESSOR_CLASSES: CogVideoX's, the generic AttnProcessor2_0): hooks on the attention
+  module send its SDPA calls to its Site while its forward runs (runtime/processor_entry.py).
+Any other processor is refused. One model may mix both (HunyuanVideo-1.5: dispatcher joint blocks, an SDPA token
+refiner). Then one ComponentHook per component. Removal undoes exactly that, in reverse, so the pipeline is stock
+again (and keeps whatever `enable_parallelism` set on the processors, before or after install).
 
 It also wraps the pipeline's `__call__` so that a call owns the plan's per-call state for its whole duration, in
 its thread (StepTracker.enter_call): a second thread entering the same pipeline meanwhile is refused before it
@@ -20,13 +26,19 @@ from typing import Any
 
 import torch
 
-from runtime.diffusers_private import has_processor_backend, processor_backend, set_processor_backend
+from runtime.diffusers_private import (
+    SDPA_PROCESSOR_CLASSES,
+    calls_sdpa,
+    has_processor_backend,
+    processor_backend,
+    set_processor_backend,
+)
 from runtime.dispatch import ComponentState, Site, qcompile_backend
 from runtime.errors import PlanMismatchError
 from runtime.execution_report import CellCounts
 from runtime.hooks import ComponentHook
-from runtime.models import model_support
-from runtime.models.base import DISPATCHER
+from runtime.models.base import DISPATCHER, PROCESSOR
+from runtime.processor_entry import install_entry, installed_site, sdpa_stock_backend
 from runtime.step_tracker import StepTracker
 
 INSTALLED_ATTR = "_qcompile_runtime"  # set on a pipeline while a plan or shadow recorder is installed
@@ -76,28 +88,32 @@ def unmark_installed(pipe: Any, owner: object) -> None:
         delattr(pipe, INSTALLED_ATTR)
 
 
-def attention_module(model: torch.nn.Module, component: str, kind: str, path: str) -> Any:
-    support = model_support(model)
-    if support.attention_entry != DISPATCHER:
-        raise PlanMismatchError(
-            f"{component} is a {type(model).__name__}, whose attention processors call attention themselves "
-            f"({support.name} model support, runtime/models/): qcompile installs only on processors that call "
-            "diffusers' attention dispatch"
-        )
+def attention_module(model: torch.nn.Module, component: str, kind: str, path: str) -> tuple[Any, str]:
+    """The attention module at `path` and the entry that reaches its calls (DISPATCHER or PROCESSOR)."""
     try:
         module = model.get_submodule(path)
     except AttributeError:
         raise PlanMismatchError(f"{component} has no attention module {path} ({kind} attention)") from None
     processor = getattr(module, "processor", None)
-    if not hasattr(module, "set_processor") or not has_processor_backend(processor):
-        raise PlanMismatchError(
-            f"{component}.{path} has no diffusers attention processor that calls the attention dispatch "
-            f"(found {type(processor).__name__}); qcompile serves processors with an `_attention_backend`, "
-            "as the processors of the models in runtime/models/ do"
-        )
-    if processor_backend(processor) is qcompile_backend():
-        raise PlanMismatchError(f"{component}.{path} already runs qcompile's attention backend; unload it first")
-    return module
+    if not hasattr(module, "set_processor"):
+        raise PlanMismatchError(f"{component}.{path} is a {type(module).__name__}, not a diffusers attention module "
+                                "with a processor")
+    if calls_sdpa(processor):  # first: set_attention_backend never gives these an `_attention_backend`, but a user may
+        if installed_site(module) is not None:
+            raise PlanMismatchError(f"{component}.{path} already runs qcompile's processor entry; unload it first")
+        return module, PROCESSOR
+    if has_processor_backend(processor):
+        if processor_backend(processor) is qcompile_backend():
+            raise PlanMismatchError(f"{component}.{path} already runs qcompile's attention backend; unload it first")
+        return module, DISPATCHER
+    raise PlanMismatchError(
+        f"{component}.{path} ({kind} attention) has the attention processor {type(processor).__name__}, which "
+        "qcompile cannot reach: it serves processors that call diffusers' attention dispatch (they have an "
+        "`_attention_backend`) and the processors known to call F.scaled_dot_product_attention themselves "
+        f"({', '.join(SDPA_PROCESSOR_CLASSES)}). Use the model's stock processors (set_default_attn_processor or "
+        "the class's own), or add the processor's class to runtime/diffusers_private.py if it calls SDPA once "
+        "per forward"
+    )
 
 
 def guard_calls(tracker: StepTracker) -> Callable[[], None]:
@@ -149,12 +165,16 @@ def install(specs: Sequence[ComponentSpec], tracker: StepTracker) -> Installatio
             for kind, paths in sorted(spec.modules.items()):
                 kind_sites = []
                 for layer, path in enumerate(paths):
-                    module = attention_module(spec.model, spec.name, kind, path)
-                    site = Site(spec.name, kind, layer, module, spec.state)
-                    set_processor_backend(site.processor, ours)
-                    installation._undo.append(lambda s=site: set_processor_backend(s.processor, s.stock_backend))
-                    handle = module.register_forward_pre_hook(site.make_current)
-                    installation._undo.append(handle.remove)
+                    module, entry = attention_module(spec.model, spec.name, kind, path)
+                    if entry == PROCESSOR:
+                        site = Site(spec.name, kind, layer, module, spec.state, stock_backend=sdpa_stock_backend())
+                        installation._undo.append(install_entry(site))
+                    else:
+                        site = Site(spec.name, kind, layer, module, spec.state)
+                        set_processor_backend(site.processor, ours)
+                        installation._undo.append(lambda s=site: set_processor_backend(s.processor, s.stock_backend))
+                        handle = module.register_forward_pre_hook(site.make_current)
+                        installation._undo.append(handle.remove)
                     kind_sites.append(site)
                 sites[kind] = kind_sites
                 installation.sites.extend(kind_sites)

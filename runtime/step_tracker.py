@@ -14,6 +14,14 @@ starts at the step whose timestep the pipeline runs first: `step_index` is None 
 `scheduler.step`, and then the step is where that timestep sits in the schedule, as the scheduler itself
 finds it.
 
+A scheduler with no `step_index` (CogVideoX's DDIM and DPM schedulers) is followed by the pipeline's current
+timestep instead: the denoising loop sets it to the loop's `t`, a new tensor each step and the same one for every
+forward of a step, so a new `t` is the next step of the schedule holding its value.
+
+Nothing here wraps or replaces `scheduler.step`: pipelines inspect its signature to decide whether to pass
+`generator` and `eta` (CogVideoX's DPM scheduler draws its noise from `generator`), so a wrapper would have to
+keep it exactly.
+
 Per-call state belongs to one call in one thread: `enter_call`/`exit_call` (the pipeline's `__call__`, wrapped
 by runtime/install.py) make the calling thread the owner for the whole call, and refuse another thread's
 entry, or another thread's transformer forward, while it runs.
@@ -57,6 +65,7 @@ class StepTracker:
         self._owner: threading.Thread | None = None  # the thread running a call of the pipeline (None: no call)
         self._depth = 0  # nested entries of the owner thread (a pipeline calling itself)
         self._fresh_call = False  # __call__ entered: the next forward starts a call, whatever its timesteps
+        self._loop_timestep: Any = None  # schedulers without step_index: the loop's `t` of the current step
 
     def enter_call(self) -> None:
         """The pipeline's `__call__` was entered in this thread: own the call, or refuse if another thread does."""
@@ -100,8 +109,10 @@ class StepTracker:
         timesteps = scheduler.timesteps
         if timesteps is not self._timesteps or self._fresh_call:
             self._begin_call(timesteps)
-        step = scheduler.step_index
-        if step is None:  # before the first scheduler.step of the call
+        step = getattr(scheduler, "step_index", _NO_STEP_INDEX)
+        if step is _NO_STEP_INDEX:
+            step = self._step_from_loop()
+        elif step is None:  # before the first scheduler.step of the call
             step = self._first_step(scheduler)
         self._check_timestep(step)
         if step == self._last_step:
@@ -131,9 +142,31 @@ class StepTracker:
         self._timesteps = timesteps
         self._values = [float(v) for v in timesteps.tolist()]  # one device sync per pipeline call
         self._fresh_call = False
+        self._loop_timestep = None
         self._last_step = -1
         self._forwards_in_step = 0
         self.pipeline_calls += 1
+
+    def _step_from_loop(self) -> int:
+        """The step of a forward whose scheduler keeps no step index: from the loop's current timestep."""
+        current = current_timestep(self.pipe)
+        if current is None:
+            raise PlanMismatchError(
+                f"step tracking lost: the scheduler ({type(self.pipe.scheduler).__name__}) has no step_index and "
+                f"the pipeline ({type(self.pipe).__name__}) sets no current timestep, so plan rows cannot be matched "
+                "to steps")
+        if current is self._loop_timestep:  # another forward of the same step
+            return self._last_step
+        value = float(current)
+        start = self._last_step + 1
+        found = next((i for i in range(start, len(self._values)) if self._values[i] == value), None)
+        if found is None:
+            raise PlanMismatchError(
+                f"step tracking lost: the pipeline's current timestep {value:g} is not in the rest of its "
+                f"scheduler's {len(self._values)}-step schedule after step {self._last_step}, so plan rows cannot "
+                "be matched to steps")
+        self._loop_timestep = current
+        return found
 
     def _first_step(self, scheduler: Any) -> int:
         """The step of the call's first forward, before `scheduler.step` has set `step_index`."""
@@ -189,6 +222,9 @@ class StepTracker:
         """Per step, the component(s) that served it ("a+b" if both did), None for a step never run."""
         steps = self.num_steps if self.num_steps is not None else (max(self.observed, default=-1) + 1)
         return ["+".join(self.observed[s]) if s in self.observed else None for s in range(steps)]
+
+
+_NO_STEP_INDEX = object()
 
 
 def _concurrent_message(owner: threading.Thread, what: str) -> str:

@@ -4,7 +4,7 @@ Every module in this package (other than `base`) is imported on the first lookup
 `ModelSupport` subclass with `@register`; adding a model with a new structure is adding one module here (plus its
 family file). `model_support(pipe_or_model)` finds the support of a pipeline or transformer (by the class names in
 its MRO, then its components' classes); a model nothing registers gets the defaults of `ModelSupport`
-(dispatcher-called attention, cond then uncond forwards). `support_for_family(family)` finds it before a pipeline
+(cond then uncond forwards, no masks). `support_for_family(family)` finds it before a pipeline
 exists (the tiny builders), by the family's pipeline class, then its components' diffusers classes.
 """
 

@@ -4,14 +4,17 @@ A family file (qcompiler/families/data/*.json) says where the attention modules 
 `ModelSupport`, registered by diffusers model and pipeline class names (runtime/models/__init__.py), says:
 - how a transformer forward maps to a CFG branch (`branch`; the step comes from the scheduler, see
   runtime/step_tracker.py);
-- how attention calls are reached (`attention_entry`): DISPATCHER, the processor calls diffusers'
-  `dispatch_attention_fn` and qcompile's backend is installed on the processor (runtime/install.py); PROCESSOR, the
-  processor calls SDPA itself, and the hook point is the processor (no model needs it yet: the installer refuses);
+- the processor classes its attention modules run (`processor_classes`), for the self-check. How their calls are
+  reached is decided per attention module by its processor (runtime/install.py), not per model, since one model
+  may mix both: DISPATCHER, the processor calls diffusers' `dispatch_attention_fn` and qcompile's backend is
+  installed on it (runtime/dispatch.py); PROCESSOR, the processor calls `F.scaled_dot_product_attention` itself
+  (CogVideoX, HunyuanVideo-1.5's token refiner) and hooks on its attention module send those calls to the same
+  site (runtime/processor_entry.py); any other processor is refused;
 - the mask policy (`masked_kinds`, `mask_policy`): which kinds' calls carry an attention mask, and what runs them;
 - the tiny offline pipeline, the call arguments and prompt encoding the quality tools and tests share;
 - the processor classes whose private attributes the runtime relies on (runtime/diffusers_private.py's self-check).
 
-The base class holds the defaults (dispatcher-called attention, one forward per CFG branch, cond first, no masks);
+The base class holds the defaults (one forward per CFG branch, cond first, no masks);
 a model module overrides only what differs.
 """
 
@@ -23,7 +26,7 @@ from typing import Any, ClassVar
 from qcompiler.errors import QcompileError
 
 COND, UNCOND, BATCHED = "cond", "uncond", "cond+uncond"
-DISPATCHER, PROCESSOR = "dispatcher", "processor"
+DISPATCHER, PROCESSOR = "dispatcher", "processor"  # the two attention entries (runtime/install.py)
 # Mask policies (`ModelSupport.mask_policy`), what runtime/dispatch.py does with a planned-quantized call's mask:
 # MASK_PACK, a padding mask (key padding, the outer-product self-attention mask, a bias that provably drops keys:
 # runtime/masks.py) runs quantized over each sample's valid tokens, and any other mask follows the plan's fallback
@@ -43,14 +46,13 @@ class ModelSupportError(QcompileError, ValueError):
 
 
 class ModelSupport:
-    """Defaults for a dispatcher-called model with separate cond/uncond forwards; subclass per model."""
+    """Defaults for a model with separate cond/uncond forwards and no masks; subclass per model."""
 
     name: ClassVar[str] = "default"
     model_classes: ClassVar[tuple[str, ...]] = ()  # diffusers model classes (the family's `diffusers_class`)
     pipeline_classes: ClassVar[tuple[str, ...]] = ()  # diffusers pipeline classes (the family's `pipeline_class`)
     # family pipeline class -> other pipeline classes that run the same transformer in the same denoising loop
     same_transformer_pipelines: ClassVar[Mapping[str, tuple[str, ...]]] = {}
-    attention_entry: ClassVar[str] = DISPATCHER
     masked_kinds: ClassVar[tuple[str, ...]] = ()  # kinds whose calls carry an attention mask
     mask_policy: ClassVar[str] = MASK_PACK
 

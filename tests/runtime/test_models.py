@@ -227,22 +227,22 @@ def test_private_api_self_check_covers_every_registered_processor(scratch_regist
                                    "HandRolledProcessor has no class attribute _parallel_config"]
 
 
-def test_a_model_whose_processors_call_attention_themselves_is_refused_at_install(scratch_registry) -> None:
-    from diffusers import WanTransformer3DModel
+def test_a_processor_no_entry_reaches_is_refused_at_install() -> None:
+    """The entry is chosen per attention module by its processor (runtime/install.py): one that neither dispatches
+    (no `_attention_backend`) nor is a known SDPA-calling class is refused, and nothing is left installed."""
 
-    from runtime.models.base import PROCESSOR
-
-    class SdpaWanTransformer(WanTransformer3DModel):
-        pass
-
-    @scratch_registry
-    class SdpaWan(ModelSupport):
-        name = "sdpa-wan"
-        model_classes = ("SdpaWanTransformer",)
-        attention_entry = PROCESSOR
+    class HandRolledProcessor:  # calls attention its own way
+        def __call__(self, attn, hidden_states, *args, **kwargs):
+            raise AssertionError("never called: install refuses first")
 
     pipe = build_tiny_pipeline(T2V)
-    pipe.transformer.__class__ = SdpaWanTransformer
-    with pytest.raises(runtime.PlanMismatchError, match="call attention themselves"):
+    blocks = pipe.transformer.blocks
+    stock_backend = blocks[0].attn1.processor._attention_backend
+    blocks[1].attn2.set_processor(HandRolledProcessor())
+    with pytest.raises(runtime.PlanMismatchError, match=r"transformer\.blocks\.1\.attn2 \(cross attention\) has the "
+                                                        r"attention processor HandRolledProcessor, which qcompile cannot "
+                                                        r"reach"):
         runtime.shadow(pipe, num_inference_steps=4, backend="reference").__enter__()
     assert not hasattr(pipe, "_qcompile_runtime")  # nothing left installed
+    assert blocks[0].attn1.processor._attention_backend is stock_backend
+    assert not blocks[0].attn1._forward_pre_hooks

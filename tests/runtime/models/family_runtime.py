@@ -2,10 +2,11 @@
 variant with the real CLI, and observe which attention calls ran quantized independently of the runtime's own
 bookkeeping.
 
-Independence: the calls come from tests/runtime/models/tiny_family_observer.py (hooks on the attention modules and
-a wrapped `dispatch_attention_fn`), the steps from counting transformer forwards (forward f of a call is step
-f // forwards_per_step), and "quantized" means the reference backend's `attend` ran inside that dispatch call: a
-wrapper on `ReferenceBackend.attend` marks the call the observer recorded last (the dispatch being served).
+Independence: the calls come from tests/runtime/models/tiny_family_observer.py (hooks on the attention modules, a
+wrapped `dispatch_attention_fn` and a wrapped `F.scaled_dot_product_attention`), the steps from counting
+transformer forwards (forward f of a call is step f // forwards_per_step), and "quantized" means the reference
+backend's `attend` ran inside that call: a wrapper on `ReferenceBackend.attend` marks the call the observer
+recorded last (the dispatch or SDPA call being served).
 Nothing here reads the runtime's counters, sites or report.
 """
 

@@ -1,11 +1,19 @@
 """Observe a transformer's attention calls independently of qcompile's runtime: which attention module made each
 call, through diffusers' dispatcher (`dispatch_attention_fn`) or `F.scaled_dot_product_attention` directly, with
-or without a mask, and the call's shape."""
+or without a mask, and the call's shape.
+
+Its own hooks and wrappers only: forward hooks on the transformer and on every module with a `processor`, a
+wrapper on each processor module's `dispatch_attention_fn`, and a wrapper on `F.scaled_dot_product_attention`
+(which a processor that calls SDPA itself looks up at call time). Only the calls made in the thread running the
+transformer's forward count, and only the outermost: an SDPA call made while a recorded call runs (the native
+backend under a dispatch call, or whatever serves a processor's SDPA call) is that call's, not another one.
+"""
 
 from __future__ import annotations
 
 import re
 import sys
+import threading
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -58,12 +66,13 @@ class Observation:
 def observe(transformer):
     """Record every attention call inside `transformer`'s forwards (text-encoder calls are outside and ignored)."""
     obs = Observation()
-    state = {"module": None, "inside": False, "dispatching": False}
+    state = {"module": None, "inside": False, "busy": False, "thread": None}
     attention = {m: n for n, m in transformer.named_modules() if hasattr(m, "processor")}
 
     def enter(*_):
         obs.forwards.append([])
         state["inside"] = True
+        state["thread"] = threading.get_ident()
 
     def leave(*_):
         state["inside"] = False
@@ -73,9 +82,12 @@ def observe(transformer):
         hooks.append(module.register_forward_pre_hook(lambda *_, n=name: state.update(module=n)))
         hooks.append(module.register_forward_hook(lambda *_: state.update(module=None)))
 
+    def ours() -> bool:
+        """An outermost attention call of an observed attention module, in the transformer's thread."""
+        return (state["inside"] and state["module"] is not None and not state["busy"]
+                and state["thread"] == threading.get_ident())
+
     def record(via, q, k, mask, layout):
-        if not state["inside"] or state["module"] is None:
-            return
         if layout == "BSHD":
             batch, q_len, heads, head_dim = q.shape
             kv_len = k.shape[1]
@@ -95,10 +107,18 @@ def observe(transformer):
     patched = []
     stock_sdpa = F.scaled_dot_product_attention
 
+    def call_recorded(stock, via, layout, query, key, value, attn_mask, args, kwargs):
+        if not ours():
+            return stock(query, key, value, attn_mask, *args, **kwargs)
+        record(via, query, key, attn_mask, layout)
+        state["busy"] = True
+        try:
+            return stock(query, key, value, attn_mask, *args, **kwargs)
+        finally:
+            state["busy"] = False
+
     def sdpa(query, key, value, attn_mask=None, *args, **kwargs):
-        if not state["dispatching"]:
-            record("sdpa", query, key, attn_mask, "BHSD")
-        return stock_sdpa(query, key, value, attn_mask, *args, **kwargs)
+        return call_recorded(stock_sdpa, "sdpa", "BHSD", query, key, value, attn_mask, args, kwargs)
 
     for proc_module in {sys.modules[type(m.processor).__module__] for m in attention}:
         stock = getattr(proc_module, "dispatch_attention_fn", None)
@@ -106,12 +126,7 @@ def observe(transformer):
             continue
 
         def dispatch(query, key, value, attn_mask=None, *args, _stock=stock, **kwargs):
-            record("dispatch", query, key, attn_mask, "BSHD")
-            state["dispatching"] = True
-            try:
-                return _stock(query, key, value, attn_mask, *args, **kwargs)
-            finally:
-                state["dispatching"] = False
+            return call_recorded(_stock, "dispatch", "BSHD", query, key, value, attn_mask, args, kwargs)
 
         proc_module.dispatch_attention_fn = dispatch
         patched.append((proc_module, stock))
