@@ -83,9 +83,10 @@ def build_tiny_pipeline(seed: int = 0):
 
 
 def tiny_inputs(pipe, num_inference_steps: int = 4, seed: int = 0, **extra: Any) -> dict:
-    """32x32 px, 5 frames, 16 text tokens, the embedded guidance, latent output."""
+    """32x32 px, 5 frames, 16 text tokens (the prompt is shorter: the padded ones are masked), the embedded
+    guidance, latent output."""
     kwargs: dict[str, Any] = dict(
-        prompt="a red cube on a table", height=HEIGHT, width=WIDTH, num_frames=NUM_FRAMES,
+        prompt="a red cube", height=HEIGHT, width=WIDTH, num_frames=NUM_FRAMES,
         num_inference_steps=num_inference_steps, generator=torch.Generator("cpu").manual_seed(seed),
         prompt_template=PROMPT_TEMPLATE, max_sequence_length=TEXT_TOKENS, output_type="latent",
     )

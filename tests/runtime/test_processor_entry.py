@@ -134,11 +134,13 @@ def test_an_exception_mid_forward_leaves_no_entry_behind(toy):
         undo()
 
 
-def test_a_quantized_processor_site_under_context_parallelism_is_refused(toy):
+def test_a_quantized_processor_site_under_context_parallelism_is_refused(toy, monkeypatch):
     from diffusers import ContextParallelConfig
     from diffusers.models._modeling_parallel import ParallelConfig
 
     model, _ = toy
+    # a model diffusers can shard (a class without `_cp_plan` is refused before any site is looked at)
+    monkeypatch.setattr(type(model), "_cp_plan", {"": {}}, raising=False)
     state = ComponentState("transformer", PLAN, ReferenceBackend(Numerics()), CallContext())
     site = Site("transformer", "refiner", 0, model.attn, state, stock_backend=sdpa_stock_backend())
     model._parallel_config = ParallelConfig(context_parallel_config=ContextParallelConfig(ulysses_degree=2))
