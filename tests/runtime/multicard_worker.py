@@ -246,7 +246,7 @@ def family_main(rank: int, world: int, init_file: str, out_dir: str, plans: dict
 
 def family_checks(family: str, plans: dict[str, dict], results: dict[str, Any]) -> None:
     """plans["quantized"] (every cell quantized) and plans["shipped"] loaded after and before
-    enable_parallelism, unload, ring refused both ways round; for a family without a `_cp_plan`, what
+    enable_parallelism, plans["masked_quantized"] (where given) after, unload, ring refused both ways round; for a family without a `_cp_plan`, what
     enable_parallelism and then runtime.load do."""
     import runtime
 
@@ -271,6 +271,8 @@ def family_checks(family: str, plans: dict[str, dict], results: dict[str, Any]) 
     _run(results, "stock_cp", lambda: run_family(family, pipe))
     _run(results, "quantized_after", lambda: loaded(pipe, "quantized"))
     _run(results, "shipped_after", lambda: loaded(pipe, "shipped"))
+    if "masked_quantized" in plans:  # planned-quantized masked calls: stock under CP, counted as fallback
+        _run(results, "masked_quantized_after", lambda: loaded(pipe, "masked_quantized"))
     _run(results, "unloaded", lambda: run_family(family, pipe))
     if has_joint_kinds(family):  # only joint attention has a token order of its own under Ulysses
         with native_in_one_process_order(pipe):

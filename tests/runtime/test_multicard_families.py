@@ -55,6 +55,9 @@ def spawned(tmp_path_factory):
         if worker.FAMILIES[family]["cp_plan"]:
             plans[family]["quantized"] = compile_variant(recipe, default="fp8", keep_rules=False,
                                                          steps=worker.FAMILY_STEPS)
+    # LTX-Video with its masked cross-attention quantized too (the recipe's `fallback: error` kept)
+    plans["ltx-video"]["masked_quantized"] = compile_variant("ltx_video", default="fp8", keep_rules=False,
+                                                             kinds="[self, cross]", steps=worker.FAMILY_STEPS)
     context = mp.start_processes(
         worker.family_main, args=(WORLD, str(folder / "init"), str(folder),
                                   {f: {k: p.to_dict() for k, p in ps.items()} for f, ps in plans.items()}),
@@ -162,6 +165,24 @@ def test_ltx_video_ulysses_fails_in_stock_diffusers_and_runs_with_qcompile_loade
             assert torch.equal(run["latents"], refs[plan]), key
             cross = run["report"]["cells"]["transformer"]["cross"]  # [step][layer] -> backend -> calls
             assert {backend for row in cross for cell in row for backend in cell} == {"native"}, key
+
+
+@slow
+def test_ltx_video_masked_quantized_calls_under_ulysses_run_stock_as_fallback(spawned):
+    """A plan quantizing LTX-Video's cross-attention, whose calls carry the text mask: under Ulysses they are not
+    packed (packing runs in one process only) but run diffusers' stock attention with the mask as one head,
+    counted as fallback whatever the policy (this recipe says `fallback: error`). So the latents are those of
+    the self-attention-only plan in one process, and the report says why."""
+    results, refs = spawned("ltx-video")
+    for rank in results:
+        run = _ok(rank["masked_quantized_after"])
+        assert torch.equal(run["latents"], refs["quantized"])
+        report = run["report"]
+        assert report["fallback_calls"] > 0 and not report["matches_plan"]
+        assert any("transformer / cross" in note and "under context parallelism" in note
+                   for note in report["notes"]), report["notes"]
+        cross = report["cells"]["transformer"]["cross"]
+        assert {backend for row in cross for cell in row for backend in cell} <= {"native", "native-fallback"}
 
 
 @slow
