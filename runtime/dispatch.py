@@ -16,6 +16,8 @@ asks that site which attention function runs:
   would (joint [text, image] attention, whose all-to-all gives the ranks' shards in rank order, is put
   back in one process's token order first; masked calls with a `parallel_config` run stock, counted as
   fallback). Cross-attention, whose queries diffusers keeps sharded, runs locally on the rank's query tokens.
+  A mask with a `parallel_config` that is the same on every head goes on (native or quantized) as one head, so
+  it broadcasts to the rank's H/N heads after the all-to-all (LTX-Video's cross-attention; runtime/masks.py).
   Ring (and Ulysses-anything padding) is refused before the forward starts, by the component hook
   (runtime/hooks.py).
 
@@ -49,7 +51,7 @@ from runtime.diffusers_private import (
     templated_context_parallel_attention,
 )
 from runtime.errors import UnservableCallError
-from runtime.masks import Packing, analyze, as_4d, run_packed
+from runtime.masks import Packing, analyze, as_4d, one_head, run_packed
 from runtime.metrics import CallError, call_error
 from runtime.step_tracker import CallContext
 
@@ -114,6 +116,11 @@ class Site:
                is_causal: bool, scale: float | None, enable_gqa: bool, parallel_config: Any) -> torch.Tensor:
         state = self.state
         counting = not torch.compiler.is_compiling()  # a counter bumped in a graph would recompile it each call
+        if parallel_config is not None and attn_mask is not None:
+            # A mask the same on every head as one head: it then broadcasts to the rank's H/N heads after the
+            # Ulysses all-to-all, which a mask kept at H heads does not (LTX-Video's cross-attention bias makes
+            # stock diffusers raise). Native cells included; exact (runtime/masks.py `one_head`).
+            attn_mask = one_head(attn_mask)
         if not self.fp8 and state.mode == PLAN:  # the common native cell: straight to the stock backend
             if counting:
                 self.native_calls += 1

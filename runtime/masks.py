@@ -28,6 +28,9 @@ the smallest subnormal; flush-to-zero exps underflow even earlier). We require -
 float64 data: 2 * 745.13): the factor 2 covers the rounding of s_j + b_j - m in bf16/fp16 (relative error below
 2^-7), so the computed exponent is still far below the underflow point. LTX-Video's -10000 passes for any bound up
 to 9792 (its QK RMS-norm keeps the tiny pipeline's far below); a call whose bound is larger is refused, not guessed.
+
+`one_head(attn_mask)`: under Ulysses, a mask the same on every head cut to one head, so that it broadcasts to the
+rank's H/N heads (runtime/dispatch.py applies it to every masked call with a `parallel_config`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -99,6 +103,26 @@ def as_4d(attn_mask: torch.Tensor, query: torch.Tensor, key: torch.Tensor) -> to
     if attn_mask.ndim == 2 and tuple(attn_mask.shape) == (batch, kv_len):
         return attn_mask[:, None, None, :]
     return attn_mask.reshape((1,) * (4 - attn_mask.ndim) + tuple(attn_mask.shape))
+
+
+def one_head(attn_mask: Any) -> Any:
+    """`attn_mask` with its head dimension cut to one head when every head holds the same mask, else as it is.
+
+    For context parallelism: after diffusers' Ulysses all-to-all each rank attends with H/N heads, and diffusers
+    0.42.1 all-gathers a rank's mask along the keys only, leaving a mask built for all H heads (LTX-Video's
+    cross-attention bias, `prepare_attention_mask` repeated per head, [B, H, 1, Sk]) that SDPA cannot broadcast
+    to H/N heads. One head broadcasts to any head count and gives every head the same values: exact. A mask that
+    differs per head is returned as it is (SDPA then raises as in stock diffusers: which heads a rank holds is
+    diffusers' layout, not the mask's)."""
+    if not isinstance(attn_mask, torch.Tensor) or attn_mask.ndim < 3:
+        return attn_mask
+    heads = attn_mask.ndim - 3  # SDPA aligns a mask's dimensions right: [..., N, Sq, Sk]
+    if attn_mask.shape[heads] == 1:
+        return attn_mask
+    first = attn_mask.narrow(heads, 0, 1)
+    if not torch.equal(attn_mask, first.expand_as(attn_mask)):
+        return attn_mask
+    return first.contiguous()  # contiguous: diffusers all-gathers it (gloo and NCCL take dense tensors only)
 
 
 def analyze(query: torch.Tensor, key: torch.Tensor, attn_mask: torch.Tensor, scale: float | None = None

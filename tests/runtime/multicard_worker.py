@@ -147,17 +147,28 @@ def main(rank: int, world: int, init_file: str, out_dir: str, plans: dict[str, d
 # chosen so Ulysses 2 splits every sharded input evenly (2 heads; text and image/video tokens even): Flux 16 T5
 # tokens + 4x4 image tokens; Qwen-Image 24 (cond) and 20 (uncond) text tokens + 16 image tokens (the default
 # prompts give 23 and 19: odd, which diffusers' split refuses); LTX-Video 16 text + 192 video tokens.
-# `parallel`: whether diffusers 0.42.1 runs the stock pipeline under Ulysses at all ("ltx-video": no, see
-# test_multicard_families.py); `cp_plan`: whether the transformer class has a `_cp_plan`.
+# `parallel`: whether the pipeline runs under Ulysses with a plan loaded; `stock_parallel`: whether diffusers
+# 0.42.1 runs the stock pipeline under Ulysses at all ("ltx-video": no, its cross-attention mask keeps all heads;
+# see test_multicard_families.py); `cp_plan`: whether the transformer class has a `_cp_plan`.
 FAMILY_STEPS = 3
 FAMILIES: dict[str, dict[str, Any]] = {
-    "flux.1-dev": {"builder": "tiny_flux", "call": {}, "parallel": True, "cp_plan": True},
+    "flux.1-dev": {"builder": "tiny_flux", "call": {}, "parallel": True, "stock_parallel": True, "cp_plan": True},
     "qwen-image": {"builder": "tiny_qwenimage", "call": {"prompt": "a red cubes", "negative_prompt": "blurry!"},
-                   "parallel": True, "cp_plan": True},
-    "ltx-video": {"builder": "tiny_ltx", "call": {}, "parallel": False, "cp_plan": True},
-    "cogvideox-2b": {"builder": "tiny_cogvideox", "call": {}, "parallel": False, "cp_plan": False},
-    "hunyuanvideo1.5-t2v-480p": {"builder": "tiny_hunyuanvideo15", "call": {}, "parallel": False, "cp_plan": False},
+                   "parallel": True, "stock_parallel": True, "cp_plan": True},
+    "ltx-video": {"builder": "tiny_ltx", "call": {}, "parallel": True, "stock_parallel": False, "cp_plan": True},
+    "cogvideox-2b": {"builder": "tiny_cogvideox", "call": {}, "parallel": False, "stock_parallel": False,
+                     "cp_plan": False},
+    "hunyuanvideo1.5-t2v-480p": {"builder": "tiny_hunyuanvideo15", "call": {}, "parallel": False,
+                                 "stock_parallel": False, "cp_plan": False},
 }
+
+
+def has_joint_kinds(family: str) -> bool:
+    """Whether the family has kinds attending over [text, image] with both streams sharded (Flux, Qwen-Image)."""
+    from qcompiler.families import get_family
+    from runtime.dispatch import joint_kinds
+
+    return bool(joint_kinds(get_family(family, "tiny")))
 
 
 def family_pipeline(family: str) -> Any:
@@ -235,7 +246,7 @@ def family_main(rank: int, world: int, init_file: str, out_dir: str, plans: dict
 
 def family_checks(family: str, plans: dict[str, dict], results: dict[str, Any]) -> None:
     """plans["quantized"] (every cell quantized) and plans["shipped"] loaded after and before
-    enable_parallelism, unload, ring refused both ways round; for a family without a `_cp_plan`, what
+    enable_parallelism, plans["masked_quantized"] (where given) after, unload, ring refused both ways round; for a family without a `_cp_plan`, what
     enable_parallelism and then runtime.load do."""
     import runtime
 
@@ -260,8 +271,10 @@ def family_checks(family: str, plans: dict[str, dict], results: dict[str, Any]) 
     _run(results, "stock_cp", lambda: run_family(family, pipe))
     _run(results, "quantized_after", lambda: loaded(pipe, "quantized"))
     _run(results, "shipped_after", lambda: loaded(pipe, "shipped"))
+    if "masked_quantized" in plans:  # planned-quantized masked calls: stock under CP, counted as fallback
+        _run(results, "masked_quantized_after", lambda: loaded(pipe, "masked_quantized"))
     _run(results, "unloaded", lambda: run_family(family, pipe))
-    if FAMILIES[family]["parallel"]:
+    if has_joint_kinds(family):  # only joint attention has a token order of its own under Ulysses
         with native_in_one_process_order(pipe):
             _run(results, "shipped_native_reordered", lambda: loaded(pipe, "shipped"))
     # B: load first, then enable_parallelism.

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from runtime.backends.reference import ReferenceBackend
 from runtime.dispatch import PLAN, ComponentState, Site
 from runtime.errors import BackendUnavailableError, UnservableCallError
-from runtime.masks import analyze, run_packed
+from runtime.masks import analyze, one_head, run_packed
 from runtime.metrics import call_error
 from runtime.numerics import Numerics
 from runtime.step_tracker import CallContext
@@ -99,6 +99,39 @@ def test_samples_with_equal_valid_tokens_run_together():
     valid = _key_valid((5, 9, 5, 9))
     groups = analyze(q, k, valid[:, None, None, :]).packing.groups()
     assert sorted(g.samples for g in groups) == [(0, 2), (1, 3)]
+
+
+# -- one head under context parallelism ------------------------------------------------------------------------
+
+def test_one_head_lets_ltx_bias_broadcast_to_a_ranks_heads_with_the_same_output():
+    """Under Ulysses 2 a rank attends with N/2 heads, but diffusers hands it LTX-Video's bias at all N heads:
+    SDPA raises (stock diffusers' failure); cut to one head it broadcasts, and each head's output is the
+    one-process one."""
+    q, k, v = _qkv()
+    bias = _ltx_bias(_key_valid())  # [B, N, 1, Sk]
+    local = bias.shape[1] // 2
+    with pytest.raises(RuntimeError):
+        _stock(q[:, :, :local], k[:, :, :local], v[:, :, :local], bias)
+    collapsed = one_head(bias)
+    assert collapsed.shape == (B, 1, 1, S_K) and collapsed.is_contiguous()
+    assert torch.equal(collapsed.expand_as(bias), bias)
+    whole = _stock(q, k, v, bias)
+    for first in range(0, N, local):
+        heads = slice(first, first + local)
+        assert torch.equal(_stock(q[:, :, heads], k[:, :, heads], v[:, :, heads], collapsed), whole[:, :, heads])
+
+
+def test_one_head_keeps_a_mask_that_differs_between_heads_and_masks_without_heads():
+    bias = _ltx_bias(_key_valid())
+    bias[0, 1, 0, 0] = -5.0
+    assert one_head(bias) is bias  # left to diffusers as it is (which raises under Ulysses, as stock does)
+    key_padding = _key_valid()
+    assert one_head(key_padding) is key_padding  # [B, Sk]: no head dimension
+    single = key_padding[:, None, None, :]
+    assert one_head(single) is single
+    assert one_head(None) is None
+    causal = torch.ones(N, S_K, S_K, dtype=torch.bool).tril()  # 3-D: SDPA reads the first dimension as heads
+    assert torch.equal(one_head(causal), causal[:1])
 
 
 # -- refused forms ----------------------------------------------------------------------------------------------
