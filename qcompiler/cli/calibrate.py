@@ -64,7 +64,7 @@ def _read_prompts(path: str | None) -> tuple[str, ...] | None:
 @pipeline_options
 def command(family: str, steps: int, prompts_file: str | None, seeds: str, dtype: str, hadamard: bool | None,
             rotation_seed: int, k_mean_subtraction: bool | None, v_rotation: bool | None, scale_scope: str | None,
-            output: str, pipeline: str, backend: str, height: int, width: int, num_frames: int,
+            output: str, pipeline: str, backend: str, height: int | None, width: int | None, num_frames: int | None,
             guidance_scale: float, no_progress: bool) -> None:
     """Measure per-(step, layer) error of the --dtype format in shadow mode and write a sensitivity file for `qcompile suggest`."""
     int8_only = {"v_rotation": v_rotation, "scale_scope": scale_scope}

@@ -77,42 +77,42 @@ class ModelSupport:
                                 f"{self.name} model support has none")
 
     # -- call arguments (tiny runs, report, calibrate) -------------------------------------------------
-    def text_tokens(self, pipe: Any, *, tiny: bool) -> int:
-        """Text sequence length of the calls (`max_sequence_length`)."""
-        raise ModelSupportError(f"{type(pipe).__name__}: {self.name} model support encodes no prompts")
+    # The size of a run when the caller gives none (`qcompile report`/`calibrate`): the tiny pipeline's. Frames
+    # only count for a family whose attention sees video tokens (its family file); an image family gets None.
+    sample_size: ClassVar[tuple[int, int]] = (16, 16)  # (height, width) in pixels
+    sample_frames: ClassVar[int] = 9
+
+    def text_tokens(self, pipe: Any, *, tiny: bool) -> int | None:
+        """Text sequence length of the calls (`max_sequence_length`); None: the pipeline's own default."""
+        return None
 
     def encode_prompts(self, pipe: Any, prompt: str, negative_prompt: str, max_length: int) -> tuple[Any, Any]:
-        """(prompt embeddings, negative prompt embeddings) as the pipeline itself would make them."""
+        """(prompt embeddings, negative prompt embeddings) as the pipeline itself would make them (Wan's shape;
+        other models encode inside `call_kwargs`, each with its pipeline's own embedding arguments)."""
         raise ModelSupportError(f"{type(pipe).__name__}: {self.name} model support encodes no prompts")
 
-    def conditioning(self, pipe: Any, *, height: int, width: int, num_frames: int) -> dict[str, Any]:
+    def conditioning(self, pipe: Any, *, height: int, width: int, num_frames: int | None) -> dict[str, Any]:
         """Extra call arguments of this pipeline class (e.g. a fixed test image for image-to-video); keys
         mapped to None are removed from the call."""
         return {}
 
     def call_kwargs(self, pipe: Any, *, prompt: str = DEFAULT_PROMPT, negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
-                    height: int, width: int, num_frames: int, steps: int, guidance_scale: float, seed: int,
-                    max_length: int, output_type: str) -> dict[str, Any]:
-        """Arguments of one pipeline call: encoded prompts (no text-cleaning dependency), a seeded CPU generator,
-        the video size and the pipeline class's conditioning inputs."""
+                    height: int, width: int, num_frames: int | None, steps: int, guidance_scale: float, seed: int,
+                    max_length: int | None, output_type: str) -> dict[str, Any]:
+        """Arguments of one pipeline call, in this pipeline's own terms: encoded prompts, a seeded CPU generator,
+        the size, and what `guidance_scale` means for it (CFG scale, true-CFG scale or distilled guidance).
+
+        The same request serves every model: `num_frames` is None for an image model; `negative_prompt` is used
+        where the pipeline runs an unconditional branch; `max_length` None leaves the pipeline's default. A model
+        module overrides this (runtime/models/wan.py, flux.py, qwenimage.py, ltx.py)."""
+        raise ModelSupportError(
+            f"{type(pipe).__name__}: {self.name} model support has no call arguments (how to pass the prompt, size "
+            "and guidance to this pipeline), so `qcompile report` and `calibrate` cannot run it; add `call_kwargs` "
+            "to its model module in runtime/models/")
+
+    @staticmethod
+    def generator(seed: int) -> Any:
+        """The seeded CPU generator every call uses (CPU: the same noise on any device)."""
         import torch
 
-        positive, negative = self.encode_prompts(pipe, prompt, negative_prompt, max_length)
-        kwargs: dict[str, Any] = dict(
-            prompt_embeds=positive,
-            negative_prompt_embeds=negative,
-            height=height,
-            width=width,
-            num_frames=num_frames,
-            num_inference_steps=steps,
-            guidance_scale=guidance_scale,
-            generator=torch.Generator("cpu").manual_seed(seed),
-            max_sequence_length=max_length,
-            output_type=output_type,
-        )
-        for key, value in self.conditioning(pipe, height=height, width=width, num_frames=num_frames).items():
-            if value is None:
-                kwargs.pop(key, None)
-            else:
-                kwargs[key] = value
-        return kwargs
+        return torch.Generator("cpu").manual_seed(seed)
