@@ -93,11 +93,30 @@ def command(family: str, steps: int, prompts_file: str | None, seeds: str, dtype
             progress=not no_progress,
         )
         data = calibrate(options)
+        unmeasured = _unmeasured_note(family, data["cells"])
     write_text_atomically(output, sensitivity_json(data))
     cells = data["cells"]
     worst = min(cells, key=lambda c: c["cos_sim"]["worst"]) if cells else None
     where = (f"; most sensitive: {worst['component']}/{worst['kind']} step {worst['step']} layer {worst['layer']} "
              f"(worst cos-sim {worst['cos_sim']['worst']:.6f})") if worst else ""
     click.echo(f"wrote {output}: {len(cells)} cells from {data['measured']['samples']} sample(s) in "
-               f"{data['measured']['elapsed_s']:.1f} s{where}\n"
+               f"{data['measured']['elapsed_s']:.1f} s{where}\n{unmeasured}"
                f"next: qcompile suggest {output} --min-cos 0.999 -o recipe.yaml")
+
+
+def _unmeasured_note(family_name: str, cells: list[dict]) -> str:
+    """A line per attention kind no call of which was measured, and why: shadow mode measures only the calls the
+    quantized kernels can take, and a call with an attention mask runs native (runtime/dispatch.py)."""
+    from runtime.models import support_for_family
+
+    family = get_family(family_name)
+    measured = {cell["kind"] for cell in cells}
+    masked = support_for_family(family).masked_kinds
+    lines = []
+    for kind in family.kinds:
+        if kind not in measured:
+            why = (f"its calls carry an attention mask ({family.name}), which the quantized kernels do not take: they "
+                   "run native whatever a plan says, so a suggested recipe leaves this kind out of its scope"
+                   if kind in masked else "no call of it ran quantizable (mask, dropout or causal)")
+            lines.append(f"not measured: {kind}: {why}\n")
+    return "".join(lines)
