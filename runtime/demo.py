@@ -26,15 +26,23 @@ from runtime.backends import BACKEND_NAMES
 from runtime.execution_report import gather_reports
 from runtime.loading import load
 from runtime.metrics import cosine_similarity, psnr
-from runtime.tiny import TINY_VARIANT, build_tiny_pipeline, run_tiny
+from runtime.models.base import DEFAULT_PROMPT
+from runtime.quality.pipelines import FrameSettings, call_kwargs
+from runtime.tiny import TINY_VARIANT, build_tiny_pipeline
 
 # Under Ulysses the sequence splits across ranks: 32x32 pixels, 9 frames = 12 tokens (the default 16x16 has 3).
 PARALLEL_SIZE = {"height": 32, "width": 32}
 
 
-def _latents(pipe, steps: int, guidance_scale: float, size: dict) -> torch.Tensor:
+def _latents(pipe, family, steps: int, guidance_scale: float, size: dict) -> torch.Tensor:
     # The denoised latents: what attention changes. The tiny VAE's random weights would only blur the comparison.
-    return run_tiny(pipe, num_inference_steps=steps, guidance_scale=guidance_scale, output_type="latent", **size)
+    # Called as the family's model module calls its pipeline (the tiny size; frames only for a video family).
+    frames = FrameSettings(guidance_scale=guidance_scale, **size).resolved(pipe, family)
+    kwargs = call_kwargs(pipe, spec="tiny", seed=0, prompt=DEFAULT_PROMPT, steps=steps, frames=frames,
+                         output_type="latent")
+    with torch.no_grad():
+        output = pipe(**kwargs)
+    return output.frames if hasattr(output, "frames") else output.images
 
 
 def _init_ulysses(degree: int) -> tuple[int, int]:
@@ -93,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         if world > 1:
             _enable_ulysses(pipe, world)
         steps = plan.num_inference_steps
-        native = _latents(pipe, steps, args.guidance_scale, size)  # stock, with the same parallel config
+        native = _latents(pipe, plan.family, steps, args.guidance_scale, size)  # stock, with the same parallel config
         with load(pipe, plan, backend=args.backend) as handle:
-            planned = _latents(pipe, steps, args.guidance_scale, size)
+            planned = _latents(pipe, plan.family, steps, args.guidance_scale, size)
             report = handle.report()
         combined = gather_reports(report) if world > 1 else report
     except QcompileError as exc:
