@@ -216,6 +216,7 @@ class WanSupport(ModelSupport):
         """Encoded prompts (no text-cleaning dependency), a seeded CPU generator, the video size and the pipeline
         class's conditioning inputs; CFG (the negative prompt's forward) when guidance_scale > 1."""
         max_length = max_length or self.text_tokens(pipe, tiny=False)
+        num_frames = num_frames or self.sample_frames
         positive, negative = self.encode_prompts(pipe, prompt, negative_prompt, max_length)
         kwargs: dict[str, Any] = dict(
             prompt_embeds=positive,

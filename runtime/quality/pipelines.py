@@ -165,11 +165,12 @@ def call_kwargs(pipe, *, spec: str, seed: int, prompt: str, steps: int, frames: 
     """Arguments for one pipeline call: seeded generator, the prompt encoded as the pipeline's model module does
     (runtime/models/), and that pipeline class's conditioning (e.g. a flat test image for image-to-video)."""
     support = model_support(pipe)
-    if frames.height is None or frames.width is None:
-        raise ValueError("call_kwargs needs resolved frame settings (FrameSettings.resolved)")
     max_length = frames.max_sequence_length or support.text_tokens(pipe, tiny=spec == "tiny")
+    height, width = support.sample_size
+    # Unset sizes: the model module's (`FrameSettings.resolved` says which; a video model's frame count too).
     return support.call_kwargs(
-        pipe, prompt=prompt, negative_prompt=DEFAULT_NEGATIVE_PROMPT, height=frames.height, width=frames.width,
+        pipe, prompt=prompt, negative_prompt=DEFAULT_NEGATIVE_PROMPT, height=frames.height or height,
+        width=frames.width or width,
         num_frames=frames.num_frames, steps=steps, guidance_scale=frames.guidance_scale, seed=seed,
         max_length=max_length, output_type=output_type)
 
