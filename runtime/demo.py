@@ -21,13 +21,13 @@ from datetime import timedelta
 import torch
 
 from qcompiler.cli.common import load_plan_or_recipe
+from qcompiler.cli.run_options import generates_video
 from qcompiler.errors import QcompileError
 from runtime.backends import BACKEND_NAMES
 from runtime.execution_report import gather_reports
 from runtime.loading import load
 from runtime.metrics import cosine_similarity, psnr
-from runtime.models.base import DEFAULT_PROMPT
-from runtime.quality.pipelines import FrameSettings, call_kwargs
+from runtime.models import model_support
 from runtime.tiny import TINY_VARIANT, build_tiny_pipeline
 
 # Under Ulysses the sequence splits across ranks: 32x32 pixels, 9 frames = 12 tokens (the default 16x16 has 3).
@@ -36,10 +36,13 @@ PARALLEL_SIZE = {"height": 32, "width": 32}
 
 def _latents(pipe, family, steps: int, guidance_scale: float, size: dict) -> torch.Tensor:
     # The denoised latents: what attention changes. The tiny VAE's random weights would only blur the comparison.
-    # Called as the family's model module calls its pipeline (the tiny size; frames only for a video family).
-    frames = FrameSettings(guidance_scale=guidance_scale, **size).resolved(pipe, family)
-    kwargs = call_kwargs(pipe, spec="tiny", seed=0, prompt=DEFAULT_PROMPT, steps=steps, frames=frames,
-                         output_type="latent")
+    # Called as the family's model module calls its pipeline (its tiny size; frames only for a video family).
+    support = model_support(pipe)
+    height, width = support.sample_size
+    kwargs = support.call_kwargs(
+        pipe, height=size.get("height", height), width=size.get("width", width),
+        num_frames=support.sample_frames if generates_video(family) else None, steps=steps,
+        guidance_scale=guidance_scale, seed=0, max_length=support.text_tokens(pipe, tiny=True), output_type="latent")
     with torch.no_grad():
         output = pipe(**kwargs)
     return output.frames if hasattr(output, "frames") else output.images

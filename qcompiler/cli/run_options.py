@@ -63,9 +63,10 @@ def check_frame_sizes(family_name: str, height: int | None, width: int | None, n
 
 
 def generates_video(family) -> bool:
-    """Whether the family's pipeline generates video (its family file's attention kinds see `video` tokens) or
-    images: only a video family takes a frame count."""
-    return any("video" in (*kind.query_tokens, *kind.key_tokens) for kind in family.kind_specs)
+    """Whether the family's pipeline generates video or images, as its family file says: a `frames` rule, or
+    attention kinds that see `video` tokens. Only a video family takes a frame count."""
+    return family.frames_rule is not None or any(
+        "video" in (*kind.query_tokens, *kind.key_tokens) for kind in family.kind_specs)
 
 
 def _fitting_frames(family) -> int:

@@ -285,3 +285,12 @@ def test_patch_then_runtime_load_follows_the_embedded_plan(row, pipe, tmp_path):
         handle.unload()
     assert report.matches_plan(), report.to_dict()
     assert report.call_counts.get("reference", 0) > 0 and report.fallback_calls == 0
+
+
+@pytest.mark.slow
+def test_demo_runs_the_family_as_its_model_module_calls_it(row, tmp_path, capsys):
+    from runtime.demo import main
+
+    assert main([str(short_recipe(row, tmp_path))]) == 0
+    printed = capsys.readouterr().out
+    assert "executed table == plan: yes" in printed and "reference: " in printed
