@@ -105,18 +105,11 @@ def command(family: str, steps: int, prompts_file: str | None, seeds: str, dtype
 
 
 def _unmeasured_note(family_name: str, cells: list[dict]) -> str:
-    """A line per attention kind no call of which was measured, and why: shadow mode measures only the calls the
-    quantized kernels can take, and a call with an attention mask runs native (runtime/dispatch.py)."""
-    from runtime.models import support_for_family
-
-    family = get_family(family_name)
+    """A line per attention kind no call of which was measured: shadow mode measures only the calls the quantized
+    kernels can take (runtime/dispatch.py), so a kind whose every call carries a mask that is not padding (or
+    dropout, a causal flag) has no cell, runs native whatever a plan says, and is left out of a suggested recipe."""
     measured = {cell["kind"] for cell in cells}
-    masked = support_for_family(family).masked_kinds
-    lines = []
-    for kind in family.kinds:
-        if kind not in measured:
-            why = (f"its calls carry an attention mask ({family.name}), which the quantized kernels do not take: they "
-                   "run native whatever a plan says, so a suggested recipe leaves this kind out of its scope"
-                   if kind in masked else "no call of it ran quantizable (mask, dropout or causal)")
-            lines.append(f"not measured: {kind}: {why}\n")
-    return "".join(lines)
+    return "".join(
+        f"not measured: {kind}: no call of it could run quantized (a mask that is not padding, dropout or a causal "
+        "flag): those calls run native whatever a plan says, and a suggested recipe leaves the kind out of its scope\n"
+        for kind in get_family(family_name).kinds if kind not in measured)

@@ -105,7 +105,14 @@ class ModelSupport:
         The same request serves every model: `num_frames` is None for an image model; `negative_prompt` is used
         where the pipeline runs an unconditional branch; `max_length` None leaves the pipeline's default. A model
         module overrides this (runtime/models/wan.py, flux.py, qwenimage.py, ltx.py)."""
-        raise ModelSupportError(
+        raise self.no_call_arguments(pipe)
+
+    def has_call_arguments(self) -> bool:
+        """Whether this model module says how its pipeline is called (overrides `call_kwargs`)."""
+        return type(self).call_kwargs is not ModelSupport.call_kwargs
+
+    def no_call_arguments(self, pipe: Any) -> ModelSupportError:
+        return ModelSupportError(
             f"{type(pipe).__name__}: {self.name} model support has no call arguments (how to pass the prompt, size "
             "and guidance to this pipeline), so `qcompile report` and `calibrate` cannot run it; add `call_kwargs` "
             "to its model module in runtime/models/")

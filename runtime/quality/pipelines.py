@@ -48,6 +48,8 @@ class FrameSettings:
     def resolved(self, pipe, family: Family) -> FrameSettings:
         """These settings with every size filled in for `pipe` (num_frames None for an image family)."""
         support = model_support(pipe)
+        if not support.has_call_arguments():  # before any run or progress bar starts
+            raise support.no_call_arguments(pipe)
         height, width = support.sample_size
         video = generates_video(family)
         if not video and self.num_frames is not None:
