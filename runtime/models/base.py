@@ -78,7 +78,8 @@ class ModelSupport:
 
     # -- call arguments (tiny runs, report, calibrate) -------------------------------------------------
     # The size of a run when the caller gives none (`qcompile report`/`calibrate`): the tiny pipeline's. Frames
-    # only count for a family whose attention sees video tokens (its family file); an image family gets None.
+    # only count for a family that generates video (its family file: a `frames` rule or `video` tokens,
+    # qcompiler.cli.run_options.generates_video); an image family's calls get num_frames None.
     sample_size: ClassVar[tuple[int, int]] = (16, 16)  # (height, width) in pixels
     sample_frames: ClassVar[int] = 9
 
