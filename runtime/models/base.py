@@ -103,14 +103,41 @@ class ModelSupport:
         """Arguments of one pipeline call, in this pipeline's own terms: encoded prompts, a seeded CPU generator,
         the size, and what `guidance_scale` means for it (CFG scale, true-CFG scale or distilled guidance).
 
-        The same request serves every model: `num_frames` is None for an image model; `negative_prompt` is used
-        where the pipeline runs an unconditional branch; `max_length` None leaves the pipeline's default. A model
-        module overrides this (runtime/models/wan.py, flux.py, qwenimage.py, ltx.py)."""
-        raise self.no_call_arguments(pipe)
+        The same request serves every model: `num_frames` is None for an image model (a video model takes its
+        `sample_frames` then); `negative_prompt` is used where the pipeline runs an unconditional branch;
+        `max_length` None is the module's `text_tokens` for a real pipeline. A model module whose pipeline takes
+        other arguments overrides this (runtime/models/flux.py, qwenimage.py, ltx.py); this default serves the
+        video pipelines that take `prompt_embeds` / `negative_prompt_embeds` from the module's `encode_prompts`
+        (no text-cleaning dependency) and `num_frames`, plus their `conditioning` (Wan, CogVideoX)."""
+        if type(self).encode_prompts is ModelSupport.encode_prompts:
+            raise self.no_call_arguments(pipe)
+        max_length = max_length or self.text_tokens(pipe, tiny=False)
+        num_frames = num_frames or self.sample_frames
+        positive, negative = self.encode_prompts(pipe, prompt, negative_prompt, max_length)
+        kwargs: dict[str, Any] = dict(
+            prompt_embeds=positive,
+            negative_prompt_embeds=negative,
+            height=height,
+            width=width,
+            num_frames=num_frames,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            generator=self.generator(seed),
+            max_sequence_length=max_length,
+            output_type=output_type,
+        )
+        for key, value in self.conditioning(pipe, height=height, width=width, num_frames=num_frames).items():
+            if value is None:
+                kwargs.pop(key, None)
+            else:
+                kwargs[key] = value
+        return kwargs
 
     def has_call_arguments(self) -> bool:
-        """Whether this model module says how its pipeline is called (overrides `call_kwargs`)."""
-        return type(self).call_kwargs is not ModelSupport.call_kwargs
+        """Whether this model module says how its pipeline is called (`call_kwargs`, or `encode_prompts` for the
+        default's embeddings)."""
+        return (type(self).call_kwargs is not ModelSupport.call_kwargs
+                or type(self).encode_prompts is not ModelSupport.encode_prompts)
 
     def no_call_arguments(self, pipe: Any) -> ModelSupportError:
         return ModelSupportError(

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from runtime.models import register
-from runtime.models.base import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT, ModelSupport, ModelSupportError
+from runtime.models.base import ModelSupport, ModelSupportError
 
 T2V, I2V, V2V = "WanPipeline", "WanImageToVideoPipeline", "WanVideoToVideoPipeline"
 
@@ -209,33 +209,6 @@ class WanSupport(ModelSupport):
                 hidden = pipe.text_encoder(tokens.input_ids.to(device), mask).last_hidden_state
             out.append(hidden * mask.unsqueeze(-1).to(hidden.dtype))
         return out[0], out[1]
-
-    def call_kwargs(self, pipe: Any, *, prompt: str = DEFAULT_PROMPT, negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
-                    height: int, width: int, num_frames: int | None, steps: int, guidance_scale: float, seed: int,
-                    max_length: int | None, output_type: str) -> dict[str, Any]:
-        """Encoded prompts (no text-cleaning dependency), a seeded CPU generator, the video size and the pipeline
-        class's conditioning inputs; CFG (the negative prompt's forward) when guidance_scale > 1."""
-        max_length = max_length or self.text_tokens(pipe, tiny=False)
-        num_frames = num_frames or self.sample_frames
-        positive, negative = self.encode_prompts(pipe, prompt, negative_prompt, max_length)
-        kwargs: dict[str, Any] = dict(
-            prompt_embeds=positive,
-            negative_prompt_embeds=negative,
-            height=height,
-            width=width,
-            num_frames=num_frames,
-            num_inference_steps=steps,
-            guidance_scale=guidance_scale,
-            generator=self.generator(seed),
-            max_sequence_length=max_length,
-            output_type=output_type,
-        )
-        for key, value in self.conditioning(pipe, height=height, width=width, num_frames=num_frames).items():
-            if value is None:
-                kwargs.pop(key, None)
-            else:
-                kwargs[key] = value
-        return kwargs
 
     def conditioning(self, pipe: Any, *, height: int, width: int, num_frames: int | None) -> dict[str, Any]:
         from diffusers import WanImageToVideoPipeline, WanVideoToVideoPipeline

@@ -44,8 +44,10 @@ class Row:
 
 
 IMAGE_ONLY = frozenset({"num_frames"})
-# Another helper is adding CogVideoX (2B, 5B) and HunyuanVideo-1.5 runtime support: each gets one row here once
-# its model module has `call_kwargs`, e.g. Row("cogvideox-2b", "cogvideox_2b", True, ...).
+# HunyuanVideo-1.5 (and HunyuanVideo 1.0) get one row each here once their model modules say how their pipelines
+# are called (`call_kwargs`, or `encode_prompts` for the embeddings default), e.g.
+# Row("hunyuanvideo1.5-t2v-480p", "hunyuanvideo15_t2v_480p", True, frozenset({...}), frozenset({...})).
+VIDEO_EMBEDDINGS = frozenset({"prompt_embeds", "negative_prompt_embeds", "num_frames", "guidance_scale"})
 ROWS = [
     Row("flux.1-dev", "flux1_dev", False, frozenset({"prompt_embeds", "pooled_prompt_embeds", "guidance_scale"}),
         IMAGE_ONLY | {"negative_prompt", "negative_prompt_embeds", "true_cfg_scale"}),
@@ -57,6 +59,9 @@ ROWS = [
         frozenset({"prompt_embeds", "prompt_attention_mask", "negative_prompt_embeds",
                    "negative_prompt_attention_mask", "num_frames", "guidance_scale"}),
         frozenset({"true_cfg_scale"})),  # cross's text-padding mask is packed (runtime/masks.py): measured
+    # CogVideoX: the base class's embeddings call (its module's encode_prompts), batched CFG
+    Row("cogvideox-2b", "cogvideox_2b", True, VIDEO_EMBEDDINGS, frozenset({"true_cfg_scale", "prompt"})),
+    Row("cogvideox-5b", "cogvideox_5b", True, VIDEO_EMBEDDINGS, frozenset({"true_cfg_scale", "prompt"})),
 ]
 COMMON_CALL_KEYS = {"height", "width", "num_inference_steps", "generator", "output_type"}
 EXPORT_TARGETS = {"vllm-omni": "vllm-omni", "mindiesd": "MindIE-SD 3.1.0", "xdit": "xDiT (xfuser 0.7.0)"}
