@@ -21,20 +21,31 @@ from datetime import timedelta
 import torch
 
 from qcompiler.cli.common import load_plan_or_recipe
+from qcompiler.cli.run_options import generates_video
 from qcompiler.errors import QcompileError
 from runtime.backends import BACKEND_NAMES
 from runtime.execution_report import gather_reports
 from runtime.loading import load
 from runtime.metrics import cosine_similarity, psnr
-from runtime.tiny import TINY_VARIANT, build_tiny_pipeline, run_tiny
+from runtime.models import model_support
+from runtime.tiny import TINY_VARIANT, build_tiny_pipeline
 
 # Under Ulysses the sequence splits across ranks: 32x32 pixels, 9 frames = 12 tokens (the default 16x16 has 3).
 PARALLEL_SIZE = {"height": 32, "width": 32}
 
 
-def _latents(pipe, steps: int, guidance_scale: float, size: dict) -> torch.Tensor:
+def _latents(pipe, family, steps: int, guidance_scale: float, size: dict) -> torch.Tensor:
     # The denoised latents: what attention changes. The tiny VAE's random weights would only blur the comparison.
-    return run_tiny(pipe, num_inference_steps=steps, guidance_scale=guidance_scale, output_type="latent", **size)
+    # Called as the family's model module calls its pipeline (its tiny size; frames only for a video family).
+    support = model_support(pipe)
+    height, width = support.sample_size
+    kwargs = support.call_kwargs(
+        pipe, height=size.get("height", height), width=size.get("width", width),
+        num_frames=support.sample_frames if generates_video(family) else None, steps=steps,
+        guidance_scale=guidance_scale, seed=0, max_length=support.text_tokens(pipe, tiny=True), output_type="latent")
+    with torch.no_grad():
+        output = pipe(**kwargs)
+    return output.frames if hasattr(output, "frames") else output.images
 
 
 def _init_ulysses(degree: int) -> tuple[int, int]:
@@ -93,9 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         if world > 1:
             _enable_ulysses(pipe, world)
         steps = plan.num_inference_steps
-        native = _latents(pipe, steps, args.guidance_scale, size)  # stock, with the same parallel config
+        native = _latents(pipe, plan.family, steps, args.guidance_scale, size)  # stock, with the same parallel config
         with load(pipe, plan, backend=args.backend) as handle:
-            planned = _latents(pipe, steps, args.guidance_scale, size)
+            planned = _latents(pipe, plan.family, steps, args.guidance_scale, size)
             report = handle.report()
         combined = gather_reports(report) if world > 1 else report
     except QcompileError as exc:

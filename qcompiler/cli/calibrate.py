@@ -64,7 +64,7 @@ def _read_prompts(path: str | None) -> tuple[str, ...] | None:
 @pipeline_options
 def command(family: str, steps: int, prompts_file: str | None, seeds: str, dtype: str, hadamard: bool | None,
             rotation_seed: int, k_mean_subtraction: bool | None, v_rotation: bool | None, scale_scope: str | None,
-            output: str, pipeline: str, backend: str, height: int, width: int, num_frames: int,
+            output: str, pipeline: str, backend: str, height: int | None, width: int | None, num_frames: int | None,
             guidance_scale: float, no_progress: bool) -> None:
     """Measure per-(step, layer) error of the --dtype format in shadow mode and write a sensitivity file for `qcompile suggest`."""
     int8_only = {"v_rotation": v_rotation, "scale_scope": scale_scope}
@@ -93,11 +93,23 @@ def command(family: str, steps: int, prompts_file: str | None, seeds: str, dtype
             progress=not no_progress,
         )
         data = calibrate(options)
+        unmeasured = _unmeasured_note(family, data["cells"])
     write_text_atomically(output, sensitivity_json(data))
     cells = data["cells"]
     worst = min(cells, key=lambda c: c["cos_sim"]["worst"]) if cells else None
     where = (f"; most sensitive: {worst['component']}/{worst['kind']} step {worst['step']} layer {worst['layer']} "
              f"(worst cos-sim {worst['cos_sim']['worst']:.6f})") if worst else ""
     click.echo(f"wrote {output}: {len(cells)} cells from {data['measured']['samples']} sample(s) in "
-               f"{data['measured']['elapsed_s']:.1f} s{where}\n"
+               f"{data['measured']['elapsed_s']:.1f} s{where}\n{unmeasured}"
                f"next: qcompile suggest {output} --min-cos 0.999 -o recipe.yaml")
+
+
+def _unmeasured_note(family_name: str, cells: list[dict]) -> str:
+    """A line per attention kind no call of which was measured: shadow mode measures only the calls the quantized
+    kernels can take (runtime/dispatch.py), so a kind whose every call carries a mask that is not padding (or
+    dropout, a causal flag) has no cell, runs native whatever a plan says, and is left out of a suggested recipe."""
+    measured = {cell["kind"] for cell in cells}
+    return "".join(
+        f"not measured: {kind}: no call of it could run quantized (a mask that is not padding, dropout or a causal "
+        "flag): those calls run native whatever a plan says, and a suggested recipe leaves the kind out of its scope\n"
+        for kind in get_family(family_name).kinds if kind not in measured)

@@ -29,7 +29,8 @@ DEFAULT_THROUGHPUT_RATIO = speed_factor(DEFAULT_FORMAT)
                    "measured, so their reports give no estimate unless this is set.")
 @pipeline_options
 def command(plan_path: str, outdir: str, seed: int, prompt: str, throughput_ratio: float | None, pipeline: str, backend: str,
-            height: int, width: int, num_frames: int, guidance_scale: float, no_progress: bool) -> None:
+            height: int | None, width: int | None, num_frames: int | None, guidance_scale: float,
+            no_progress: bool) -> None:
     """Run PLAN against native (same seed) and write what it costs in quality and what it should save.
 
     PLAN is a plan.json, or a recipe (.yaml), compiled on the fly (for --pipeline tiny: as its tiny variant).

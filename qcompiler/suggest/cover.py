@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from itertools import groupby
 
 from qcompiler.errors import QcompileError
+from qcompiler.families import Family, get_family
 from qcompiler.formats import get_format, quantized_name
 from qcompiler.ranges import format_ranges
 from qcompiler.suggest.sensitivity import CellKey, CellSensitivity, Sensitivity, SensitivityError
@@ -281,6 +282,7 @@ class SuggestedRule:
     kinds: tuple[str, ...] | None
     steps: str
     layers: str
+    block_lists: tuple[str, ...] | None = None  # selects the kinds instead of `kinds` (families of several lists)
 
 
 @dataclass(frozen=True)
@@ -348,6 +350,7 @@ def _why(rect: Rect, precision: str, sensitivity: Sensitivity, budget: Budget) -
 def _rules(rects: list[Rect], precision: str, scope_components: list[str], scope_kinds: list[str],
            sensitivity: Sensitivity, budget: Budget) -> list[SuggestedRule]:
     layout = _layout(sensitivity)
+    family = get_family(sensitivity.family_name, sensitivity.variant)
     rules: list[SuggestedRule] = []
     used: set[str] = set()
     order = sorted(rects, key=lambda r: (min(r.steps), min(r.layers), sorted(r.planes)))
@@ -359,11 +362,12 @@ def _rules(rects: list[Rect], precision: str, scope_components: list[str], scope
         num_layers = layer_counts.pop() if len(layer_counts) == 1 else -1
         steps = format_selector(rect.steps, layout.num_steps)
         layers = format_selector(rect.layers, num_layers)
+        lists = _block_lists_of(family, kinds, scope_kinds) if kinds != scope_kinds else None
         name_parts = [precision]
         if components != scope_components:
             name_parts.append("-".join(components))
         if kinds != scope_kinds:
-            name_parts.append("-".join(kinds))
+            name_parts.append("-".join(lists or kinds))
         if steps != "all":
             name_parts.append(f"steps-{_compact(rect.steps)}")
         if layers != "all":
@@ -380,9 +384,22 @@ def _rules(rects: list[Rect], precision: str, scope_components: list[str], scope
         rules.append(SuggestedRule(
             name=name, why=_why(rect, precision, sensitivity, budget), precision=precision,
             components=None if components == scope_components else tuple(components),
-            kinds=None if kinds == scope_kinds else tuple(kinds), steps=steps, layers=layers,
+            kinds=None if kinds == scope_kinds or lists else tuple(kinds), steps=steps, layers=layers,
+            block_lists=lists,
         ))
     return rules
+
+
+def _block_lists_of(family: Family, kinds: list[str], scope_kinds: list[str]) -> tuple[str, ...] | None:
+    """The block lists that hold exactly these of the scope's kinds, in the family's order, when the family has
+    several lists (Flux.1: `transformer_blocks`, `single_transformer_blocks`): a rule then reads as the blocks it
+    covers, as a person writes it; None when a list would select other kinds too, or the family has one list."""
+    if len(family.block_list_names) < 2:
+        return None
+    lists = {family.kind(kind).block_list for kind in kinds}
+    if sorted(k for k in scope_kinds if family.kind(k).block_list in lists) != sorted(kinds):
+        return None
+    return tuple(name for name in family.block_list_names if name in lists)
 
 
 def _yaml_string(text: str) -> str:
@@ -491,6 +508,8 @@ def _render(sensitivity: Sensitivity, budget: Budget, source_name: str, fallback
                 lines.append(f"    components: {_yaml_list(rule.components)}")
             if rule.kinds is not None:
                 lines.append(f"    attention_kinds: {_yaml_list(rule.kinds)}")
+            if rule.block_lists is not None:
+                lines.append(f"    block_lists: {_yaml_list(rule.block_lists)}")
             lines.append(f"    steps: {_yaml_string(rule.steps)}")
             lines.append(f"    layers: {_yaml_string(rule.layers)}")
             lines.append(f"    precision: {rule.precision}")

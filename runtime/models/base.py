@@ -77,26 +77,42 @@ class ModelSupport:
                                 f"{self.name} model support has none")
 
     # -- call arguments (tiny runs, report, calibrate) -------------------------------------------------
-    def text_tokens(self, pipe: Any, *, tiny: bool) -> int:
-        """Text sequence length of the calls (`max_sequence_length`)."""
-        raise ModelSupportError(f"{type(pipe).__name__}: {self.name} model support encodes no prompts")
+    # The size of a run when the caller gives none (`qcompile report`/`calibrate`): the tiny pipeline's. Frames
+    # only count for a family that generates video (its family file: a `frames` rule or `video` tokens,
+    # qcompiler.cli.run_options.generates_video); an image family's calls get num_frames None.
+    sample_size: ClassVar[tuple[int, int]] = (16, 16)  # (height, width) in pixels
+    sample_frames: ClassVar[int] = 9
+
+    def text_tokens(self, pipe: Any, *, tiny: bool) -> int | None:
+        """Text sequence length of the calls (`max_sequence_length`); None: the pipeline's own default."""
+        return None
 
     def encode_prompts(self, pipe: Any, prompt: str, negative_prompt: str, max_length: int) -> tuple[Any, Any]:
-        """(prompt embeddings, negative prompt embeddings) as the pipeline itself would make them."""
+        """(prompt embeddings, negative prompt embeddings) as the pipeline itself would make them (Wan's shape;
+        other models encode inside `call_kwargs`, each with its pipeline's own embedding arguments)."""
         raise ModelSupportError(f"{type(pipe).__name__}: {self.name} model support encodes no prompts")
 
-    def conditioning(self, pipe: Any, *, height: int, width: int, num_frames: int) -> dict[str, Any]:
+    def conditioning(self, pipe: Any, *, height: int, width: int, num_frames: int | None) -> dict[str, Any]:
         """Extra call arguments of this pipeline class (e.g. a fixed test image for image-to-video); keys
         mapped to None are removed from the call."""
         return {}
 
     def call_kwargs(self, pipe: Any, *, prompt: str = DEFAULT_PROMPT, negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
-                    height: int, width: int, num_frames: int, steps: int, guidance_scale: float, seed: int,
-                    max_length: int, output_type: str) -> dict[str, Any]:
-        """Arguments of one pipeline call: encoded prompts (no text-cleaning dependency), a seeded CPU generator,
-        the video size and the pipeline class's conditioning inputs."""
-        import torch
+                    height: int, width: int, num_frames: int | None, steps: int, guidance_scale: float, seed: int,
+                    max_length: int | None, output_type: str) -> dict[str, Any]:
+        """Arguments of one pipeline call, in this pipeline's own terms: encoded prompts, a seeded CPU generator,
+        the size, and what `guidance_scale` means for it (CFG scale, true-CFG scale or distilled guidance).
 
+        The same request serves every model: `num_frames` is None for an image model (a video model takes its
+        `sample_frames` then); `negative_prompt` is used where the pipeline runs an unconditional branch;
+        `max_length` None is the module's `text_tokens` for a real pipeline. A model module whose pipeline takes
+        other arguments overrides this (runtime/models/flux.py, qwenimage.py, ltx.py); this default serves the
+        video pipelines that take `prompt_embeds` / `negative_prompt_embeds` from the module's `encode_prompts`
+        (no text-cleaning dependency) and `num_frames`, plus their `conditioning` (Wan, CogVideoX)."""
+        if type(self).encode_prompts is ModelSupport.encode_prompts:
+            raise self.no_call_arguments(pipe)
+        max_length = max_length or self.text_tokens(pipe, tiny=False)
+        num_frames = num_frames or self.sample_frames
         positive, negative = self.encode_prompts(pipe, prompt, negative_prompt, max_length)
         kwargs: dict[str, Any] = dict(
             prompt_embeds=positive,
@@ -106,7 +122,7 @@ class ModelSupport:
             num_frames=num_frames,
             num_inference_steps=steps,
             guidance_scale=guidance_scale,
-            generator=torch.Generator("cpu").manual_seed(seed),
+            generator=self.generator(seed),
             max_sequence_length=max_length,
             output_type=output_type,
         )
@@ -116,3 +132,22 @@ class ModelSupport:
             else:
                 kwargs[key] = value
         return kwargs
+
+    def has_call_arguments(self) -> bool:
+        """Whether this model module says how its pipeline is called (`call_kwargs`, or `encode_prompts` for the
+        default's embeddings)."""
+        return (type(self).call_kwargs is not ModelSupport.call_kwargs
+                or type(self).encode_prompts is not ModelSupport.encode_prompts)
+
+    def no_call_arguments(self, pipe: Any) -> ModelSupportError:
+        return ModelSupportError(
+            f"{type(pipe).__name__}: {self.name} model support has no call arguments (how to pass the prompt, size "
+            "and guidance to this pipeline), so `qcompile report` and `calibrate` cannot run it; add `call_kwargs` "
+            "to its model module in runtime/models/")
+
+    @staticmethod
+    def generator(seed: int) -> Any:
+        """The seeded CPU generator every call uses (CPU: the same noise on any device)."""
+        import torch
+
+        return torch.Generator("cpu").manual_seed(seed)

@@ -15,7 +15,9 @@ from typing import Any
 
 from runtime.models import register
 from runtime.models._fixed_tiny import check_tiny_fits
-from runtime.models.base import ModelSupport
+from runtime.models.base import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT, ModelSupport, ModelSupportError
+
+REAL_TEXT_TOKENS = 512  # FluxPipeline's max_sequence_length default (T5)
 
 
 @register
@@ -40,3 +42,31 @@ class FluxSupport(ModelSupport):
         # schnell: no guidance embedding and a static shift; the family name is what tells them apart
         variant = "schnell" if "schnell" in family.name else "dev"
         return check_tiny_fits(tiny_flux.build_tiny_pipeline(seed, variant=variant), family, "tiny_flux")
+
+    # -- call arguments (report, calibrate) ------------------------------------------------------------
+    def text_tokens(self, pipe: Any, *, tiny: bool) -> int | None:
+        from runtime.models import tiny_flux
+
+        return tiny_flux.TEXT_TOKENS if tiny else REAL_TEXT_TOKENS
+
+    def call_kwargs(self, pipe: Any, *, prompt: str = DEFAULT_PROMPT, negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
+                    height: int, width: int, num_frames: int | None, steps: int, guidance_scale: float, seed: int,
+                    max_length: int | None, output_type: str) -> dict[str, Any]:
+        """Guidance-distilled: `guidance_scale` is the guidance embedded into the transformer (dev; schnell embeds
+        none and ignores it), not CFG; no negative prompt (true_cfg_scale stays 1), so one forward per step.
+        The CLIP pooled and T5 sequence embeddings are encoded once here, as the pipeline would."""
+        import torch
+
+        _no_frames(pipe, num_frames)
+        max_length = max_length or self.text_tokens(pipe, tiny=False)
+        with torch.no_grad():
+            embeds, pooled, _ = pipe.encode_prompt(prompt=prompt, prompt_2=None, device=pipe._execution_device,
+                                                   max_sequence_length=max_length)
+        return dict(prompt_embeds=embeds, pooled_prompt_embeds=pooled, height=height, width=width,
+                    num_inference_steps=steps, guidance_scale=guidance_scale, generator=self.generator(seed),
+                    max_sequence_length=max_length, output_type=output_type)
+
+def _no_frames(pipe: Any, num_frames: int | None) -> None:
+    if num_frames is not None:
+        raise ModelSupportError(f"{type(pipe).__name__} generates images: num_frames={num_frames} does not apply "
+                                "(pass num_frames=None)")

@@ -210,7 +210,7 @@ class WanSupport(ModelSupport):
             out.append(hidden * mask.unsqueeze(-1).to(hidden.dtype))
         return out[0], out[1]
 
-    def conditioning(self, pipe: Any, *, height: int, width: int, num_frames: int) -> dict[str, Any]:
+    def conditioning(self, pipe: Any, *, height: int, width: int, num_frames: int | None) -> dict[str, Any]:
         from diffusers import WanImageToVideoPipeline, WanVideoToVideoPipeline
         from PIL import Image
 

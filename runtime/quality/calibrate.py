@@ -84,6 +84,7 @@ def calibrate(options: CalibrateOptions, pipe: Any = None) -> dict[str, Any]:
     family = get_family(family.name, variant)
     backend = _pick_backend(options.backend, options.numerics)
     samples = [(prompt, seed) for prompt in options.prompts for seed in options.seeds]
+    frames = options.frames.resolved(pipe, family)
 
     start = time.perf_counter()
     with progress_bar(len(samples) * options.steps, options.progress, "qcompile calibrate") as bar, \
@@ -92,7 +93,7 @@ def calibrate(options: CalibrateOptions, pipe: Any = None) -> dict[str, Any]:
                    kinds=family.kinds) as recorder:
         for prompt, seed in samples:
             kwargs = call_kwargs(pipe, spec=options.pipeline, seed=seed, prompt=prompt, steps=options.steps,
-                                 frames=options.frames, output_type="latent")
+                                 frames=frames, output_type="latent")
             pipe(**kwargs, callback_on_step_end=step_callback(bar))
         records = list(recorder.records)
         backend_name = recorder.backend
@@ -107,8 +108,8 @@ def calibrate(options: CalibrateOptions, pipe: Any = None) -> dict[str, Any]:
         "measured": {
             "backend": backend_name, "device": str(pipe.device), "pipeline": options.pipeline,
             "seeds": list(options.seeds), "prompts": list(options.prompts), "samples": len(samples),
-            "branches": sorted(branches), "guidance_scale": options.frames.guidance_scale,
-            "height": options.frames.height, "width": options.frames.width, "num_frames": options.frames.num_frames,
+            "branches": sorted(branches), "guidance_scale": frames.guidance_scale,
+            "height": frames.height, "width": frames.width, "num_frames": frames.recorded_frames,
             "versions": versions(), "elapsed_s": elapsed,
         },
         "cells": _cells(records, len(samples), counter.flops),

@@ -10,14 +10,16 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from qcompiler.cli.run_options import generates_video
 from qcompiler.errors import QcompileError
 from qcompiler.families import Component, Family, get_family, list_families
+from qcompiler.families.model import AttentionKind
 from qcompiler.stats import attention_flops
 from runtime import tiny
 from runtime.models import model_support
@@ -33,13 +35,33 @@ class PipelineLoadError(QcompileError):
 
 @dataclass(frozen=True)
 class FrameSettings:
-    """Video size of every run; defaults are the tiny pipelines' (16x16, 9 frames)."""
+    """Size of every run. None: the model module's (runtime/models/) size, its tiny pipeline's (Wan and Flux.1
+    16x16, Qwen-Image and LTX-Video 32x32; 9 frames for a video family). `num_frames` only for a family that
+    generates video (`generates_video`); an image family's runs are recorded as 1 frame."""
 
-    height: int = tiny.HEIGHT
-    width: int = tiny.WIDTH
-    num_frames: int = tiny.NUM_FRAMES
+    height: int | None = None
+    width: int | None = None
+    num_frames: int | None = None
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE
     max_sequence_length: int | None = None  # None: the model module's (tiny or real) text length
+
+    def resolved(self, pipe, family: Family) -> FrameSettings:
+        """These settings with every size filled in for `pipe` (num_frames None for an image family)."""
+        support = model_support(pipe)
+        if not support.has_call_arguments():  # before any run or progress bar starts
+            raise support.no_call_arguments(pipe)
+        height, width = support.sample_size
+        video = generates_video(family)
+        if not video and self.num_frames is not None:
+            raise PipelineLoadError(f"{family.name} generates images: num_frames ({self.num_frames}) does not apply; "
+                                    "leave it unset")
+        return replace(self, height=self.height or height, width=self.width or width,
+                       num_frames=(self.num_frames or support.sample_frames) if video else None)
+
+    @property
+    def recorded_frames(self) -> int:
+        """The frame count a report or sensitivity file records: an image is one frame."""
+        return self.num_frames or 1
 
 
 def load_pipeline(spec: str, family_name: str):
@@ -146,17 +168,38 @@ def call_kwargs(pipe, *, spec: str, seed: int, prompt: str, steps: int, frames: 
     (runtime/models/), and that pipeline class's conditioning (e.g. a flat test image for image-to-video)."""
     support = model_support(pipe)
     max_length = frames.max_sequence_length or support.text_tokens(pipe, tiny=spec == "tiny")
+    height, width = support.sample_size
+    # Unset sizes: the model module's (`FrameSettings.resolved` says which; a video model's frame count too).
     return support.call_kwargs(
-        pipe, prompt=prompt, negative_prompt=DEFAULT_NEGATIVE_PROMPT, height=frames.height, width=frames.width,
+        pipe, prompt=prompt, negative_prompt=DEFAULT_NEGATIVE_PROMPT, height=frames.height or height,
+        width=frames.width or width,
         num_frames=frames.num_frames, steps=steps, guidance_scale=frames.guidance_scale, seed=seed,
         max_length=max_length, output_type=output_type)
 
 
 def run_frames(pipe, kwargs: dict[str, Any]) -> torch.Tensor:
-    """Run the pipeline; decoded frames as a float tensor in [0, 1], shaped (batch, frames, H, W, C)."""
+    """Run the pipeline; decoded frames as a float tensor in [0, 1], shaped (batch, frames, H, W, C) (an image
+    pipeline's output is one frame)."""
     with torch.no_grad():
-        frames = pipe(**kwargs).frames
+        output = pipe(**kwargs)
+    frames = getattr(output, "frames", None)
+    if frames is None:
+        return torch.as_tensor(output.images, dtype=torch.float32).unsqueeze(1)
     return torch.as_tensor(frames, dtype=torch.float32)
+
+
+def attention_tokens(kind: AttentionKind, hidden: torch.Tensor, context: torch.Tensor | None) -> tuple[int, int]:
+    """(query tokens, key/value tokens) of one call of an attention module of `kind`, from its inputs. A joint
+    kind (the same tokens on both sides, per the family file: Flux, Qwen-Image) gets the text as
+    `encoder_hidden_states` and attends over both streams concatenated; a cross kind attends from the hidden
+    states to the context; a self kind has no context."""
+    q_tokens = int(hidden.shape[1])
+    if context is None:
+        return q_tokens, q_tokens
+    if set(kind.query_tokens) == set(kind.key_tokens):
+        joint = q_tokens + int(context.shape[1])
+        return joint, joint
+    return q_tokens, int(context.shape[1])
 
 
 def progress_bar(total: int, enabled: bool, description: str):
@@ -194,14 +237,16 @@ class FlopCounter:
                 for layer in range(family.num_layers(name, kind)):
                     module = model.get_submodule(family.module_path(name, kind, layer))
                     self._handles.append(module.register_forward_pre_hook(
-                        self._hook(name, kind, int(module.heads), head_dim), with_kwargs=True))
+                        self._hook(name, family.kind(kind), int(module.heads), head_dim), with_kwargs=True))
 
-    def _hook(self, component: str, kind: str, heads: int, head_dim: int):
+    def _hook(self, component: str, spec: AttentionKind, heads: int, head_dim: int):
+        kind = spec.name
+
         def record(module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
             context = args[1] if len(args) > 1 else kwargs.get("encoder_hidden_states")
-            batch, q_tokens = hidden.shape[0], hidden.shape[1]
-            kv_tokens = q_tokens if context is None else context.shape[1]
+            batch = hidden.shape[0]
+            q_tokens, kv_tokens = attention_tokens(spec, hidden, context)
             self.per_call.setdefault((component, kind), set()).add(
                 attention_flops(batch, heads, q_tokens, kv_tokens, head_dim))
         return record

@@ -166,7 +166,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines += [
         f"Pipeline `{measured['pipeline']}`, {plan['num_inference_steps']} steps, "
         f"{dtype_label(plan.get('dtype', DEFAULT_FORMAT))}, seed {measured['seed']}, "
-        f"{measured['width']}x{measured['height']}, {measured['num_frames']} frames, {quantized} backend "
+        f"{measured['width']}x{measured['height']}, {_count(measured['num_frames'], 'frame')}, {quantized} backend "
         f"`{measured['backend']}` on `{measured['device']}`. Native run {measured['elapsed_s']['native']:.2f} s, "
         f"plan run {measured['elapsed_s']['plan']:.2f} s (CPU emulation: not a speed measurement).",
         "",
@@ -207,7 +207,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "",
         "## End to end (decoded frames, plan vs native, same seed)",
         "",
-        f"PSNR {psnr}, SSIM {e2e['ssim']:.4f} over {e2e['frames']} frames.",
+        f"PSNR {psnr}, SSIM {e2e['ssim']:.4f} over {_count(e2e['frames'], 'frame')}.",
         "",
         "## Attention time saved on the target: an estimate, not a measurement",
         "",
@@ -243,3 +243,8 @@ def _threads_line(measured: Mapping[str, Any]) -> str:
     return (f"Software: {software}; torch threads: {threads['intra_op']} intra-op, {threads['inter_op']} inter-op. "
             "CPU results depend on the thread count (the reduction order changes), so compare reports made with "
             "the same count (`OMP_NUM_THREADS=1` gives the most reproducible runs).")
+
+
+def _count(number: int, noun: str) -> str:
+    """"9 frames", "1 frame" (an image model's report)."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"

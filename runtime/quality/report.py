@@ -27,6 +27,7 @@ import torch
 import qcompiler
 from qcompiler.compile.resolve import predict_expert_schedule
 from qcompiler.families import Family, get_family
+from qcompiler.families.model import AttentionKind
 from qcompiler.fileio import write_text_atomically
 from qcompiler.formats import DEFAULT_FORMAT, Numerics, get_format, speed_factor
 from qcompiler.numerics import MXFP4_SEQUENCE_MULTIPLE
@@ -42,6 +43,7 @@ from runtime.quality.pipelines import (
     FlopCounter,
     FrameSettings,
     PipelineLoadError,
+    attention_tokens,
     call_kwargs,
     detect_variant,
     load_pipeline,
@@ -187,16 +189,17 @@ class SequenceLengths:
             for kind in family.kinds:
                 for layer in range(family.num_layers(name, kind)):
                     module = model.get_submodule(family.module_path(name, kind, layer))
-                    self._handles.append(module.register_forward_pre_hook(self._hook(f"{name}/{kind}"),
-                                                                          with_kwargs=True))
+                    self._handles.append(module.register_forward_pre_hook(
+                        self._hook(f"{name}/{kind}", family.kind(kind)), with_kwargs=True))
 
-    def _hook(self, key: str):
+    def _hook(self, key: str, spec: AttentionKind):
         def record(module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
             context = args[1] if len(args) > 1 else kwargs.get("encoder_hidden_states")
+            q_tokens, kv_tokens = attention_tokens(spec, hidden, context)
             seen = self.tokens.setdefault(key, {"query": 0, "kv": 0})
-            seen["query"] = max(seen["query"], int(hidden.shape[1]))
-            seen["kv"] = max(seen["kv"], int((hidden if context is None else context).shape[1]))
+            seen["query"] = max(seen["query"], q_tokens)
+            seen["kv"] = max(seen["kv"], kv_tokens)
         return record
 
     def __enter__(self) -> SequenceLengths:
@@ -251,17 +254,18 @@ def build_report(plan: Plan, options: ReportOptions, pipe: Any = None) -> dict[s
         plan = retarget_plan(plan, variant)
     steps = plan.num_inference_steps
     backend = pick_backend(options.backend, plan)
+    frames = options.frames.resolved(pipe, plan.family)
 
     records: list[CallRecord] = []
     with progress_bar(2 * steps, options.progress, "qcompile report") as bar, \
             FlopCounter(pipe, plan.family) as counter, SequenceLengths(pipe, plan.family) as lengths:
         kwargs = call_kwargs(pipe, spec=options.pipeline, seed=options.seed, prompt=options.prompt, steps=steps,
-                             frames=options.frames)
+                             frames=frames)
         start = time.perf_counter()
         native = run_frames(pipe, {**kwargs, "callback_on_step_end": step_callback(bar)})
         native_s = time.perf_counter() - start
         kwargs = call_kwargs(pipe, spec=options.pipeline, seed=options.seed, prompt=options.prompt, steps=steps,
-                             frames=options.frames)
+                             frames=frames)
         with load(pipe, plan, backend=backend) as handle:
             handle.set_observer(records.append)
             start = time.perf_counter()
@@ -295,9 +299,9 @@ def build_report(plan: Plan, options: ReportOptions, pipe: Any = None) -> dict[s
         },
         "measured": {
             "pipeline": options.pipeline, "backend": quantized_name or backend, "device": str(pipe.device),
-            "seed": options.seed, "prompt": options.prompt, "height": options.frames.height,
-            "width": options.frames.width, "num_frames": options.frames.num_frames,
-            "guidance_scale": options.frames.guidance_scale, "versions": versions(), "threads": threads(),
+            "seed": options.seed, "prompt": options.prompt, "height": frames.height,
+            "width": frames.width, "num_frames": frames.recorded_frames,
+            "guidance_scale": frames.guidance_scale, "versions": versions(), "threads": threads(),
             "attention_tokens": lengths.tokens,
             "elapsed_s": {"native": native_s, "plan": plan_s},
             "shapes_varied": [f"{c}/{k}" for c, k in counter.varied()],
