@@ -9,6 +9,7 @@ through a folder with `from_pretrained`.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,6 @@ from runtime.models import model_support, support_for_family
 from runtime.models.base import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT
 
 TINY_VARIANT = "tiny"
-# The video size of every tiny run: 16x16 pixels, 9 frames.
-HEIGHT = WIDTH = 16
-NUM_FRAMES = 9
 
 
 def tiny_family(family_name: str) -> Family:
@@ -44,11 +42,15 @@ def text_tokens(pipe) -> int:
 
 
 def tiny_inputs(pipe, *, num_inference_steps: int = 4, guidance_scale: float = 5.0, seed: int = 0, **extra: Any) -> dict:
-    """Call arguments for a tiny pipeline: 16x16, 9 frames, the tiny text length, latent output."""
-    kwargs = model_support(pipe).call_kwargs(
-        pipe, prompt=DEFAULT_PROMPT, negative_prompt=DEFAULT_NEGATIVE_PROMPT, height=HEIGHT, width=WIDTH,
-        num_frames=NUM_FRAMES, steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
-        max_length=text_tokens(pipe), output_type="latent")
+    """Call arguments for a tiny pipeline: the model module's tiny size (`sample_size`; `sample_frames` for a
+    pipeline that takes `num_frames`, Wan's 16x16 and 9 frames), the tiny text length, latent output."""
+    support = model_support(pipe)
+    video = "num_frames" in inspect.signature(type(pipe).__call__).parameters
+    height, width = support.sample_size
+    kwargs = support.call_kwargs(
+        pipe, prompt=DEFAULT_PROMPT, negative_prompt=DEFAULT_NEGATIVE_PROMPT, height=height, width=width,
+        num_frames=support.sample_frames if video else None, steps=num_inference_steps,
+        guidance_scale=guidance_scale, seed=seed, max_length=text_tokens(pipe), output_type="latent")
     kwargs.update(extra)
     return kwargs
 
@@ -59,9 +61,10 @@ def encode_prompts(pipe, prompt: str, negative_prompt: str, max_length: int | No
 
 
 def run_tiny(pipe, **kwargs: Any) -> torch.Tensor:
-    """Run a tiny pipeline and return its output frames (latents unless output_type says otherwise)."""
+    """Run a tiny pipeline and return its output (video frames or images; latents unless output_type says
+    otherwise)."""
     with torch.no_grad():
-        return pipe(**tiny_inputs(pipe, **kwargs)).frames
+        return pipe(**tiny_inputs(pipe, **kwargs))[0]
 
 
 def save_tiny_pipeline(pipe, folder: str | Path) -> Path:

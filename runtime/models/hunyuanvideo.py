@@ -23,7 +23,9 @@ from typing import Any
 
 from runtime.models import register
 from runtime.models._fixed_tiny import check_tiny_fits
-from runtime.models.base import MASK_PACK, ModelSupport
+from runtime.models.base import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT, MASK_PACK, ModelSupport
+
+REAL_TEXT_TOKENS = 256  # HunyuanVideoPipeline's max_sequence_length default (Llama tokens after the template crop)
 
 
 @register
@@ -49,3 +51,30 @@ class HunyuanVideoSupport(ModelSupport):
         from runtime.models import tiny_hunyuanvideo
 
         return check_tiny_fits(tiny_hunyuanvideo.build_tiny_pipeline(seed), family, "tiny_hunyuanvideo")
+
+    # -- call arguments (report, calibrate) ------------------------------------------------------------
+    sample_size = (32, 32)  # the tiny pipeline's (runtime/models/tiny_hunyuanvideo.py): 8x VAE, 2x2 patches
+    sample_frames = 5
+
+    def text_tokens(self, pipe: Any, *, tiny: bool) -> int | None:
+        from runtime.models import tiny_hunyuanvideo
+
+        return tiny_hunyuanvideo.TEXT_TOKENS if tiny else REAL_TEXT_TOKENS
+
+    def call_kwargs(self, pipe: Any, *, prompt: str = DEFAULT_PROMPT, negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
+                    height: int, width: int, num_frames: int | None, steps: int, guidance_scale: float, seed: int,
+                    max_length: int | None, output_type: str) -> dict[str, Any]:
+        """Guidance-distilled: `guidance_scale` is the embedded guidance, one forward per step (no negative prompt).
+        The prompt goes in as text under the pipeline's own prompt template; the template's crop (the pipeline's
+        default hard-codes 95, Llama-3's count) is counted with this pipeline's tokenizer, so the tiny
+        tokenizer crops exactly the template too."""
+        from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
+
+        template = DEFAULT_PROMPT_TEMPLATE["template"]
+        # the template alone, less its "{}" placeholder and the closing <|eot_id|>: what the pipeline crops
+        crop_start = len(pipe.tokenizer(template.split("{}")[0]).input_ids)
+        return dict(
+            prompt=prompt, height=height, width=width, num_frames=num_frames or self.sample_frames,
+            num_inference_steps=steps, guidance_scale=guidance_scale, generator=self.generator(seed),
+            prompt_template={"template": template, "crop_start": crop_start},
+            max_sequence_length=max_length or REAL_TEXT_TOKENS, output_type=output_type)

@@ -23,7 +23,7 @@ from typing import Any
 
 from runtime.models import register
 from runtime.models._fixed_tiny import check_tiny_fits
-from runtime.models.base import MASK_PACK, ModelSupport
+from runtime.models.base import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT, MASK_PACK, ModelSupport
 
 
 @register
@@ -49,3 +49,20 @@ class HunyuanVideo15Support(ModelSupport):
         from runtime.models import tiny_hunyuanvideo15
 
         return check_tiny_fits(tiny_hunyuanvideo15.build_tiny_pipeline(seed), family, "tiny_hunyuanvideo15")
+
+    # -- call arguments (report, calibrate) ------------------------------------------------------------
+    # sample size: the base class's 16x16 pixels, 9 frames (the tiny pipeline's, runtime/models/tiny_hunyuanvideo15.py)
+
+    def call_kwargs(self, pipe: Any, *, prompt: str = DEFAULT_PROMPT, negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
+                    height: int, width: int, num_frames: int | None, steps: int, guidance_scale: float, seed: int,
+                    max_length: int | None, output_type: str) -> dict[str, Any]:
+        """The prompts go in as text: the pipeline encodes them (Qwen2.5-VL with its system message, ByT5 for quoted
+        glyph text) with their masks, at the text lengths set on the pipeline instance. The CFG scale is the
+        pipeline's `guider` component's (`ClassifierFreeGuidance(guidance_scale=...)`; `__call__` takes none):
+        `guidance_scale` > 1 passes the negative prompt, which the guider runs as its unconditional forward."""
+        kwargs: dict[str, Any] = dict(
+            prompt=prompt, height=height, width=width, num_frames=num_frames or self.sample_frames,
+            num_inference_steps=steps, generator=self.generator(seed), output_type=output_type)
+        if guidance_scale > 1:
+            kwargs["negative_prompt"] = negative_prompt
+        return kwargs

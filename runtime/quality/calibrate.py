@@ -28,7 +28,7 @@ from runtime.quality.pipelines import (
     detect_variant,
     load_pipeline,
     progress_bar,
-    step_callback,
+    progress_kwargs,
 )
 from runtime.quality.report import versions
 from runtime.shadowing import shadow
@@ -94,7 +94,7 @@ def calibrate(options: CalibrateOptions, pipe: Any = None) -> dict[str, Any]:
         for prompt, seed in samples:
             kwargs = call_kwargs(pipe, spec=options.pipeline, seed=seed, prompt=prompt, steps=options.steps,
                                  frames=frames, output_type="latent")
-            pipe(**kwargs, callback_on_step_end=step_callback(bar))
+            pipe(**kwargs, **progress_kwargs(pipe, bar, options.steps))
         records = list(recorder.records)
         backend_name = recorder.backend
     elapsed = time.perf_counter() - start

@@ -7,6 +7,7 @@ carry pre-computed prompt embeddings, so no text-cleaning dependency (ftfy) is n
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from collections.abc import Callable
@@ -216,6 +217,16 @@ def step_callback(bar) -> Callable:
         return callback_kwargs
 
     return on_step_end
+
+
+def progress_kwargs(pipe, bar, steps: int) -> dict[str, Any]:
+    """The call arguments that advance `bar` once per denoising step: `callback_on_step_end`, where the pipeline
+    takes one. A pipeline without it (HunyuanVideo15Pipeline) gets no extra argument, and the bar advances by the
+    call's `steps` at once."""
+    if "callback_on_step_end" in inspect.signature(type(pipe).__call__).parameters:
+        return {"callback_on_step_end": step_callback(bar)}
+    bar.update(steps)
+    return {}
 
 
 class FlopCounter:

@@ -48,8 +48,8 @@ from runtime.quality.pipelines import (
     detect_variant,
     load_pipeline,
     progress_bar,
+    progress_kwargs,
     run_frames,
-    step_callback,
 )
 from runtime.quality.render import draw_error_heatmap, draw_plan_heatmap, render_markdown
 
@@ -262,14 +262,14 @@ def build_report(plan: Plan, options: ReportOptions, pipe: Any = None) -> dict[s
         kwargs = call_kwargs(pipe, spec=options.pipeline, seed=options.seed, prompt=options.prompt, steps=steps,
                              frames=frames)
         start = time.perf_counter()
-        native = run_frames(pipe, {**kwargs, "callback_on_step_end": step_callback(bar)})
+        native = run_frames(pipe, {**kwargs, **progress_kwargs(pipe, bar, steps)})
         native_s = time.perf_counter() - start
         kwargs = call_kwargs(pipe, spec=options.pipeline, seed=options.seed, prompt=options.prompt, steps=steps,
                              frames=frames)
         with load(pipe, plan, backend=backend) as handle:
             handle.set_observer(records.append)
             start = time.perf_counter()
-            planned = run_frames(pipe, {**kwargs, "callback_on_step_end": step_callback(bar)})
+            planned = run_frames(pipe, {**kwargs, **progress_kwargs(pipe, bar, steps)})
             plan_s = time.perf_counter() - start
             execution = handle.report()
     execution_dict = execution.to_dict()
