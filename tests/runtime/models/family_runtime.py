@@ -17,13 +17,18 @@ import re
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import torch
+import torch.nn.functional as F
 from click.testing import CliRunner
 
+import runtime
 from qcompiler import compile_recipe_text
 from qcompiler.cli.main import cli
 from qcompiler.plan.format import Plan, load_plan
+from runtime.backends.base import AttentionBackend
 from runtime.backends.reference import ReferenceBackend
+from runtime.errors import StepCountError
 from tests.runtime.models.tiny_family_observer import Observation, observe
 
 RECIPES = Path(__file__).resolve().parents[3] / "recipes"
@@ -93,3 +98,37 @@ def planned_cells(plan: Plan, obs: Observation, forwards_per_step: int, componen
 def run(module, pipe, steps: int = STEPS, seed: int = 0, **extra) -> torch.Tensor:
     with torch.no_grad():
         return pipe(**module.tiny_inputs(pipe, num_inference_steps=steps, seed=seed, **extra))[0]
+
+
+class ExactAttention(AttentionBackend):
+    """A mask-less kernel without quantization error: SDPA over exactly the q/k/v it is given (BSND). In every
+    cell of a plan it shows what packing computes: the masked attention itself, up to float rounding."""
+
+    name = "exact-sdpa"
+    is_quantized = True
+
+    def attend(self, query, key, value, rotation):
+        return F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2),
+                                              value.transpose(1, 2)).transpose(1, 2)
+
+
+def assert_all_native_is_stock(module, pipe, stock: torch.Tensor, plan: Plan):
+    """An all-native `plan` loaded: the executed table is the plan, no call ran quantized, the output is stock bit
+    for bit. Returns (the execution report, the observation)."""
+    assert not plan.uses_quantized()
+    with runtime.load(pipe, plan, backend="reference") as handle, \
+            observe_quantized(pipe.transformer) as (obs, quantized):
+        out = run(module, pipe)
+        report = handle.report()
+    assert report.matches_plan()
+    assert not quantized
+    assert torch.equal(out, stock)
+    return report, obs
+
+
+def assert_wrong_step_count_refused(module, pipe, stock: torch.Tensor, plan: Plan) -> None:
+    """A call with another step count than `plan`'s raises StepCountError, and the pipeline is stock afterwards."""
+    with runtime.load(pipe, plan, backend="reference"):
+        with pytest.raises(StepCountError, match=f"called with 3 denoising steps, expected {STEPS}"):
+            run(module, pipe, steps=3)
+    assert torch.equal(run(module, pipe), stock)

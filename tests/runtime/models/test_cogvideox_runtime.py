@@ -19,12 +19,13 @@ import torch
 import torch.nn.functional as F
 
 import runtime
-from runtime.errors import StepCountError
 from runtime.models import model_support, tiny_cogvideox
 from runtime.models.base import BATCHED
 from runtime.models.cogvideox import CogVideoXSupport
 from tests.runtime.models.family_runtime import (
     STEPS,
+    assert_all_native_is_stock,
+    assert_wrong_step_count_refused,
     compile_shipped,
     compile_variant,
     observe_quantized,
@@ -35,12 +36,6 @@ from tests.runtime.models.family_runtime import (
 pytestmark = pytest.mark.slow
 
 LAYERS = {"2b": 30, "5b": 42}
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
 
 
 @pytest.fixture(scope="module")
@@ -93,25 +88,15 @@ def test_shipped_plan_runs_cell_for_cell_in_one_batched_forward_per_step(pipes, 
 @pytest.mark.parametrize("variant", list(LAYERS))
 def test_all_native_plan_is_bit_identical_to_stock(pipes, variant):
     pipe, stock = pipes[variant]
-    plan = compile_variant(f"cogvideox_{variant}", default="native", keep_rules=False)
-    assert not plan.uses_quantized()
-    with runtime.load(pipe, plan, backend="reference") as handle, \
-            observe_quantized(pipe.transformer) as (obs, quantized):
-        out = run(tiny_cogvideox, pipe)
-        report = handle.report()
-    assert report.matches_plan()
+    report, obs = assert_all_native_is_stock(
+        tiny_cogvideox, pipe, stock, compile_variant(f"cogvideox_{variant}", default="native", keep_rules=False))
     assert report.call_counts == {"native": STEPS * LAYERS[variant]}  # every call served, by the stock call
-    assert not quantized and sum(map(len, obs.forwards)) == STEPS * LAYERS[variant]
-    assert torch.equal(out, stock)
+    assert sum(map(len, obs.forwards)) == STEPS * LAYERS[variant]
 
 
 def test_wrong_step_count_is_refused(pipes):
     pipe, stock = pipes["2b"]
-    plan = compile_variant("cogvideox_2b", default="fp8")
-    with runtime.load(pipe, plan, backend="reference"):
-        with pytest.raises(StepCountError, match=f"called with 3 denoising steps, expected {STEPS}"):
-            run(tiny_cogvideox, pipe, steps=3)
-    assert torch.equal(run(tiny_cogvideox, pipe), stock)
+    assert_wrong_step_count_refused(tiny_cogvideox, pipe, stock, compile_variant("cogvideox_2b", default="fp8"))
 
 
 def test_a_loop_timestep_outside_the_schedule_is_refused(pipes):

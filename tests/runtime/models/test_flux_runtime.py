@@ -11,11 +11,12 @@ import pytest
 import torch
 
 import runtime
-from runtime.errors import StepCountError
 from runtime.models import model_support, tiny_flux
 from runtime.models.flux import FluxSupport
 from tests.runtime.models.family_runtime import (
     STEPS,
+    assert_all_native_is_stock,
+    assert_wrong_step_count_refused,
     compile_shipped,
     compile_variant,
     observe_quantized,
@@ -24,12 +25,6 @@ from tests.runtime.models.family_runtime import (
 )
 
 RECIPES = {"dev": "flux1_dev", "schnell": "flux1_schnell"}
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
 
 
 @pytest.fixture(scope="module")
@@ -71,13 +66,7 @@ def test_shipped_plan_runs_cell_for_cell_and_unload_restores_stock(variant, pipe
 
 def test_all_native_plan_is_bit_identical_to_stock(pipes):
     pipe, stock = pipes("dev")
-    plan = compile_variant("flux1_dev", default="native", keep_rules=False)
-    assert not plan.uses_quantized()
-    with runtime.load(pipe, plan, backend="reference") as handle, observe_quantized(pipe.transformer) as (_, quantized):
-        out = run(tiny_flux, pipe)
-        assert handle.report().matches_plan()
-    assert not quantized
-    assert torch.equal(out, stock)
+    assert_all_native_is_stock(tiny_flux, pipe, stock, compile_variant("flux1_dev", default="native", keep_rules=False))
 
 
 def test_true_cfg_runs_both_forwards_of_a_step_on_the_steps_row(pipes):
@@ -99,11 +88,7 @@ def test_true_cfg_runs_both_forwards_of_a_step_on_the_steps_row(pipes):
 
 def test_wrong_step_count_is_refused(pipes):
     pipe, stock = pipes("dev")
-    plan = compile_variant("flux1_dev", default="fp8")
-    with runtime.load(pipe, plan, backend="reference"):
-        with pytest.raises(StepCountError, match=f"called with 3 denoising steps, expected {STEPS}"):
-            run(tiny_flux, pipe, steps=3)
-    assert torch.equal(run(tiny_flux, pipe), stock)
+    assert_wrong_step_count_refused(tiny_flux, pipe, stock, compile_variant("flux1_dev", default="fp8"))
 
 
 def test_flux_model_support_serves_pipeline_tiny_builder_and_private_api():

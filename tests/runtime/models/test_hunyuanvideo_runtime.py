@@ -17,18 +17,19 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import runtime
 from qcompiler import compile_recipe_text
-from runtime.backends.base import AttentionBackend
-from runtime.errors import StepCountError, UnservableCallError
+from runtime.errors import UnservableCallError
 from runtime.models import model_support, tiny_hunyuanvideo, tiny_hunyuanvideo15
 from runtime.models.hunyuanvideo import HunyuanVideoSupport
 from runtime.models.hunyuanvideo15 import HunyuanVideo15Support
 from tests.runtime.models.family_runtime import (
     RECIPES,
     STEPS,
+    ExactAttention,
+    assert_all_native_is_stock,
+    assert_wrong_step_count_refused,
     compile_shipped,
     compile_variant,
     observe_quantized,
@@ -55,12 +56,6 @@ CASES = {
     "hunyuanvideo": Case("hunyuanvideo_t2v_720p", tiny_hunyuanvideo, HunyuanVideoSupport, 1, ("joint", "single"),
                          False),
 }
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
@@ -97,23 +92,12 @@ def test_shipped_plan_runs_cell_for_cell_with_every_masked_call_packed(case_pipe
     assert torch.equal(run(case.tiny, pipe), stock)  # unloaded: stock, bit for bit
 
 
-class _ExactAttention(AttentionBackend):
-    """A mask-less kernel without quantization error: SDPA over exactly the q/k/v it is given."""
-
-    name = "exact-sdpa"
-    is_quantized = True
-
-    def attend(self, query, key, value, rotation):
-        return F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2),
-                                              value.transpose(1, 2)).transpose(1, 2)
-
-
 def test_packing_is_exact_padded_rows_included(case_pipe_stock):
     """Every joint/single call quantized with an exact mask-less kernel: packing computes the masked attention
     itself (the padded text-side rows get what stock gives them), so the run equals stock up to float rounding."""
     case, pipe, stock = case_pipe_stock
     plan = compile_variant(case.recipe, default="fp8", keep_rules=False)
-    with runtime.load(pipe, plan, backend=_ExactAttention()) as handle:
+    with runtime.load(pipe, plan, backend=ExactAttention()) as handle:
         out = run(case.tiny, pipe)
         report = handle.report()
     assert report.matches_plan() and report.fallback_calls == 0
@@ -160,22 +144,11 @@ def compile_variant_with_fallback_error(recipe: str, kinds: str):
 
 def test_all_native_plan_is_bit_identical_to_stock(case_pipe_stock):
     case, pipe, stock = case_pipe_stock
-    plan = compile_variant(case.recipe, default="native", keep_rules=False)
-    assert not plan.uses_quantized()
-    with runtime.load(pipe, plan, backend="reference") as handle, \
-            observe_quantized(pipe.transformer) as (_, quantized):
-        out = run(case.tiny, pipe)
-        assert handle.report().matches_plan()
-    assert not quantized
-    assert torch.equal(out, stock)
+    assert_all_native_is_stock(case.tiny, pipe, stock, compile_variant(case.recipe, default="native", keep_rules=False))
 
 
 def test_wrong_step_count_is_refused_and_model_support_is_found(case_pipe_stock):
     case, pipe, stock = case_pipe_stock
     assert isinstance(model_support(pipe), case.support)
     assert isinstance(model_support(pipe.transformer), case.support)
-    plan = compile_variant(case.recipe, default="fp8")
-    with runtime.load(pipe, plan, backend="reference"):
-        with pytest.raises(StepCountError, match=f"called with 3 denoising steps, expected {STEPS}"):
-            run(case.tiny, pipe, steps=3)
-    assert torch.equal(run(case.tiny, pipe), stock)
+    assert_wrong_step_count_refused(case.tiny, pipe, stock, compile_variant(case.recipe, default="fp8"))

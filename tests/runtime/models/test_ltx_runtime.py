@@ -16,7 +16,7 @@ import torch
 
 import runtime
 from qcompiler import compile_recipe_text
-from runtime.errors import StepCountError, UnservableCallError
+from runtime.errors import UnservableCallError
 from runtime.execution_report import FALLBACK_BACKEND
 from runtime.models import model_support, tiny_ltx
 from runtime.models.base import BATCHED
@@ -24,6 +24,8 @@ from runtime.models.ltx import LTXVideoSupport
 from tests.runtime.models.family_runtime import (
     RECIPES,
     STEPS,
+    assert_all_native_is_stock,
+    assert_wrong_step_count_refused,
     compile_shipped,
     compile_variant,
     observe_quantized,
@@ -32,12 +34,6 @@ from tests.runtime.models.family_runtime import (
 )
 
 LAYERS = 28
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
 
 
 @pytest.fixture(scope="module")
@@ -105,23 +101,12 @@ def test_planned_quantized_cross_cells_run_quantized_over_the_valid_text_tokens(
 
 def test_all_native_plan_is_bit_identical_to_stock(pipe_and_stock):
     pipe, stock = pipe_and_stock
-    plan = compile_variant("ltx_video", default="native", keep_rules=False, kinds="[self, cross]")
-    assert not plan.uses_quantized()
-    with runtime.load(pipe, plan, backend="reference") as handle, \
-            observe_quantized(pipe.transformer) as (_, quantized):
-        out = run(tiny_ltx, pipe)
-        assert handle.report().matches_plan()
-    assert not quantized
-    assert torch.equal(out, stock)
+    assert_all_native_is_stock(tiny_ltx, pipe, stock, compile_variant("ltx_video", default="native", keep_rules=False, kinds="[self, cross]"))
 
 
 def test_wrong_step_count_is_refused(pipe_and_stock):
     pipe, stock = pipe_and_stock
-    plan = compile_variant("ltx_video", default="fp8")
-    with runtime.load(pipe, plan, backend="reference"):
-        with pytest.raises(StepCountError, match=f"called with 3 denoising steps, expected {STEPS}"):
-            run(tiny_ltx, pipe, steps=3)
-    assert torch.equal(run(tiny_ltx, pipe), stock)
+    assert_wrong_step_count_refused(tiny_ltx, pipe, stock, compile_variant("ltx_video", default="fp8"))
 
 
 def test_ltx_model_support_serves_pipeline_and_tiny_builder():

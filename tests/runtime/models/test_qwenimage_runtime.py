@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import runtime
-from runtime.backends.base import AttentionBackend
-from runtime.errors import StepCountError
 from runtime.models import model_support, tiny_qwenimage
 from runtime.models.qwenimage import QwenImageSupport
 from tests.runtime.models.family_runtime import (
     STEPS,
+    ExactAttention,
+    assert_all_native_is_stock,
+    assert_wrong_step_count_refused,
     compile_shipped,
     compile_variant,
     observe_quantized,
@@ -31,12 +31,6 @@ pytestmark = pytest.mark.slow
 
 LAYERS = 60
 UNEQUAL = dict(prompt=["a red cube", "a tall red cube on a table"], negative_prompt=["blurry", "x"])
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
 
 
 @pytest.fixture(scope="module")
@@ -107,24 +101,13 @@ def test_masked_calls_of_unequal_prompts_run_quantized_packed_and_are_reported_s
     assert report.to_dict()["packed_calls"] == {"transformer": {"joint": len(planned)}}
 
 
-class _ExactAttention(AttentionBackend):
-    """A mask-less kernel without quantization error: SDPA over exactly the q/k/v it is given."""
-
-    name = "exact-sdpa"
-    is_quantized = True
-
-    def attend(self, query, key, value, rotation):
-        return F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2),
-                                              value.transpose(1, 2)).transpose(1, 2)
-
-
 def test_packing_is_exact_a_mask_less_exact_kernel_reproduces_the_stock_masked_run(pipe_and_stock):
     """What packing computes is the masked attention itself: with an exact mask-less kernel in every cell, the
     unequal-prompt run (every call masked) equals the stock run up to float rounding."""
     pipe, _ = pipe_and_stock
     stock = run(tiny_qwenimage, pipe, **UNEQUAL)
     plan = compile_variant("qwen_image", default="fp8", keep_rules=False)
-    with runtime.load(pipe, plan, backend=_ExactAttention()) as handle:
+    with runtime.load(pipe, plan, backend=ExactAttention()) as handle:
         out = run(tiny_qwenimage, pipe, **UNEQUAL)
         report = handle.report()
     assert report.matches_plan() and report.fallback_calls == 0
@@ -134,23 +117,12 @@ def test_packing_is_exact_a_mask_less_exact_kernel_reproduces_the_stock_masked_r
 
 def test_all_native_plan_is_bit_identical_to_stock(pipe_and_stock):
     pipe, stock = pipe_and_stock
-    plan = compile_variant("qwen_image", default="native", keep_rules=False)
-    assert not plan.uses_quantized()
-    with runtime.load(pipe, plan, backend="reference") as handle, \
-            observe_quantized(pipe.transformer) as (_, quantized):
-        out = run(tiny_qwenimage, pipe)
-        assert handle.report().matches_plan()
-    assert not quantized
-    assert torch.equal(out, stock)
+    assert_all_native_is_stock(tiny_qwenimage, pipe, stock, compile_variant("qwen_image", default="native", keep_rules=False))
 
 
 def test_wrong_step_count_is_refused(pipe_and_stock):
     pipe, stock = pipe_and_stock
-    plan = compile_variant("qwen_image", default="fp8")
-    with runtime.load(pipe, plan, backend="reference"):
-        with pytest.raises(StepCountError, match=f"called with 3 denoising steps, expected {STEPS}"):
-            run(tiny_qwenimage, pipe, steps=3)
-    assert torch.equal(run(tiny_qwenimage, pipe), stock)
+    assert_wrong_step_count_refused(tiny_qwenimage, pipe, stock, compile_variant("qwen_image", default="fp8"))
 
 
 def test_qwen_image_model_support_serves_pipeline_and_tiny_builder(pipe_and_stock):
