@@ -5,8 +5,10 @@
     print(handle.report().format())
     handle.unload()
 
-FP8 enters at diffusers' attention dispatch (runtime/dispatch.py), so it composes with
-`enable_parallelism(ContextParallelConfig(ulysses_degree=N))` and diffusers' caches. See docs/runtime.md.
+Quantized attention enters where the stock processor computes attention: at diffusers' attention dispatch
+(runtime/dispatch.py), which composes with `enable_parallelism(ContextParallelConfig(ulysses_degree=N))` and
+diffusers' caches, or, for processors that call F.scaled_dot_product_attention themselves (CogVideoX, the
+HunyuanVideo token refiners), at that call (runtime/processor_entry.py). See docs/runtime.md.
 """
 
 from typing import TYPE_CHECKING
