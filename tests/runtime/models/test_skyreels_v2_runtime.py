@@ -14,9 +14,11 @@ import pytest
 import torch
 
 import runtime
-from runtime.errors import StepCountError
+from qcompiler import compile_recipe_text
+from runtime.errors import StepCountError, UnservableCallError
 from runtime.models import model_support, tiny_skyreels_v2
 from runtime.models.skyreels_v2 import SkyReelsV2DiffusionForcingSupport, SkyReelsV2Support
+from tests.runtime.models.family_runtime import RECIPES as RECIPE_DIR
 from tests.runtime.models.family_runtime import (
     STEPS,
     compile_shipped,
@@ -100,9 +102,6 @@ def test_asynchronous_diffusion_forcing_plan_steps_are_loop_iterations(df_pipe):
     """ar_step=1 over 3 latent frames (3 blocks of 1) with 4 steps: 4 + 2 x 1 = 6 loop iterations, the frames
     staggered by one timestep. A plan for 6 steps is followed row by row per iteration (rows 0 and 5 native, the
     rest FP8); a plan for the 4 scheduler steps is refused, naming the iteration count."""
-    from qcompiler import compile_recipe_text
-    from tests.runtime.models.family_runtime import RECIPES as RECIPE_DIR
-
     text = (RECIPE_DIR / f"{RECIPES[True]}.yaml").read_text().split("rules:")[0]
     text += "rules:\n  - name: ends\n    why: test rows\n    steps: \"0, 5\"\n    precision: native\n"
     plan = compile_recipe_text(text, name="async.yaml", steps=6, variant="tiny")
@@ -131,3 +130,30 @@ def test_long_video_chunks_each_start_at_plan_step_0(df_pipe):
                 if call.kind_module == "attn1" and table[(f // FORWARDS_PER_STEP) % STEPS][call.layer]}
     assert expected and quantized == expected
     assert report.matches_plan()
+
+
+def test_causal_blocks_mask_self_attention_and_follow_the_fallback_policy():
+    """causal_block_size=2 over 4 latent frames (13 frames) sets the transformer's num_frame_per_block: every
+    self-attention call carries a block-causal mask, which is no padding mask, so the planned-quantized self calls
+    run native under `fallback: native` (counted), and are refused under `fallback: error`. A fresh pipeline:
+    `causal_block_size` stays written on the transformer's config."""
+    pipe = tiny_skyreels_v2.build_tiny_pipeline(0, diffusion_forcing=True)
+    plan = compile_variant(RECIPES[True], default="fp8", keep_rules=False)
+    assert plan.fallback == "native"
+    with runtime.load(pipe, plan, backend="reference") as handle, \
+            observe_quantized(pipe.transformer) as (obs, quantized):
+        run(tiny_skyreels_v2, pipe, num_frames=13, causal_block_size=2)
+        report = handle.report()
+    assert pipe.transformer.config.num_frame_per_block == 2
+    self_calls = {(f, i) for f, calls in enumerate(obs.forwards) for i, c in enumerate(calls)
+                  if c.kind_module == "attn1"}
+    assert len(self_calls) == 40 * FORWARDS_PER_STEP * STEPS
+    assert all(obs.forwards[f][i].masked for f, i in self_calls)
+    assert not self_calls & quantized
+    assert report.fallback_calls == len(self_calls)
+
+    text = (RECIPE_DIR / f"{RECIPES[True]}.yaml").read_text().replace("fallback: native", "fallback: error")
+    error_plan = compile_recipe_text(text.split("rules:")[0], name="df-error.yaml", steps=STEPS, variant="tiny")
+    with runtime.load(pipe, error_plan, backend="reference"):
+        with pytest.raises(UnservableCallError):
+            run(tiny_skyreels_v2, pipe, num_frames=13, causal_block_size=2)
