@@ -4,8 +4,8 @@
 block count (40 `blocks`, each `attn1` self and `attn2` cross), 2 heads x head dim 64, a tiny UMT5 encoder over the
 in-memory T5 tokenizer and the tiny Wan VAE (runtime/models/wan.py's, the same `AutoencoderKLWan` class).
 16x16 pixels, 9 frames -> 3 latent frames of 1x1 patches (8x spatial, 4x temporal VAE, 2x2 patches) = 3 video
-tokens, 16 text tokens. The diffusion-forcing transformer carries the fps embedding (`inject_sample_info`), which
-that pipeline always passes.
+tokens, 16 text tokens. Neither transformer has the fps embedding (`inject_sample_info=False`, as the 14B
+checkpoints; the DF 1.3B has it): the diffusion-forcing pipeline passes `fps`, which the model then ignores.
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ TEXT_TOKENS = 16
 FLOW_SHIFT = 8.0
 
 
-def _transformer(diffusion_forcing: bool):
+def _transformer():
     from diffusers import SkyReelsV2Transformer3DModel
 
     return SkyReelsV2Transformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=NUM_HEADS, attention_head_dim=HEAD_DIM,
         in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, text_dim=TEXT_DIM, freq_dim=256, ffn_dim=FFN_DIM,
         num_layers=NUM_LAYERS, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
-        inject_sample_info=diffusion_forcing,
+        inject_sample_info=False,
     ).eval()
 
 
@@ -44,7 +44,7 @@ def build_tiny_pipeline(seed: int = 0, *, diffusion_forcing: bool = False):
     tokenizer = _tokenizer()
     cls = SkyReelsV2DiffusionForcingPipeline if diffusion_forcing else SkyReelsV2Pipeline
     pipe = cls(tokenizer=tokenizer, text_encoder=_text_encoder(len(tokenizer)), vae=_vae(),
-               transformer=_transformer(diffusion_forcing),
+               transformer=_transformer(),
                scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
                                                  flow_shift=FLOW_SHIFT, num_train_timesteps=1000))
     pipe.set_progress_bar_config(disable=True)
