@@ -13,7 +13,10 @@ What the LTX-2 family file cannot say as data:
   ([B, H, 1, S_text]); with the connectors' learnable registers it is all zeros (padding is replaced, nothing is
   masked), a padding mask that drops no key (runtime/masks.py), so planned-quantized text calls run quantized
   (MASK_PACK); the self and cross-modal kinds get no mask in text-to-video;
-- the tiny offline pipeline is runtime/models/tiny_ltx2.py's (sizes fixed there: the family's `tiny` variant).
+- the tiny offline pipeline is runtime/models/tiny_ltx2.py's (sizes fixed there: the family's `tiny` variant);
+- call arguments (report, calibrate): the prompt strings, which the pipeline encodes itself (Gemma and the
+  connectors; no text-cleaning dependency), `guidance_scale` its video CFG scale, the other guidance terms
+  (STG, modality isolation, audio CFG) at the pipeline's defaults; 1024 text tokens for a real pipeline.
 """
 
 from __future__ import annotations
@@ -22,7 +25,16 @@ from typing import Any
 
 from runtime.models import register
 from runtime.models._fixed_tiny import check_tiny_fits
-from runtime.models.base import BATCHED, COND, MASK_PACK, ModelSupport
+from runtime.models.base import (
+    BATCHED,
+    COND,
+    DEFAULT_NEGATIVE_PROMPT,
+    DEFAULT_PROMPT,
+    MASK_PACK,
+    ModelSupport,
+)
+
+REAL_TEXT_TOKENS = 1024  # LTX2Pipeline's max_sequence_length default
 
 
 @register
@@ -50,3 +62,19 @@ class LTX2Support(ModelSupport):
         from runtime.models import tiny_ltx2
 
         return check_tiny_fits(tiny_ltx2.build_tiny_pipeline(seed), family, "tiny_ltx2")
+
+    # -- call arguments (report, calibrate) ------------------------------------------------------------
+    sample_size = (64, 64)  # the tiny pipeline's (runtime/models/tiny_ltx2.py): multiples of the VAE's 32
+
+    def text_tokens(self, pipe: Any, *, tiny: bool) -> int | None:
+        from runtime.models import tiny_ltx2
+
+        return tiny_ltx2.TEXT_TOKENS if tiny else REAL_TEXT_TOKENS
+
+    def call_kwargs(self, pipe: Any, *, prompt: str = DEFAULT_PROMPT, negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
+                    height: int, width: int, num_frames: int | None, steps: int, guidance_scale: float, seed: int,
+                    max_length: int | None, output_type: str) -> dict[str, Any]:
+        return dict(prompt=prompt, negative_prompt=negative_prompt, height=height, width=width,
+                    num_frames=num_frames or self.sample_frames, num_inference_steps=steps,
+                    guidance_scale=guidance_scale, generator=self.generator(seed),
+                    max_sequence_length=max_length or self.text_tokens(pipe, tiny=False), output_type=output_type)

@@ -13,7 +13,9 @@ What the SkyReels-V2 family files cannot say as data:
   when synchronous (`ar_step=0`), `num_inference_steps + (frame blocks - 1) x ar_step` when asynchronous; a long
   video (`overlap_history`) runs one such loop per chunk, each starting again at the plan's step 0;
 - the tiny offline pipelines are runtime/models/tiny_skyreels_v2.py's (sizes fixed there: the families' `tiny`
-  variant).
+  variant);
+- call arguments (report, calibrate): the base class's embeddings call, with UMT5 embeddings encoded here as the
+  pipelines make them (padding zeroed) without their `ftfy` text cleaning, 512 tokens for a real pipeline.
 """
 
 from __future__ import annotations
@@ -25,6 +27,22 @@ from runtime.models._fixed_tiny import check_tiny_fits
 from runtime.models.base import ModelSupport
 
 T2V, DF = "SkyReelsV2Pipeline", "SkyReelsV2DiffusionForcingPipeline"
+REAL_TEXT_TOKENS = 512  # the pipelines' max_sequence_length default
+
+
+class _SkyReelsV2Calls(ModelSupport):
+    """How both SkyReels-V2 pipelines are called: Wan's embeddings call (the base class's `call_kwargs`)."""
+
+    def text_tokens(self, pipe: Any, *, tiny: bool) -> int | None:
+        from runtime.models import tiny_skyreels_v2
+
+        return tiny_skyreels_v2.TEXT_TOKENS if tiny else REAL_TEXT_TOKENS
+
+    def encode_prompts(self, pipe: Any, prompt: str, negative_prompt: str, max_length: int) -> tuple[Any, Any]:
+        from runtime.models import tiny_skyreels_v2
+
+        return (tiny_skyreels_v2.encode(pipe, prompt, max_length),
+                tiny_skyreels_v2.encode(pipe, negative_prompt, max_length))
 
 
 def _processor_classes() -> tuple[type, ...]:
@@ -34,7 +52,7 @@ def _processor_classes() -> tuple[type, ...]:
 
 
 @register
-class SkyReelsV2Support(ModelSupport):
+class SkyReelsV2Support(_SkyReelsV2Calls):
     name = "skyreels-v2"
     model_classes = ("SkyReelsV2Transformer3DModel",)
     pipeline_classes = (T2V,)
@@ -54,7 +72,7 @@ class SkyReelsV2Support(ModelSupport):
 
 
 @register
-class SkyReelsV2DiffusionForcingSupport(ModelSupport):
+class SkyReelsV2DiffusionForcingSupport(_SkyReelsV2Calls):
     """The diffusion-forcing pipeline (found by its pipeline class; the transformer class is SkyReelsV2Support's)."""
 
     name = "skyreels-v2-diffusion-forcing"
@@ -75,3 +93,8 @@ class SkyReelsV2DiffusionForcingSupport(ModelSupport):
 
         return check_tiny_fits(tiny_skyreels_v2.build_tiny_pipeline(seed, diffusion_forcing=True), family,
                                "tiny_skyreels_v2")
+
+    def call_kwargs(self, pipe: Any, **request: Any) -> dict[str, Any]:
+        """The embeddings call, plus `prompt=None`: this pipeline's `__call__` takes `prompt` positionally with no
+        default."""
+        return {"prompt": None, **super().call_kwargs(pipe, **request)}

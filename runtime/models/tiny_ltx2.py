@@ -5,9 +5,9 @@ with the six attention modules), 2 heads x head dim 64 for the video and for the
 tower (`Gemma3TextModel`, 2 layers: the pipeline stacks all 3 hidden states, so the connectors'
 `text_proj_in_factor` is 3) over the byte-level tokenizer of runtime/models/_tiny_text.py (the pipeline pads it on
 the left, as Gemma's), tiny `LTX2TextConnectors` (8 learnable registers: the 16 text tokens are a multiple), a
-tiny video VAE whose compression ratios are set to the released 32x spatial, 8x temporal (the VAE never runs:
-latent output), a tiny audio VAE (4 latent channels x 4 latent mel bins = 16 packed audio channels) and a tiny
-vocoder (never run either).
+tiny video VAE that decodes at the released 32x spatial, 8x temporal (its compression ratios are given: diffusers
+computes them from the encoder's settings), a tiny audio VAE (4 latent channels x 4 latent mel bins = 16 packed
+audio channels) and a tiny vocoder. Tests call for latent output; `qcompile report` decodes.
 
 64x64 pixels, 9 frames at 24 fps -> 2 latent frames x 2 x 2 = 8 video tokens; 9/24 s x 25 audio latents per second
 -> 9 audio tokens; 16 text tokens. The pipeline's guidance defaults stay on: per step one batched CFG forward
@@ -59,7 +59,7 @@ def _vae():
     from diffusers import AutoencoderKLLTX2Video
 
     return AutoencoderKLLTX2Video(
-        latent_channels=LATENT_CHANNELS, block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8),
+        latent_channels=LATENT_CHANNELS, block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 16, 32),
         layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1),
         spatial_compression_ratio=32, temporal_compression_ratio=8,
     ).eval()
@@ -76,7 +76,8 @@ def _audio_vae():
 def _vocoder():
     from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
 
-    return LTX2Vocoder(in_channels=8, hidden_channels=8, upsample_kernel_sizes=[4], upsample_factors=[2],
+    # in: the audio VAE's decoded mel spectrogram, its 2 output channels x 16 mel bins
+    return LTX2Vocoder(in_channels=2 * MEL_BINS, hidden_channels=8, upsample_kernel_sizes=[4], upsample_factors=[2],
                        resnet_kernel_sizes=[3], resnet_dilations=[[1]]).eval()
 
 

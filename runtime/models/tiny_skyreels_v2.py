@@ -51,14 +51,16 @@ def build_tiny_pipeline(seed: int = 0, *, diffusion_forcing: bool = False):
     return pipe
 
 
-def encode(pipe, text: str) -> torch.Tensor:
+def encode(pipe, text: str, max_length: int = TEXT_TOKENS) -> torch.Tensor:
     """UMT5 embeddings as the pipeline makes them (padding zeroed), without its text cleaning: diffusers 0.42.1's
     SkyReels-V2 pipelines call `ftfy` unconditionally on a prompt string."""
-    tokens = pipe.tokenizer([text], padding="max_length", max_length=TEXT_TOKENS, truncation=True,
+    tokens = pipe.tokenizer([text], padding="max_length", max_length=max_length, truncation=True,
                             add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+    device = pipe.text_encoder.device
+    mask = tokens.attention_mask.to(device)
     with torch.no_grad():
-        hidden = pipe.text_encoder(tokens.input_ids, tokens.attention_mask).last_hidden_state
-    return hidden * tokens.attention_mask.unsqueeze(-1).to(hidden.dtype)
+        hidden = pipe.text_encoder(tokens.input_ids.to(device), mask).last_hidden_state
+    return hidden * mask.unsqueeze(-1).to(hidden.dtype)
 
 
 def tiny_inputs(pipe, num_inference_steps: int = 4, seed: int = 0, **extra: Any) -> dict:

@@ -141,3 +141,16 @@ def test_wrong_step_count_is_refused_and_model_support_is_found(pipe_stock):
         with pytest.raises(StepCountError, match=f"called with 3 denoising steps, expected {STEPS}"):
             run(tiny_ltx2, pipe, steps=3)
     assert torch.equal(run(tiny_ltx2, pipe), stock)
+
+
+def test_report_runs_the_tiny_pipeline_through_the_model_modules_call_arguments(tmp_path):
+    """`qcompile report --pipeline tiny` (the real CLI): the prompt strings go to the pipeline, which encodes them
+    itself; the video and audio VAEs and the vocoder decode; the plan is followed."""
+    from tests.runtime.models.test_skyreels_v2_runtime import cli_report
+
+    report = cli_report(RECIPE, tmp_path)
+    assert report["execution"]["matches_plan"] and report["summary"]["calls"]["fp8"] > 0
+    assert report["measured"]["num_frames"] == 9
+    assert set(report["measured"]["attention_tokens"]) == {
+        f"transformer/{k}" for k in ("video_self", "audio_self", "video_text", "audio_text", "audio_to_video",
+                                     "video_to_audio")}

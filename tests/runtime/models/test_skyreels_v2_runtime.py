@@ -157,3 +157,31 @@ def test_causal_blocks_mask_self_attention_and_follow_the_fallback_policy():
     with runtime.load(pipe, error_plan, backend="reference"):
         with pytest.raises(UnservableCallError):
             run(tiny_skyreels_v2, pipe, num_frames=13, causal_block_size=2)
+
+
+@pytest.mark.parametrize("diffusion_forcing", [False, True], ids=["t2v", "diffusion-forcing"])
+def test_report_runs_the_tiny_pipeline_through_the_model_modules_call_arguments(diffusion_forcing, tmp_path):
+    """`qcompile report --pipeline tiny` (the real CLI): the model module's call arguments (embeddings encoded
+    without ftfy; `prompt=None` for the diffusion-forcing pipeline) run the plan, which it follows."""
+    report = cli_report(RECIPES[diffusion_forcing], tmp_path)
+    assert report["execution"]["matches_plan"] and report["summary"]["calls"]["fp8"] > 0
+    assert report["measured"]["num_frames"] == 9
+
+
+def cli_report(recipe: str, folder, steps: int = STEPS) -> dict:
+    """The shipped recipe cut to `steps` steps, reported on the family's tiny pipeline with the real CLI."""
+    import json
+    import re
+
+    from click.testing import CliRunner
+
+    from qcompiler.cli.main import cli
+
+    path = folder / f"{recipe}.yaml"
+    path.write_text(re.sub(r"(?m)^num_inference_steps: *\d+", f"num_inference_steps: {steps}",
+                           (RECIPE_DIR / f"{recipe}.yaml").read_text()))
+    out = folder / "report"
+    result = CliRunner().invoke(cli, ["report", str(path), "--pipeline", "tiny", "--backend", "reference",
+                                      "--no-progress", "-o", str(out)])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    return json.loads((out / "report.json").read_text())
