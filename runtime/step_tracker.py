@@ -14,6 +14,15 @@ starts at the step whose timestep the pipeline runs first: `step_index` is None 
 `scheduler.step`, and then the step is where that timestep sits in the schedule, as the scheduler itself
 finds it.
 
+Diffusion forcing (SkyReels-V2's SkyReelsV2DiffusionForcingPipeline; a model support with
+`steps_are_loop_iterations`) gives every latent frame its own timestep and steps the frames with per-frame copies
+of the scheduler, so neither `step_index` nor one timestep value can say the step. There a plan's step is the index
+of the denoising loop's iteration: the pipeline's current timestep is the loop's row of per-frame timesteps, a new
+tensor each iteration and the same one for every forward of it, and every frame computed in that iteration follows
+that plan row. The loop's length is the pipeline's `num_timesteps` (the step matrix's rows: `num_inference_steps`
+when synchronous, more with `ar_step > 0`), checked against the plan's step count; a long video runs one loop per
+chunk, each starting again at step 0 and checked again.
+
 A scheduler with no `step_index` (CogVideoX's DDIM and DPM schedulers) is followed by the pipeline's current
 timestep instead: the denoising loop sets it to the loop's `t`, a new tensor each step and the same one for every
 forward of a step, so a new `t` is the next step of the schedule holding its value.
@@ -66,6 +75,9 @@ class StepTracker:
         self._depth = 0  # nested entries of the owner thread (a pipeline calling itself)
         self._fresh_call = False  # __call__ entered: the next forward starts a call, whatever its timesteps
         self._loop_timestep: Any = None  # schedulers without step_index: the loop's `t` of the current step
+        # diffusion forcing: a plan step is a loop iteration (see the module docstring)
+        self._loop_iterations = bool(getattr(self.support, "steps_are_loop_iterations", False))
+        self._loop_length = 0  # diffusion forcing: iterations of the loop in progress (a long video's chunk)
 
     def enter_call(self) -> None:
         """The pipeline's `__call__` was entered in this thread: own the call, or refuse if another thread does."""
@@ -110,11 +122,14 @@ class StepTracker:
         if timesteps is not self._timesteps or self._fresh_call:
             self._begin_call(timesteps)
         step = getattr(scheduler, "step_index", _NO_STEP_INDEX)
-        if step is _NO_STEP_INDEX:
+        if self._loop_iterations:
+            step = self._step_from_iteration()
+        elif step is _NO_STEP_INDEX:
             step = self._step_from_loop()
         elif step is None:  # before the first scheduler.step of the call
             step = self._first_step(scheduler)
-        self._check_timestep(step)
+        if not self._loop_iterations:
+            self._check_timestep(step)
         if step == self._last_step:
             self._forwards_in_step += 1
         else:
@@ -132,8 +147,10 @@ class StepTracker:
                 "a planned transformer ran outside a denoising loop (its pipeline's scheduler has no timesteps); "
                 "call the pipeline itself, not the transformer"
             )
+        if self._loop_iterations:
+            self._check_iterations()
         steps = len(timesteps)
-        if self.num_steps is not None and steps != self.num_steps:
+        if self.num_steps is not None and steps != self.num_steps and not self._loop_iterations:
             raise StepCountError(
                 f"the pipeline was called with {steps} denoising steps, expected {self.num_steps}: call it with "
                 f"num_inference_steps={self.num_steps}, {self.fix_hint.format(steps=steps)}"
@@ -146,6 +163,37 @@ class StepTracker:
         self._last_step = -1
         self._forwards_in_step = 0
         self.pipeline_calls += 1
+
+    def _check_iterations(self) -> None:
+        """Diffusion forcing: refuse a denoising loop whose iteration count is not the plan's step count."""
+        iterations = getattr(self.pipe, "num_timesteps", None)
+        if not isinstance(iterations, int):
+            raise PlanMismatchError(
+                f"step tracking lost: {type(self.pipe).__name__} gives no num_timesteps (its denoising loop's "
+                "length), so plan rows cannot be matched to loop iterations")
+        self._loop_length = iterations
+        if self.num_steps is not None and iterations != self.num_steps:
+            raise StepCountError(
+                f"the diffusion-forcing loop runs {iterations} iterations, expected {self.num_steps}: a plan's step is "
+                "one iteration of the loop, which runs num_inference_steps iterations when synchronous (ar_step=0) "
+                "and num_inference_steps + (frame blocks - 1) x ar_step when asynchronous; call it so that the loop "
+                f"runs {self.num_steps} iterations, {self.fix_hint.format(steps=iterations)}")
+
+    def _step_from_iteration(self) -> int:
+        """Diffusion forcing: the step is the loop iteration, a new row of per-frame timesteps starting the next."""
+        current = current_timestep(self.pipe)
+        if current is None:
+            raise PlanMismatchError(
+                f"step tracking lost: {type(self.pipe).__name__} sets no current timestep, so plan rows cannot be "
+                "matched to loop iterations")
+        if current is self._loop_timestep:  # another forward (the uncond branch) of the same iteration
+            return self._last_step
+        step = self._last_step + 1
+        if step >= self._loop_length:  # a long video's next chunk: a new loop, from the plan's step 0
+            self._check_iterations()
+            step = 0
+        self._loop_timestep = current
+        return step
 
     def _step_from_loop(self) -> int:
         """The step of a forward whose scheduler keeps no step index: from the loop's current timestep."""

@@ -31,13 +31,19 @@ NEW = {
     "hunyuanvideo15_t2v_480p": ("hunyuanvideo1.5-t2v-480p", "hunyuanvideo15_t2v_480p", 50),
     "hunyuanvideo_t2v_720p": ("hunyuanvideo-t2v-720p", "hunyuanvideo_t2v_720p", 50),
     "ltx_video": ("ltx-video", "ltx_video", 50),
+    "ltx2": ("ltx-2", "ltx2", 30),
+    "skyreels_v2_t2v_540p": ("skyreels-v2-t2v-14b-540p", "skyreels_v2_t2v_14b_540p", 50),
+    "skyreels_v2_df_540p": ("skyreels-v2-df-14b-540p", "skyreels_v2_df_14b_540p", 50),
+    "mochi1": ("mochi-1", "mochi1", 64),
     "cogvideox_2b": ("cogvideox-2b", "cogvideox_2b", 50),
     "cogvideox_5b": ("cogvideox-5b", "cogvideox_5b", 50),
     "qwen_image": ("qwen-image", "qwen_image", 50),
 }
 # What each recipe quantizes (the rest of the family's kinds stay native; the recipes' comments say why).
 SCOPE = {"flux1_dev": ["joint", "single"], "flux1_schnell": ["joint", "single"], "hunyuanvideo15_t2v_480p": ["joint"],
-         "hunyuanvideo_t2v_720p": ["joint", "single"],
+         "hunyuanvideo_t2v_720p": ["joint", "single"], "ltx2": ["video_self"],
+         "skyreels_v2_t2v_540p": ["self"], "skyreels_v2_df_540p": ["self"],
+         "mochi1": ["joint"],
          "ltx_video": ["self"], "cogvideox_2b": ["joint"], "cogvideox_5b": ["joint"], "qwen_image": ["joint"]}
 EXPORTS = {"vllm-omni": export_vllm_omni, "MindIE-SD 3.1.0": export_mindiesd, "xDiT (xfuser 0.7.0)": export_xdit}
 runner = CliRunner()

@@ -32,6 +32,8 @@ FAMILIES = {
     "qwen_image": ("tiny_qwenimage", {}),
     "hunyuanvideo15_t2v_480p": ("tiny_hunyuanvideo15", {}),
     "hunyuanvideo_t2v_720p": ("tiny_hunyuanvideo", {}),
+    "skyreels_v2_t2v_14b_540p": ("tiny_skyreels_v2", {}),
+    "skyreels_v2_df_14b_540p": ("tiny_skyreels_v2", {"diffusion_forcing": True}),
 }
 
 # Observed per forward: (block list path, attention module, how attention is reached, mask passed) -> calls.
@@ -50,12 +52,16 @@ EXPECTED_CALLS = {
     "hunyuanvideo_t2v_720p": {("context_embedder.token_refiner.refiner_blocks", "attn", "sdpa", True): 2,
                               ("transformer_blocks", "attn", "dispatch", True): 20,
                               ("single_transformer_blocks", "attn", "dispatch", True): 40},
+    "skyreels_v2_t2v_14b_540p": {("blocks", "attn1", "dispatch", False): 40, ("blocks", "attn2", "dispatch", False): 40},
+    "skyreels_v2_df_14b_540p": {("blocks", "attn1", "dispatch", False): 40, ("blocks", "attn2", "dispatch", False): 40},
 }
 # Transformer forwards per denoising step and the batch of each attention call (batched CFG: 2 in one forward).
 FORWARDS_PER_STEP = {"flux1_dev": 1, "flux1_schnell": 1, "cogvideox_2b": 1, "cogvideox_5b": 1, "ltx_video": 1,
-                     "qwen_image": 2, "hunyuanvideo15_t2v_480p": 2, "hunyuanvideo_t2v_720p": 1}
+                     "qwen_image": 2, "hunyuanvideo15_t2v_480p": 2, "hunyuanvideo_t2v_720p": 1,
+                     "skyreels_v2_t2v_14b_540p": 2, "skyreels_v2_df_14b_540p": 2}
 CALL_BATCH = {"flux1_dev": 1, "flux1_schnell": 1, "cogvideox_2b": 2, "cogvideox_5b": 2, "ltx_video": 2,
-              "qwen_image": 1, "hunyuanvideo15_t2v_480p": 1, "hunyuanvideo_t2v_720p": 1}
+              "qwen_image": 1, "hunyuanvideo15_t2v_480p": 1, "hunyuanvideo_t2v_720p": 1,
+              "skyreels_v2_t2v_14b_540p": 1, "skyreels_v2_df_14b_540p": 1}
 # Pipelines on the slow side of 2 s per build + two 2-step calls with one thread.
 SLOW = {"qwen_image", "hunyuanvideo15_t2v_480p", "hunyuanvideo_t2v_720p", "ltx_video"}
 STEPS = 2
