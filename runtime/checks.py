@@ -144,7 +144,12 @@ def check_structure(pipe: Any, plan: Plan) -> dict[str, torch.nn.Module]:
                 except AttributeError:
                     raise PlanMismatchError(f"{name} has no attention module {path} ({kind} attention)") from None
                 if not hasattr(module, "set_processor"):
-                    raise PlanMismatchError(f"{name}.{path} is not a diffusers attention module")
+                    raise PlanMismatchError(
+                        f"{name}.{path} ({kind} attention) is a {type(module).__name__}, not a diffusers attention "
+                        f"module with a processor: qcompile's runtime cannot serve {type(present[name]).__name__} "
+                        "yet (it reaches attention through a module's processor; docs/families.md says what each "
+                        "family needs). Run this plan's family with the stock pipeline, or keep to the families "
+                        "runtime/models/ serves")
     pipe_ratio = (getattr(pipe, "config", {}) or {}).get("boundary_ratio")
     if len(plan.component_names) > 1 and pipe_ratio != family.boundary_ratio:
         warnings.warn(
