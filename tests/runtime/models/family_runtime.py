@@ -16,6 +16,7 @@ import functools
 import re
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 import torch
@@ -132,3 +133,25 @@ def assert_wrong_step_count_refused(module, pipe, stock: torch.Tensor, plan: Pla
         with pytest.raises(StepCountError, match=f"called with 3 denoising steps, expected {STEPS}"):
             run(module, pipe, steps=3)
     assert torch.equal(run(module, pipe), stock)
+
+
+class PlannedRun(NamedTuple):
+    """One pipeline call with a plan loaded: its output, the runtime's report and observer records, and what the
+    independent observer saw (`obs`, and `quantized`: the calls the reference kernel served)."""
+
+    out: torch.Tensor
+    report: Any
+    records: list
+    obs: Observation
+    quantized: set
+
+
+def planned_run(module, pipe, plan: Plan, backend: Any = "reference", **run_kwargs) -> PlannedRun:
+    """`run(module, pipe)` with `plan` loaded and observed, unloaded afterwards whatever happens."""
+    records: list = []
+    with runtime.load(pipe, plan, backend=backend) as handle:
+        handle.set_observer(records.append)
+        with observe_quantized(pipe.transformer) as (obs, quantized):
+            out = run(module, pipe, **run_kwargs)
+        report = handle.report()
+    return PlannedRun(out, report, records, obs, quantized)

@@ -21,6 +21,7 @@ from tests.runtime.models.family_runtime import (
     compile_variant,
     observe_quantized,
     planned_cells,
+    planned_run,
     run,
 )
 
@@ -44,13 +45,7 @@ def pipes():
 def test_shipped_plan_runs_cell_for_cell_and_unload_restores_stock(variant, pipes, tmp_path):
     pipe, stock = pipes(variant)
     plan = compile_shipped(RECIPES[variant], tmp_path / "plan.json")
-    handle = runtime.load(pipe, plan, backend="reference")
-    try:
-        with observe_quantized(pipe.transformer) as (obs, quantized):
-            out = run(tiny_flux, pipe)
-        report = handle.report()
-    finally:
-        handle.unload()
+    out, report, _, obs, quantized = planned_run(tiny_flux, pipe, plan)
     assert report.matches_plan(), report.mismatches()[:5]
     assert report.pipeline_calls == 1 and report.fallback_calls == 0
     assert len(obs.forwards) == STEPS  # guidance-distilled: one forward per step

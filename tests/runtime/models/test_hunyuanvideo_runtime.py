@@ -34,6 +34,7 @@ from tests.runtime.models.family_runtime import (
     compile_variant,
     observe_quantized,
     planned_cells,
+    planned_run,
     run,
 )
 
@@ -68,15 +69,7 @@ def case_pipe_stock(request):
 def test_shipped_plan_runs_cell_for_cell_with_every_masked_call_packed(case_pipe_stock, tmp_path):
     case, pipe, stock = case_pipe_stock
     plan = compile_shipped(case.recipe, tmp_path / "plan.json")
-    records = []
-    handle = runtime.load(pipe, plan, backend="reference")
-    try:
-        handle.set_observer(records.append)
-        with observe_quantized(pipe.transformer) as (obs, quantized):
-            out = run(case.tiny, pipe)
-        report = handle.report()
-    finally:
-        handle.unload()
+    out, report, records, obs, quantized = planned_run(case.tiny, pipe, plan)
     assert len(obs.forwards) == case.forwards_per_step * STEPS
     assert all(call.masked for calls in obs.forwards for call in calls)  # every call carries its text mask
     planned, cells = planned_cells(plan, obs, forwards_per_step=case.forwards_per_step)

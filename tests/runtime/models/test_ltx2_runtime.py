@@ -41,12 +41,6 @@ FORWARDS_PER_STEP = 3  # batched CFG, STG, modality isolation
 ALL_KINDS = "[video_self, audio_self, video_text, audio_text, audio_to_video, video_to_audio]"
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-
-
 @pytest.fixture(scope="module")
 def pipe_stock():
     pipe = tiny_ltx2.build_tiny_pipeline(0)

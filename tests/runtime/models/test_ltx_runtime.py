@@ -30,6 +30,7 @@ from tests.runtime.models.family_runtime import (
     compile_variant,
     observe_quantized,
     planned_cells,
+    planned_run,
     run,
 )
 
@@ -45,15 +46,7 @@ def pipe_and_stock():
 def test_shipped_plan_runs_cell_for_cell_in_one_batched_forward_per_step(pipe_and_stock, tmp_path):
     pipe, stock = pipe_and_stock
     plan = compile_shipped("ltx_video", tmp_path / "plan.json")
-    records = []
-    handle = runtime.load(pipe, plan, backend="reference")
-    try:
-        handle.set_observer(records.append)
-        with observe_quantized(pipe.transformer) as (obs, quantized):
-            out = run(tiny_ltx, pipe)
-        report = handle.report()
-    finally:
-        handle.unload()
+    out, report, records, obs, quantized = planned_run(tiny_ltx, pipe, plan)
     assert report.matches_plan(), report.mismatches()[:5]
     assert report.pipeline_calls == 1 and report.fallback_calls == 0
     assert len(obs.forwards) == STEPS  # batched CFG: one forward per step ...

@@ -29,12 +29,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:In CPU autoca
 DATA = Path(__file__).resolve().parents[3] / "qcompiler" / "families" / "data"
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-
-
 @pytest.fixture(scope="module")
 def pipe_stock():
     pipe = tiny_mochi.build_tiny_pipeline(0)

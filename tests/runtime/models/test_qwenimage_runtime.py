@@ -24,6 +24,7 @@ from tests.runtime.models.family_runtime import (
     compile_variant,
     observe_quantized,
     planned_cells,
+    planned_run,
     run,
 )
 
@@ -42,15 +43,7 @@ def pipe_and_stock():
 def test_shipped_plan_runs_cell_for_cell_in_both_cfg_forwards(pipe_and_stock, tmp_path):
     pipe, stock = pipe_and_stock
     plan = compile_shipped("qwen_image", tmp_path / "plan.json")
-    records = []
-    handle = runtime.load(pipe, plan, backend="reference")
-    try:
-        handle.set_observer(records.append)
-        with observe_quantized(pipe.transformer) as (obs, quantized):
-            out = run(tiny_qwenimage, pipe)
-        report = handle.report()
-    finally:
-        handle.unload()
+    out, report, records, obs, quantized = planned_run(tiny_qwenimage, pipe, plan)
     assert report.matches_plan(), report.mismatches()[:5]
     assert report.pipeline_calls == 1 and report.fallback_calls == 0
     assert len(obs.forwards) == 2 * STEPS  # true CFG: cond and uncond forwards per step

@@ -35,12 +35,6 @@ SUPPORTS = {False: SkyReelsV2Support, True: SkyReelsV2DiffusionForcingSupport}
 FORWARDS_PER_STEP = 2  # cond, uncond
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-
-
 @pytest.fixture(scope="module", params=[False, True], ids=["t2v", "diffusion-forcing"])
 def df_pipe_stock(request):
     pipe = tiny_skyreels_v2.build_tiny_pipeline(0, diffusion_forcing=request.param)
