@@ -68,6 +68,15 @@ ROWS = [
     Row("hunyuanvideo-t2v-720p", "hunyuanvideo_t2v_720p", True,
         frozenset({"prompt", "guidance_scale", "prompt_template", "num_frames"}),
         frozenset({"negative_prompt", "true_cfg_scale"})),
+    # LTX-2: text prompts (Gemma and the connectors encode them), video CFG; six kinds in one block list. Its text
+    # kinds' mask is the connectors' all-zeros bias (a padding mask that drops no key): measured
+    Row("ltx-2", "ltx2", True, frozenset({"prompt", "negative_prompt", "num_frames", "guidance_scale"}),
+        frozenset({"prompt_embeds", "negative_prompt_embeds", "true_cfg_scale"})),
+    # SkyReels-V2: Wan's embeddings call; diffusion forcing also passes `prompt=None` (positional, no default)
+    Row("skyreels-v2-t2v-14b-540p", "skyreels_v2_t2v_540p", True, VIDEO_EMBEDDINGS,
+        frozenset({"true_cfg_scale", "prompt"})),
+    Row("skyreels-v2-df-14b-540p", "skyreels_v2_df_540p", True, VIDEO_EMBEDDINGS | {"prompt"},
+        frozenset({"true_cfg_scale", "negative_prompt"})),
 ]
 COMMON_CALL_KEYS = {"height", "width", "num_inference_steps", "generator", "output_type"}
 EXPORT_TARGETS = {"vllm-omni": "vllm-omni", "mindiesd": "MindIE-SD 3.1.0", "xdit": "xDiT (xfuser 0.7.0)"}
