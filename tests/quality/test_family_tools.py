@@ -3,8 +3,8 @@
 `patch` into a saved tiny pipeline + `runtime.load` picking the embedded plan, and the exports' refusals.
 
 Every command runs through the real click CLI (CliRunner) on real diffusers tiny pipelines; plans are cut to
-2 steps. The tests that build pipelines are slow (seconds each: 19 + 38, 60 or 28 blocks); one pipeline per
-family is shared by the module (`pipe`).
+2 steps. The tests that build pipelines are slow (seconds each: 19 + 38, 60 or 28 blocks; LTX-2's 48 blocks of six
+kinds, three forwards a step); one pipeline per family is shared by the module (`pipe`).
 """
 
 from __future__ import annotations
@@ -309,6 +309,10 @@ def test_patch_then_runtime_load_follows_the_embedded_plan(row, pipe, tmp_path):
     saved = json.loads((folder / "transformer" / "config.json").read_text())
     assert load_plan(saved["_qcompile_plan"]).content_hash == plan.content_hash
     loaded = load_tiny_pipeline(folder)
+    # every component comes back offline as its own class (LTX-2: the audio VAE, vocoder and text connectors too)
+    assert type(loaded) is type(pipe)
+    assert ({name: type(c).__name__ for name, c in loaded.components.items() if c is not None}
+            == {name: type(c).__name__ for name, c in pipe.components.items() if c is not None})
     handle = runtime.load(loaded, backend="reference")  # no plan: the embedded one
     try:
         assert handle.plan.content_hash == plan.content_hash
