@@ -3,8 +3,8 @@
 `patch` into a saved tiny pipeline + `runtime.load` picking the embedded plan, and the exports' refusals.
 
 Every command runs through the real click CLI (CliRunner) on real diffusers tiny pipelines; plans are cut to
-2 steps. The tests that build pipelines are slow (seconds each: 19 + 38, 60 or 28 blocks); one pipeline per
-family is shared by the module (`pipe`).
+2 steps. The tests that build pipelines are slow (seconds each: 19 + 38, 60 or 28 blocks; LTX-2's 48 blocks of six
+kinds, three forwards a step); one pipeline per family is shared by the module (`pipe`).
 """
 
 from __future__ import annotations
@@ -68,6 +68,15 @@ ROWS = [
     Row("hunyuanvideo-t2v-720p", "hunyuanvideo_t2v_720p", True,
         frozenset({"prompt", "guidance_scale", "prompt_template", "num_frames"}),
         frozenset({"negative_prompt", "true_cfg_scale"})),
+    # LTX-2: text prompts (Gemma and the connectors encode them), video CFG; six kinds in one block list. Its text
+    # kinds' mask is the connectors' all-zeros bias (a padding mask that drops no key): measured
+    Row("ltx-2", "ltx2", True, frozenset({"prompt", "negative_prompt", "num_frames", "guidance_scale"}),
+        frozenset({"prompt_embeds", "negative_prompt_embeds", "true_cfg_scale"})),
+    # SkyReels-V2: Wan's embeddings call; diffusion forcing also passes `prompt=None` (positional, no default)
+    Row("skyreels-v2-t2v-14b-540p", "skyreels_v2_t2v_540p", True, VIDEO_EMBEDDINGS,
+        frozenset({"true_cfg_scale", "prompt"})),
+    Row("skyreels-v2-df-14b-540p", "skyreels_v2_df_540p", True, VIDEO_EMBEDDINGS | {"prompt"},
+        frozenset({"true_cfg_scale", "negative_prompt"})),
 ]
 COMMON_CALL_KEYS = {"height", "width", "num_inference_steps", "generator", "output_type"}
 EXPORT_TARGETS = {"vllm-omni": "vllm-omni", "mindiesd": "MindIE-SD 3.1.0", "xdit": "xDiT (xfuser 0.7.0)"}
@@ -300,6 +309,10 @@ def test_patch_then_runtime_load_follows_the_embedded_plan(row, pipe, tmp_path):
     saved = json.loads((folder / "transformer" / "config.json").read_text())
     assert load_plan(saved["_qcompile_plan"]).content_hash == plan.content_hash
     loaded = load_tiny_pipeline(folder)
+    # every component comes back offline as its own class (LTX-2: the audio VAE, vocoder and text connectors too)
+    assert type(loaded) is type(pipe)
+    assert ({name: type(c).__name__ for name, c in loaded.components.items() if c is not None}
+            == {name: type(c).__name__ for name, c in pipe.components.items() if c is not None})
     handle = runtime.load(loaded, backend="reference")  # no plan: the embedded one
     try:
         assert handle.plan.content_hash == plan.content_hash
