@@ -423,8 +423,7 @@ def _masked_in(sensitivity: Sensitivity, kinds: Sequence[str]) -> list[str] | No
     masked = sensitivity.masked_kinds
     if masked is None:
         return None
-    return [kind for kind in kinds
-            if kind in masked or sensitivity.mask_calls(kind)["unservable_calls"]]  # type: ignore[index]
+    return [kind for kind in kinds if kind in masked or (sensitivity.mask_calls(kind) or {}).get("unservable_calls")]
 
 
 def _kind_calls(sensitivity: Sensitivity, kind: str) -> str:
