@@ -75,9 +75,11 @@ class ComponentState:
         self.observer: Callable[[CallRecord], None] | None = None  # plan mode: records of FP8 calls
         self.sink: list[CallRecord] | None = None  # shadow mode: where records go
         self.fallback = fallback  # the plan's policy for a planned-quantized call the kernel cannot take
-        # plan mode: per kind, the quantized calls that carried a padding mask and ran packed (runtime/masks.py)
+        # per kind, the quantized calls (shadow mode: measured calls) that carried a padding mask and ran packed
+        # (runtime/masks.py)
         self.packed_calls: dict[str, int] = {}
-        self.refused: dict[str, str] = {}  # plan mode: per kind, why the kernel last refused a planned call
+        self.refused: dict[str, str] = {}  # per kind, why the kernel last refused a planned (shadowed) call
+        self.unservable_calls: dict[str, int] = {}  # shadow mode: per kind, calls the kernel could not take
         # Under Ulysses, kinds whose one call attends over [text, image] with both streams sharded (Flux,
         # Qwen-Image joint attention): the all-to-all hands each rank [text_0, image_0, text_1, image_1, ...];
         # FP8 cells restore one process's [text, image] order (other blocks, other scales otherwise).
@@ -137,6 +139,11 @@ class Site:
             if not why:
                 fp8 = self._quantized(query, key, value, attn_mask, packing, scale, parallel_config)
                 state.sink.append(self._record(fp8, native, used="native"))
+                if packing is not None and counting:
+                    state.packed_calls[self.kind] = state.packed_calls.get(self.kind, 0) + 1
+            elif counting:
+                state.unservable_calls[self.kind] = state.unservable_calls.get(self.kind, 0) + 1
+                state.refused[self.kind] = why
             return native
         if not why:
             if counting:

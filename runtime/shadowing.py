@@ -45,12 +45,18 @@ def family_layout(pipe: Any) -> Family:
 @dataclass
 class ShadowRecorder:
     """Holds the records of a shadow run. `records` grows by one CallRecord per attention call
-    (two where one attention module makes two dispatch calls, e.g. a cross-attention over image and text tokens)."""
+    (two where one attention module makes two dispatch calls, e.g. a cross-attention over image and text tokens).
+    Per kind, over every component: `packed_calls`, measured calls with a padding mask (run packed,
+    runtime/masks.py); `unservable_calls`, calls the quantized kernel could not take (not measured, no record),
+    and `unservable_reasons`, why it refused the last one."""
 
     backend: str
     numerics: Numerics
     records: list[CallRecord] = field(default_factory=list)
     pipeline_calls: int = 0
+    packed_calls: dict[str, int] = field(default_factory=dict)
+    unservable_calls: dict[str, int] = field(default_factory=dict)
+    unservable_reasons: dict[str, str] = field(default_factory=dict)
 
     def to_dicts(self) -> list[dict]:
         return [r.to_dict() for r in self.records]
@@ -107,6 +113,8 @@ def shadow(
             raise BackendUnavailableError(f"shadow mode cannot run FP8 attention in {name}: {why}")
         state = ComponentState(name, SHADOW, fp8, context)
         state.sink = recorder.records
+        state.packed_calls, state.unservable_calls = recorder.packed_calls, recorder.unservable_calls
+        state.refused = recorder.unservable_reasons
         state.joint_kinds = joint_kinds(family)  # under Ulysses, measure joint calls in one process's token order
         rotation = (found.head_dim, numerics.rotation_seed) if numerics.hadamard_rotation else None
         # without a plan, the family may be another size of this pipeline class: count the model's blocks

@@ -30,10 +30,12 @@ from qcompiler.suggest.sensitivity import load_sensitivity
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Recipe file to write.")
 @click.option("--dtype", type=FormatChoice(),
               help="The recipe's quantized format (default: the one the sensitivity file measured; another is refused).")
-@click.option("--fallback", type=click.Choice(["error", "native"]), default="error", show_default=True,
-              help="The recipe's fallback when no FP8 kernel is available at run time.")
+@click.option("--fallback", type=click.Choice(["error", "native"]),
+              help="The recipe's fallback for a planned quantized call no kernel can take (no kernel at run time, a "
+                   "mask that is not padding). Default: native when a kind the recipe quantizes can carry an "
+                   "attention mask (the sensitivity file says which), else error.")
 def command(sensitivity: str, min_cos: float | None, max_rel_l1: float | None, fp8_flop_share: float | None,
-            output: str, dtype: str | None, fallback: str) -> None:
+            output: str, dtype: str | None, fallback: str | None) -> None:
     """Write a recipe meeting a quality budget with the most FP8, from `qcompile calibrate` output."""
     chosen = [(kind, value) for kind, value in
               (("min_cos", min_cos), ("max_rel_l1", max_rel_l1), ("fp8_flop_share", fp8_flop_share)) if value is not None]

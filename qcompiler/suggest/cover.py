@@ -18,11 +18,16 @@ The algorithm (also in docs/report-and-calibrate.md):
    and alone; the default and grouping with the fewest rules wins.
 3. Check it: the text is compiled with the real compiler and its tables compared to the chosen cells
    (`verify_suggestion`).
+4. The fallback (unless given): `native` when a kind the recipe runs quantized can carry an attention mask in the
+   measured model, or had calls the kernel could not take during calibration (the file's `masks`): a call whose
+   mask the kernel cannot serve exactly then runs native, counted in the report, instead of stopping the run.
+   `error` otherwise, and for a format-1 file, which does not say (a comment then says the masks are unknown).
 """
 
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import groupby
@@ -298,6 +303,7 @@ class Suggestion:
     worst_fp8_rel_l1: float | None
     rules: tuple[SuggestedRule, ...]
     default: str
+    fallback: str = "error"
 
 
 def _layout(sensitivity: Sensitivity) -> _Layout:
@@ -411,11 +417,70 @@ def _yaml_list(items: Iterable[str]) -> str:
     return "[" + ", ".join(items) + "]"
 
 
+def _masked_in(sensitivity: Sensitivity, kinds: Sequence[str]) -> list[str] | None:
+    """The kinds among `kinds` that can carry an attention mask in the measured model or had calls the kernel
+    could not take during calibration; None when the file does not say (format 1)."""
+    masked = sensitivity.masked_kinds
+    if masked is None:
+        return None
+    return [kind for kind in kinds if kind in masked or (sensitivity.mask_calls(kind) or {}).get("unservable_calls")]
+
+
+def _kind_calls(sensitivity: Sensitivity, kind: str) -> str:
+    calls = sensitivity.mask_calls(kind)
+    assert calls is not None
+    measured = sum(c.calls for c in sensitivity.cells.values() if c.kind == kind)
+    text = (f"#   {kind}: {calls['packed_calls']} of {measured} measured calls ran packed (padding mask), "
+            f"{calls['unservable_calls']} could not be served")
+    reason = calls.get("unservable_reason")
+    return f"{text} ({reason})." if reason else f"{text}."
+
+
+def _comment(text: str) -> list[str]:
+    return ["# " + line for line in textwrap.wrap(text, width=114, break_long_words=False, break_on_hyphens=False)]
+
+
+def _fallback_comment(sensitivity: Sensitivity, fallback: str, chosen: bool, quantized_kinds: list[str]) -> list[str]:
+    """Comment lines above `fallback:` saying why it is what it is; none for a model that masks no kind (so
+    Wan's, Flux's and CogVideoX's recipes read as before masks were recorded)."""
+    masked = _masked_in(sensitivity, quantized_kinds)
+    if masked is None:
+        if chosen:
+            return []
+        return _comment(
+            "fallback: error: this sensitivity file (format 1) does not record which attention kinds can carry a "
+            "mask. If calls of a quantized kind carry one the kernel cannot serve exactly (not padding), the run "
+            "stops with UnservableCallError: then set `fallback: native`, or re-run qcompile calibrate and suggest.")
+    if not masked:
+        outside = [kind for kind in sensitivity.masked_kinds or () if kind not in quantized_kinds]
+        if not outside or fallback != "error":
+            return []
+        return _comment(f"fallback: error: {', '.join(outside)} can carry an attention mask in this model but "
+                        "is not quantized here; no kind the recipe quantizes carries one.")
+    declared = [kind for kind in masked if kind in (sensitivity.masked_kinds or ())]
+    refused = [kind for kind in masked if kind not in declared]
+    why = "; ".join(part for part in (
+        f"{', '.join(declared)} can carry an attention mask in this model" if declared else "",
+        f"{', '.join(refused)} had calls the quantized kernel could not take during calibration" if refused else "",
+    ) if part)
+    if fallback == "native":
+        text = (f"fallback: native: {why}. The kernel serves a padding mask exactly (packed); a call whose mask it "
+                "cannot serve exactly runs native instead, counted as fallback in the report, where `fallback: "
+                "error` would stop the run (UnservableCallError). Calibration:")
+    else:
+        text = (f"fallback: error, as asked, though {why}: a call whose mask the kernel cannot serve exactly stops "
+                "the run with UnservableCallError (`fallback: native` runs it native, counted in the report). "
+                "Calibration:")
+    return [*_comment(text), *(_kind_calls(sensitivity, kind) for kind in masked)]
+
+
 def suggest_recipe(
-    sensitivity: Sensitivity, budget: Budget, *, source_name: str = "sensitivity.json", fallback: str = "error",
+    sensitivity: Sensitivity, budget: Budget, *, source_name: str = "sensitivity.json", fallback: str | None = None,
     schema_ref: str = RECIPE_SCHEMA_URL, dtype: str | None = None,
 ) -> Suggestion:
     """The recipe text meeting `budget` with the most FP8 (see the module docstring), plus facts about it.
+
+    `fallback`: the recipe's `fallback`; None chooses it from the file (step 4 of the module docstring).
 
     `schema_ref` goes in the first line for editors (`# yaml-language-server: $schema=...`); the CLI passes
     the path of schemas/recipe.schema.json relative to the written file, as the shipped recipes do.
@@ -440,6 +505,11 @@ def suggest_recipe(
         default_fp8, rects = _best_cover(sensitivity, fp8, scope)
     default = "fp8" if default_fp8 else "native"
     precision = "native" if default_fp8 else "fp8"
+    quantized_kinds = scope_kinds if fp8 else []
+    chosen = fallback is not None
+    if fallback is None:
+        fallback = "native" if _masked_in(sensitivity, quantized_kinds) else "error"
+    fallback_comment = _fallback_comment(sensitivity, fallback, chosen, quantized_kinds)
     rules = _rules(rects, precision, scope_components, scope_kinds, sensitivity, budget)
 
     measured = list(sensitivity.cells.values())
@@ -448,11 +518,12 @@ def suggest_recipe(
     share = fp8_flops / total_flops if total_flops else 0.0
     worst_cos = min((sensitivity.cells[k].cos_sim_worst for k in fp8), default=None)
     worst_rel = max((sensitivity.cells[k].rel_l1_worst for k in fp8), default=None)
-    text = _render(sensitivity, budget, source_name, fallback, schema_ref, scope_components, scope_kinds, default,
-                   rules, len(fp8), len(measured), share, worst_cos, worst_rel)
+    text = _render(sensitivity, budget, source_name, fallback, fallback_comment, schema_ref, scope_components,
+                   scope_kinds, default, rules, len(fp8), len(measured), share, worst_cos, worst_rel)
     return Suggestion(
         text=text, budget=budget, fp8_cells=fp8, measured_cells=len(measured), fp8_flop_share=share,
         worst_fp8_cos_sim=worst_cos, worst_fp8_rel_l1=worst_rel, rules=tuple(rules), default=default,
+        fallback=fallback,
     )
 
 
@@ -464,8 +535,8 @@ def _format_numerics_yaml(dtype: str, numerics) -> str:
     return "".join(f", {key}: {str(value).lower() if isinstance(value, bool) else value}" for key, value in items)
 
 
-def _render(sensitivity: Sensitivity, budget: Budget, source_name: str, fallback: str, schema_ref: str,
-            scope_components: list[str],
+def _render(sensitivity: Sensitivity, budget: Budget, source_name: str, fallback: str, fallback_comment: list[str],
+            schema_ref: str, scope_components: list[str],
             scope_kinds: list[str], default: str, rules: list[SuggestedRule], fp8_count: int, measured_count: int,
             share: float, worst_cos: float | None, worst_rel: float | None) -> str:
     measured = sensitivity.measured
@@ -492,6 +563,7 @@ def _render(sensitivity: Sensitivity, budget: Budget, source_name: str, fallback
         f"k_mean_subtraction: {str(numerics['k_mean_subtraction']).lower()}"
         + _format_numerics_yaml(sensitivity.dtype, numerics) +
         "}",
+        *fallback_comment,
         f"fallback: {fallback}",
         f"attention_kinds: {_yaml_list(scope_kinds)}",
         f"components: {_yaml_list(scope_components)}",

@@ -1,7 +1,9 @@
 """The sensitivity file (`qcompile calibrate` writes it, `qcompile suggest` reads it), as pure data.
 
 Schema: schemas/sensitivity.schema.json. One entry per (component, kind, step, layer) that ran, with the
-mean and the worst per-call error over every sample and CFG branch. Never imports torch.
+mean and the worst per-call error over every sample and CFG branch, and (format 2) which kinds can carry an
+attention mask in the model and how their calls were served. Format-1 files (schemas/sensitivity_v1.schema.json,
+no `masks`) are still read: their masks are unknown. Never imports torch.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from qcompiler.schemas import check_versioned_document
 # A sensitivity file holds one small record per measured cell; 64 MB is far above 1,000 steps x 100 layers.
 MAX_SENSITIVITY_BYTES = 64 * 1024 * 1024
 
-SENSITIVITY_FORMAT = 1
+SENSITIVITY_FORMAT = 2
+# Formats this qcompile reads, and the schema of each: format 1 has no `masks` (which kinds carry masks is unknown).
+READABLE_SENSITIVITY_FORMATS = {1: "sensitivity_v1", 2: "sensitivity"}
 
 CellKey = tuple[str, str, int, int]  # (component, kind, step, layer)
 
@@ -72,6 +76,18 @@ class Sensitivity(FamilyDocument):
         return self.data["measured"]
 
     @property
+    def masked_kinds(self) -> tuple[str, ...] | None:
+        """Kinds whose calls can carry an attention mask in the measured model; None: unknown (a format-1 file)."""
+        masks = self.data.get("masks")
+        return None if masks is None else tuple(masks["masked_kinds"])
+
+    def mask_calls(self, kind: str) -> Mapping[str, Any] | None:
+        """How the calibration's calls of `kind` were served (`packed_calls`, `unservable_calls`, maybe
+        `unservable_reason`); None in a format-1 file."""
+        masks = self.data.get("masks")
+        return None if masks is None else masks["kinds"][kind]
+
+    @property
     def dtype(self) -> str:
         """The quantized format measured (files written before MX formats measured per-block FP8)."""
         return self.data["numerics"].get("dtype", DEFAULT_FORMAT)
@@ -99,10 +115,13 @@ def sensitivity_family(family: Family) -> dict[str, Any]:
 
 def sensitivity_from_dict(data: Any) -> Sensitivity:
     """Validate `data` against the schema and index its cells. Raises SensitivityError."""
-    check_versioned_document(data, name="sensitivity", format_key="sensitivity_format", version=SENSITIVITY_FORMAT,
-                             error=SensitivityError, what="a sensitivity file",
+    found = data.get("sensitivity_format") if isinstance(data, Mapping) else None
+    version = found if type(found) is int and found in READABLE_SENSITIVITY_FORMATS else SENSITIVITY_FORMAT
+    check_versioned_document(data, name=READABLE_SENSITIVITY_FORMATS[version], format_key="sensitivity_format",
+                             version=version, error=SensitivityError, what="a sensitivity file",
                              redo="re-run qcompile calibrate with this qcompile")
     _check_family(data)
+    _check_masks(data)
     layers = _layer_counts(data)
     components = {c["name"] for c in data["family"]["components"]}
     kinds = set(data["family"]["attention_kinds"])
@@ -153,6 +172,21 @@ def _check_family(data: Mapping[str, Any]) -> None:
         raise SensitivityError(
             f"$.family.attention_kinds is {', '.join(declared['attention_kinds'])}, but {family.display_name} has "
             f"{', '.join(expected['attention_kinds'])}; re-run qcompile calibrate for this family")
+
+
+def _check_masks(data: Mapping[str, Any]) -> None:
+    """`masks` (format 2) speaks of the family's kinds: masked kinds among them, and one entry per kind."""
+    masks = data.get("masks")
+    if masks is None:
+        return
+    kinds = data["family"]["attention_kinds"]
+    unknown = [kind for kind in masks["masked_kinds"] if kind not in kinds]
+    if unknown:
+        raise SensitivityError(f"$.masks.masked_kinds names {', '.join(unknown)}, not a kind of the file's family "
+                               f"({', '.join(kinds)}); re-run qcompile calibrate for this family")
+    if sorted(masks["kinds"]) != sorted(kinds):
+        raise SensitivityError(f"$.masks.kinds has entries for {', '.join(sorted(masks['kinds'])) or 'no kind'}, but "
+                               f"the family's kinds are {', '.join(kinds)}; re-run qcompile calibrate for this family")
 
 
 def _layout(components: list[tuple[str, int, Any]]) -> str:

@@ -4,6 +4,8 @@ Every sample (one seed x one prompt) runs the pipeline once under runtime.shadow
 native and FP8 attention on the same inputs, records the error, and continues with native, so errors never
 compound and every cell is measured on the inputs the native model really produces. The denoised latents are
 not decoded (no frame is compared), which keeps a calibration close to the cost of the runs themselves.
+Calls the quantized kernel cannot take (a mask that is not padding) are not measured; the file counts them per
+kind, with the calls that ran packed and the kinds the model can mask (`masks`), so `suggest` picks the fallback.
 Output: a sensitivity file (schemas/sensitivity.schema.json) that `qcompile suggest` turns into a recipe.
 """
 
@@ -20,6 +22,7 @@ from qcompiler.formats import Numerics
 from qcompiler.suggest.sensitivity import SENSITIVITY_FORMAT, sensitivity_family, sensitivity_from_dict
 from runtime.backends import resolve_quantized_backend
 from runtime.call_record import CallRecord
+from runtime.models import support_for_family
 from runtime.quality.pipelines import (
     DEFAULT_PROMPT,
     FlopCounter,
@@ -75,6 +78,20 @@ def _cells(records: list[CallRecord], samples: int, flops_per_call) -> list[dict
     return cells
 
 
+def _masks(family: Any, recorder: Any) -> dict[str, Any]:
+    """The file's `masks`: the kinds the model support says can carry a mask (runtime/models/*.py), and per kind
+    how the shadowed calls were served. `qcompile suggest` chooses the recipe's fallback from it."""
+    declared = set(support_for_family(family).masked_kinds)
+    kinds = {}
+    for kind in family.kinds:
+        entry: dict[str, Any] = {"packed_calls": recorder.packed_calls.get(kind, 0),
+                                 "unservable_calls": recorder.unservable_calls.get(kind, 0)}
+        if kind in recorder.unservable_reasons:
+            entry["unservable_reason"] = recorder.unservable_reasons[kind][:1000]  # the schema's bound
+        kinds[kind] = entry
+    return {"masked_kinds": [kind for kind in family.kinds if kind in declared], "kinds": kinds}
+
+
 def calibrate(options: CalibrateOptions, pipe: Any = None) -> dict[str, Any]:
     """Run shadow mode over every (prompt, seed) and return the sensitivity file's data (validated)."""
     family = get_family(options.family)  # FamilyError for an unknown name, before any model is built
@@ -97,6 +114,7 @@ def calibrate(options: CalibrateOptions, pipe: Any = None) -> dict[str, Any]:
             pipe(**kwargs, **progress_kwargs(pipe, bar, options.steps))
         records = list(recorder.records)
         backend_name = recorder.backend
+        masks = _masks(family, recorder)
     elapsed = time.perf_counter() - start
     branches = {r.branch for r in records}
     data = {
@@ -112,6 +130,7 @@ def calibrate(options: CalibrateOptions, pipe: Any = None) -> dict[str, Any]:
             "height": frames.height, "width": frames.width, "num_frames": frames.recorded_frames,
             "versions": versions(), "elapsed_s": elapsed,
         },
+        "masks": masks,
         "cells": _cells(records, len(samples), counter.flops),
     }
     sensitivity_from_dict(data)  # the file we write must be one suggest can read
