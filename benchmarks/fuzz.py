@@ -241,17 +241,25 @@ def _alarm(signum, frame):
 
 
 def consistent(plan) -> str | None:
-    """Why an accepted plan is inconsistent, or None: the checks a silent accept would slip past."""
-    family = plan.data["family"]
-    layers = {c["name"]: c["num_layers"] for c in family["components"]}
+    """Why an accepted plan is inconsistent, or None: the checks a silent accept would slip past.
+
+    Table sizes come from the plan's typed family (plan format 1: one block list per component; format 2: the
+    kind's block list), so both formats are checked by the same rule: steps x the kind's block-list length."""
+    family = plan.family
+    names = set(family.component_names)
     steps = plan.num_inference_steps
+    kinds = {k.name: k for k in family.kind_specs}
     for component, by_kind in plan.data["tables"].items():
         for kind, rows in by_kind.items():
-            if len(rows) != steps or any(len(r) != layers[component] or set(r) - {"0", "1"} for r in rows):
-                return f"table {component}/{kind} is not {steps} x {layers[component]} of 0/1"
-    if any(name not in layers for name in plan.expert_schedule) or len(plan.expert_schedule) != steps:
+            if component not in names or kind not in kinds:
+                return f"table {component}/{kind} names no component or kind of the family"
+            length = family.component(component).block_list(kinds[kind].block_list).length
+            if len(rows) != steps or any(len(r) != length or set(r) - {"0", "1"} for r in rows):
+                return f"table {component}/{kind} is not {steps} x {length} of 0/1"
+    if any(name not in names for name in plan.expert_schedule) or len(plan.expert_schedule) != steps:
         return "expert_schedule inconsistent"
-    if any("{layer}" not in spec["module"] for spec in family["attention_kinds"].values()):
+    if plan.data.get("plan_format") == 1 and any(
+            "{layer}" not in spec["module"] for spec in plan.data["family"]["attention_kinds"].values()):
         return "module template without {layer}"
     if not 0 <= plan.numerics["rotation_seed"] < 2**32:
         return "rotation seed out of range"
