@@ -66,6 +66,12 @@ class ModelSupport:
         """The attention processor classes of this model (checked by diffusers_private.check_private_api)."""
         return ()
 
+    def current_timesteps(self, timesteps: Any) -> Any:
+        """What the pipeline's denoising loop sets its current timestep to at each step of the scheduler's
+        `timesteps` (a tensor, same op as the loop's, so the values match bit for bit): the step tracker's
+        cross-check (runtime/step_tracker.py). Default: the timestep itself."""
+        return timesteps
+
     def pipeline_types(self) -> tuple[type, ...]:
         """The pipeline classes served, whose `__call__` the self-check reads (it must set `_current_timestep`)."""
         return ()
