@@ -135,6 +135,28 @@ def test_the_step_tracker_follows_the_loops_reflected_timestep(pipe_stock, tmp_p
     assert torch.equal(run(tiny_mochi, pipe), stock)
 
 
+def test_a_module_without_set_processor_is_refused_unless_its_processor_calls_sdpa(pipe_stock, tmp_path):
+    """MochiAttention has no `set_processor`: it is served for its processor alone. Another processor there (a
+    subclass, which may call attention otherwise) is refused with the message for modules without a processor,
+    and the pipeline stays stock."""
+    from diffusers.models.attention_processor import MochiAttnProcessor2_0
+
+    class OtherProcessor(MochiAttnProcessor2_0):
+        pass
+
+    pipe, stock = pipe_stock
+    attn = pipe.transformer.transformer_blocks[3].attn1
+    assert not hasattr(attn, "set_processor")
+    saved, attn.processor = attn.processor, OtherProcessor()
+    try:
+        with pytest.raises(PlanMismatchError, match=r"transformer_blocks\.3\.attn1 \(joint attention\) is a "
+                                                    r"MochiAttention, .*cannot serve MochiTransformer3DModel yet"):
+            runtime.load(pipe, compile_shipped("mochi1", tmp_path / "plan.json"), backend="reference")
+    finally:
+        attn.processor = saved
+    assert torch.equal(run(tiny_mochi, pipe), stock)
+
+
 def test_mochi_model_support_serves_pipeline_tiny_builder_and_call_arguments(pipe_stock):
     """The registry finds MochiSupport for the pipeline and the family; its call arguments run the pipeline as
     tiny_inputs does (same output, bit for bit)."""
