@@ -11,6 +11,7 @@ import torch
 from qcompiler.errors import FamilyError
 from qcompiler.families import Family, get_family
 from qcompiler.plan.format import Plan
+from runtime.diffusers_private import calls_sdpa
 from runtime.errors import PlanMismatchError
 from runtime.models import support_for_family
 
@@ -143,7 +144,8 @@ def check_structure(pipe: Any, plan: Plan) -> dict[str, torch.nn.Module]:
                     module = present[name].get_submodule(path)
                 except AttributeError:
                     raise PlanMismatchError(f"{name} has no attention module {path} ({kind} attention)") from None
-                if not hasattr(module, "set_processor"):
+                # MochiAttention has no set_processor, but its processor is one the processor entry serves
+                if not hasattr(module, "set_processor") and not calls_sdpa(getattr(module, "processor", None)):
                     raise PlanMismatchError(
                         f"{name}.{path} ({kind} attention) is a {type(module).__name__}, not a diffusers attention "
                         f"module with a processor: qcompile's runtime cannot serve {type(present[name]).__name__} "

@@ -19,15 +19,18 @@ What we rely on:
 - a pipeline's `_current_timestep` (set inside its denoising loop) and a compiled block's `_compiled_call_impl`
   (torch's, set by `nn.Module.compile()`, which diffusers' `compile_repeated_blocks` calls).
 - the processor classes that call `F.scaled_dot_product_attention` themselves instead of the dispatch
-  (`SDPA_PROCESSOR_CLASSES` in `diffusers.models.attention_processor`; runtime/processor_entry.py serves them),
+  (`SDPA_PROCESSOR_CALLS` in `diffusers.models.attention_processor`, once per forward or once per sample in a loop
+  over the batch; runtime/processor_entry.py serves them),
   and torch's `torch._C._nn.scaled_dot_product_attention` (what `F.scaled_dot_product_attention` is) and
   `torch.overrides._get_current_function_mode`, which that entry uses.
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import inspect
+import textwrap
 from collections.abc import Callable
 from typing import Any
 
@@ -45,10 +48,21 @@ _NATIVE_FORWARD_OP_PARAMS = ("ctx", "query", "key", "value", "attn_mask", "dropo
                              "enable_gqa", "return_lse", "_save_ctx", "_parallel_config")
 _PROCESSOR_ATTRIBUTES = ("_attention_backend", "_parallel_config")
 _CONTEXT_PARALLEL_FIELDS = ("ring_degree", "ulysses_degree", "ulysses_anything", "_flattened_mesh", "_ulysses_mesh")
-# Processors of diffusers.models.attention_processor that call F.scaled_dot_product_attention themselves, each
-# once per forward with [B, H, S, D] tensors: CogVideoX's (and its fused twin), and the generic one that
-# HunyuanVideo-1.5's token refiner uses. Matched by exact class: a subclass may call attention otherwise.
-SDPA_PROCESSOR_CLASSES = ("AttnProcessor2_0", "CogVideoXAttnProcessor2_0", "FusedCogVideoXAttnProcessor2_0")
+# Processors of diffusers.models.attention_processor that call F.scaled_dot_product_attention themselves with
+# [B, H, S, D] tensors, and how often one forward calls it: ONE_CALL, once (CogVideoX's, its fused twin, and the
+# generic one that HunyuanVideo-1.5's token refiner uses); PER_SAMPLE, once per sample, batch 1, in a loop over the
+# batch (Mochi's: each sample over its own valid text tokens, so the B calls of a forward differ in length). Every
+# call of a forward is the same (step, layer) cell (runtime/processor_entry.py). Matched by exact class: a subclass
+# may call attention otherwise.
+ONE_CALL = "one SDPA call per forward"
+PER_SAMPLE = "one SDPA call per sample"
+SDPA_PROCESSOR_CALLS = {
+    "AttnProcessor2_0": ONE_CALL,
+    "CogVideoXAttnProcessor2_0": ONE_CALL,
+    "FusedCogVideoXAttnProcessor2_0": ONE_CALL,
+    "MochiAttnProcessor2_0": PER_SAMPLE,
+}
+SDPA_PROCESSOR_CLASSES = tuple(SDPA_PROCESSOR_CALLS)
 _SDPA_CALL = "F.scaled_dot_product_attention("
 
 
@@ -120,7 +134,44 @@ def _sdpa_processor_problems() -> list[str]:
         source = inspect.getsource(processor.__call__)
         if source.count(_SDPA_CALL) != 1 or "dispatch_attention_fn" in source:
             problems.append(f"{name}.__call__ no longer makes exactly one {_SDPA_CALL}...) call of its own")
+            continue
+        per_sample = _sdpa_call_in_batch_loop(source)
+        if SDPA_PROCESSOR_CALLS.get(name, ONE_CALL) == PER_SAMPLE and not per_sample:
+            problems.append(f"{name}.__call__ no longer makes its {_SDPA_CALL}...) call once per sample (inside a "
+                            "`for ... in range(batch_size)` loop)")
+        elif SDPA_PROCESSOR_CALLS.get(name, ONE_CALL) == ONE_CALL and _sdpa_call_in_loop(source):
+            problems.append(f"{name}.__call__ now makes its {_SDPA_CALL}...) call in a loop, not once per forward")
     return problems
+
+
+def _sdpa_calls_loops(source: str) -> list[list[ast.For | ast.While]]:
+    """For each F.scaled_dot_product_attention call in `source` (a method's source), the loops around it."""
+    found: list[list[ast.For | ast.While]] = []
+
+    def walk(node: ast.AST, loops: list) -> None:
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "scaled_dot_product_attention"):
+            found.append(loops)
+        inner = [*loops, node] if isinstance(node, (ast.For, ast.While)) else loops
+        for child in ast.iter_child_nodes(node):
+            walk(child, inner)
+
+    walk(ast.parse(textwrap.dedent(source)), [])
+    return found
+
+
+def _sdpa_call_in_loop(source: str) -> bool:
+    return any(_sdpa_calls_loops(source))
+
+
+def _sdpa_call_in_batch_loop(source: str) -> bool:
+    """Whether the one SDPA call sits in exactly one loop, `for ... in range(batch_size)`."""
+    calls = _sdpa_calls_loops(source)
+    if len(calls) != 1 or len(calls[0]) != 1 or not isinstance(calls[0][0], ast.For):
+        return False
+    it = calls[0][0].iter
+    return (isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.func.id == "range"
+            and len(it.args) == 1 and isinstance(it.args[0], ast.Name) and it.args[0].id == "batch_size")
 
 
 @functools.cache

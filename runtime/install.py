@@ -6,8 +6,9 @@ it keeps the stock processor and installs one of two entries, chosen per attenti
   `_attention_backend`): its backend points at qcompile's dispatch backend, and a forward pre-hook on the
   attention module makes its Site current (runtime/dispatch.py);
 - the processor entry, for a processor known to call `F.scaled_dot_product_attention` itself
-  (diffusers_private.SDPA_PROCESSOR_CLASSES: CogVideoX's, the generic AttnProcessor2_0): hooks on the attention
-  module send its SDPA calls to its Site while its forward runs (runtime/processor_entry.py).
+  (diffusers_private.SDPA_PROCESSOR_CALLS: CogVideoX's, the generic AttnProcessor2_0, once per forward; Mochi's,
+  once per sample): hooks on the attention module send its SDPA calls to its Site while its forward runs
+  (runtime/processor_entry.py). Such a module needs no `set_processor` (Mochi's MochiAttention has none).
 Any other processor is refused. One model may mix both (HunyuanVideo-1.5: dispatcher joint blocks, an SDPA token
 refiner). Then one ComponentHook per component. Removal undoes exactly that, in reverse, so the pipeline is stock
 again (and keeps whatever `enable_parallelism` set on the processors, before or after install).
@@ -95,7 +96,8 @@ def attention_module(model: torch.nn.Module, component: str, kind: str, path: st
     except AttributeError:
         raise PlanMismatchError(f"{component} has no attention module {path} ({kind} attention)") from None
     processor = getattr(module, "processor", None)
-    if not hasattr(module, "set_processor"):
+    # A module without set_processor (Mochi's MochiAttention) is served when its processor is one the entry serves
+    if not hasattr(module, "set_processor") and not calls_sdpa(processor):
         raise PlanMismatchError(f"{component}.{path} is a {type(module).__name__}, not a diffusers attention module "
                                 "with a processor")
     if calls_sdpa(processor):  # first: set_attention_backend never gives these an `_attention_backend`, but a user may
@@ -112,7 +114,7 @@ def attention_module(model: torch.nn.Module, component: str, kind: str, path: st
         "`_attention_backend`) and the processors known to call F.scaled_dot_product_attention themselves "
         f"({', '.join(SDPA_PROCESSOR_CLASSES)}). Use the model's stock processors (set_default_attn_processor or "
         "the class's own), or add the processor's class to runtime/diffusers_private.py if it calls SDPA once "
-        "per forward"
+        "per forward or once per sample"
     )
 
 

@@ -2,9 +2,16 @@
 
 Most diffusers processors call `dispatch_attention_fn`, where qcompile's backend is installed (runtime/dispatch.py,
 the dispatcher entry). A few call SDPA directly: CogVideoX's `CogVideoXAttnProcessor2_0` (and its fused twin) and
-the generic `AttnProcessor2_0` (HunyuanVideo-1.5's token refiner). runtime/install.py decides per attention module:
-a processor with an `_attention_backend` takes the dispatcher entry, one of the classes named here the processor
-entry, anything else is refused.
+the generic `AttnProcessor2_0` (HunyuanVideo-1.5's token refiner), once per forward, and Mochi's
+`MochiAttnProcessor2_0`, once per sample in a loop over the batch (batch 1, each sample's own length, no mask;
+diffusers_private.SDPA_PROCESSOR_CALLS). runtime/install.py decides per attention module: a processor with an
+`_attention_backend` takes the dispatcher entry, one of those classes the processor entry, anything else is
+refused.
+
+Every SDPA call made while the module's forward runs is that module's (step, layer) cell: the mode below sends each
+one to the same `Site`, which decides and counts per call, so a per-sample processor's forward counts B calls of
+its cell, all in the lane the cell says (the report's cells hold B calls per forward; `matches_plan` compares
+lanes, not counts).
 
 While a planned module's forward runs, a `torch.overrides.TorchFunctionMode` holding the module's `Site` is pushed
 on the thread's function-mode stack: the forward pre-hook pushes it, a forward hook registered with

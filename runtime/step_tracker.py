@@ -6,7 +6,9 @@ pipeline's `__call__` was entered, see `enter_call`) starts a new pipeline call,
 right there (diffusers only resets hooks at the end of a call, and not at all if it raised). The step is
 `scheduler.step_index` (i; shared by the cond and uncond passes, continuous across a two-expert switch),
 cross-checked against the pipeline's current timestep so a loop that drifts from the scheduler fails loudly
-instead of silently misaligning. Which CFG branch a forward serves is the model module's `branch` (runtime/models/).
+instead of silently misaligning. What the current timestep is at a step is the model support's
+`current_timesteps` of the scheduler's timesteps: the timestep itself, or Mochi's `1000 - t`. Which CFG branch a
+forward serves is the model module's `branch` (runtime/models/).
 
 A plan's step i is step i of the scheduler's full schedule (`num_inference_steps` steps). A call that starts
 later in that schedule (video-to-video with strength < 1 runs only its last steps, without `set_begin_index`)
@@ -157,7 +159,9 @@ class StepTracker:
                 + self._partial_schedule_note(timesteps)
             )
         self._timesteps = timesteps
-        self._values = [float(v) for v in timesteps.tolist()]  # one device sync per pipeline call
+        # what the pipeline's current timestep is at each step (the model's mapping: Mochi's loop sets 1000 - t);
+        # one device sync per pipeline call
+        self._values = [float(v) for v in self.support.current_timesteps(timesteps).tolist()]
         self._fresh_call = False
         self._loop_timestep = None
         self._last_step = -1
@@ -240,7 +244,7 @@ class StepTracker:
         current = current_timestep(self.pipe)
         if current is None:
             return ""
-        values = [float(v) for v in timesteps.tolist()]
+        values = [float(v) for v in self.support.current_timesteps(timesteps).tolist()]
         value = float(current)
         if value not in values or values.index(value) == 0:
             return ""
@@ -261,8 +265,8 @@ class StepTracker:
         value = float(current)
         if value != self._values[step]:
             raise PlanMismatchError(
-                f"step tracking lost: the scheduler is at step {step} (timestep {self._values[step]:g}) but the "
-                f"pipeline's current timestep is {value:g}; the denoising loop does not follow its scheduler, so "
+                f"step tracking lost: the scheduler is at step {step} (current timestep {self._values[step]:g} "
+                f"there) but the pipeline's current timestep is {value:g}; the denoising loop does not follow its scheduler, so "
                 "plan rows cannot be matched to steps"
             )
 

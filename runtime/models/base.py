@@ -8,8 +8,10 @@ A family file (qcompiler/families/data/*.json) says where the attention modules 
   reached is decided per attention module by its processor (runtime/install.py), not per model, since one model
   may mix both: DISPATCHER, the processor calls diffusers' `dispatch_attention_fn` and qcompile's backend is
   installed on it (runtime/dispatch.py); PROCESSOR, the processor calls `F.scaled_dot_product_attention` itself
-  (CogVideoX, HunyuanVideo-1.5's token refiner) and hooks on its attention module send those calls to the same
-  site (runtime/processor_entry.py); any other processor is refused;
+  (CogVideoX, HunyuanVideo-1.5's token refiner; Mochi, once per sample) and hooks on its attention module send
+  those calls to the same site (runtime/processor_entry.py); any other processor is refused;
+- what the pipeline's loop sets its current timestep to at each step (`current_timesteps`: the step tracker's
+  cross-check; Mochi's `1000 - t`);
 - the mask policy (`masked_kinds`, `mask_policy`): which kinds' calls carry an attention mask, and what runs them;
 - the tiny offline pipeline, the call arguments and prompt encoding the quality tools and tests share;
 - the processor classes whose private attributes the runtime relies on (runtime/diffusers_private.py's self-check).
@@ -65,6 +67,12 @@ class ModelSupport:
     def processor_classes(self) -> tuple[type, ...]:
         """The attention processor classes of this model (checked by diffusers_private.check_private_api)."""
         return ()
+
+    def current_timesteps(self, timesteps: Any) -> Any:
+        """What the pipeline's denoising loop sets its current timestep to at each step of the scheduler's
+        `timesteps` (a tensor, same op as the loop's, so the values match bit for bit): the step tracker's
+        cross-check (runtime/step_tracker.py). Default: the timestep itself."""
+        return timesteps
 
     def pipeline_types(self) -> tuple[type, ...]:
         """The pipeline classes served, whose `__call__` the self-check reads (it must set `_current_timestep`)."""

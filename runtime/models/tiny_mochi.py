@@ -6,8 +6,7 @@ runtime/models/_tiny_text.py and a tiny `AutoencoderKLMochi` (never run: latent 
 6x temporal factors are constants of the pipeline). 32x32 pixels, 7 frames -> 2 latent frames x 2 x 2 patches = 8
 video tokens; 16 T5 tokens, each sample's attention over its valid ones only (the processor drops the padding).
 
-runtime.load refuses this pipeline today (runtime/models/mochi.py says why); the tiny pipeline is what that
-refusal is tested on and what serving Mochi will be tested on.
+runtime.load serves it (runtime/models/mochi.py); tests/runtime/models/test_mochi_runtime.py runs plans on it.
 """
 
 from __future__ import annotations

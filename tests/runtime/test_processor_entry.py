@@ -196,3 +196,24 @@ def test_the_self_check_names_an_sdpa_processor_that_moved(monkeypatch):
         "AttnProcessor.__call__ no longer makes exactly one F.scaled_dot_product_attention(...) call of its own",
         "diffusers.models.attention_processor.NoSuchProcessor is gone",
     ]
+
+
+def test_the_self_check_names_a_processor_whose_calls_per_forward_changed(monkeypatch):
+    """Each listed class says how often one forward calls SDPA (diffusers_private.SDPA_PROCESSOR_CALLS): once, or
+    once per sample in a `for ... in range(batch_size)` loop (Mochi's). The self-check reads the source and says when
+    a class no longer does what it is listed for: here the generic processor listed as per-sample, Mochi's as one
+    call per forward."""
+    from runtime import diffusers_private
+
+    calls = diffusers_private.SDPA_PROCESSOR_CALLS
+    assert calls["MochiAttnProcessor2_0"] == diffusers_private.PER_SAMPLE
+    assert {calls[n] for n in diffusers_private.SDPA_PROCESSOR_CLASSES if n != "MochiAttnProcessor2_0"} == {
+        diffusers_private.ONE_CALL}
+    monkeypatch.setitem(calls, "AttnProcessor2_0", diffusers_private.PER_SAMPLE)
+    monkeypatch.setitem(calls, "MochiAttnProcessor2_0", diffusers_private.ONE_CALL)
+    assert diffusers_private.check_private_api() == [
+        "AttnProcessor2_0.__call__ no longer makes its F.scaled_dot_product_attention(...) call once per sample "
+        "(inside a `for ... in range(batch_size)` loop)",
+        "MochiAttnProcessor2_0.__call__ now makes its F.scaled_dot_product_attention(...) call in a loop, not once "
+        "per forward",
+    ]
