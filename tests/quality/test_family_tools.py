@@ -77,6 +77,9 @@ ROWS = [
         frozenset({"true_cfg_scale", "prompt"})),
     Row("skyreels-v2-df-14b-540p", "skyreels_v2_df_540p", True, VIDEO_EMBEDDINGS | {"prompt"},
         frozenset({"true_cfg_scale", "negative_prompt"})),
+    # Mochi 1: text prompts, batched CFG; its processor calls SDPA once per sample (no mask reaches it)
+    Row("mochi-1", "mochi1", True, frozenset({"prompt", "negative_prompt", "num_frames", "guidance_scale"}),
+        frozenset({"true_cfg_scale", "prompt_embeds"})),
 ]
 COMMON_CALL_KEYS = {"height", "width", "num_inference_steps", "generator", "output_type"}
 EXPORT_TARGETS = {"vllm-omni": "vllm-omni", "mindiesd": "MindIE-SD 3.1.0", "xdit": "xDiT (xfuser 0.7.0)"}
