@@ -66,13 +66,22 @@ def command(pipeline_dir: str, plan_path: str | None, remove: bool) -> None:
             else:
                 _patch(pipeline_dir, plan_path, done)
     except _Interrupted as stopped:
-        name = signal.Signals(stopped.signum).name
-        if getattr(stopped, "qcompile_undone", not done):
-            click.echo(f"error: interrupted by {name}; nothing was changed in {pipeline_dir} (an unfinished change "
-                       "is undone): run the command again", err=True)
-        else:
-            click.echo(f"error: interrupted by {name} after the change to {pipeline_dir} was complete", err=True)
-        sys.exit(128 + stopped.signum)
+        _interrupted(pipeline_dir, stopped.signum, undone=getattr(stopped, "qcompile_undone", not done))
+    except KeyboardInterrupt:
+        # Ctrl-C in the instant our handlers are put back, after the change: Python's own KeyboardInterrupt, which
+        # click would answer with "Aborted!" although the folder is complete (the library undoes an unfinished
+        # change on KeyboardInterrupt too)
+        _interrupted(pipeline_dir, signal.SIGINT, undone=not done)
+
+
+def _interrupted(pipeline_dir: str, signum: int, *, undone: bool) -> None:
+    name = signal.Signals(signum).name
+    if undone:
+        click.echo(f"error: interrupted by {name}; nothing was changed in {pipeline_dir} (an unfinished change "
+                   "is undone): run the command again", err=True)
+    else:
+        click.echo(f"error: interrupted by {name} after the change to {pipeline_dir} was complete", err=True)
+    sys.exit(128 + signum)
 
 
 def _remove(pipeline_dir: str, done: list[bool]) -> None:
