@@ -7,6 +7,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import click
 
@@ -58,20 +59,31 @@ def command(pipeline_dir: str, plan_path: str | None, remove: bool) -> None:
     """
     if remove == (plan_path is not None):
         raise click.UsageError("give PLAN to patch, or --remove without PLAN to undo a patch")
-    done: list[bool] = []
+    before = _configs(pipeline_dir)
     try:
         with _signals_roll_back():
             if remove:
-                _remove(pipeline_dir, done)
+                _remove(pipeline_dir)
             else:
-                _patch(pipeline_dir, plan_path, done)
-    except _Interrupted as stopped:
-        _interrupted(pipeline_dir, stopped.signum, undone=getattr(stopped, "qcompile_undone", not done))
-    except KeyboardInterrupt:
-        # Ctrl-C in the instant our handlers are put back, after the change: Python's own KeyboardInterrupt, which
-        # click would answer with "Aborted!" although the folder is complete (the library undoes an unfinished
-        # change on KeyboardInterrupt too)
-        _interrupted(pipeline_dir, signal.SIGINT, undone=not done)
+                _patch(pipeline_dir, plan_path)
+    except (_Interrupted, KeyboardInterrupt) as stopped:
+        # KeyboardInterrupt: Ctrl-C in the instant our handlers are put back, which click would answer with
+        # "Aborted!" whatever the folder holds. Inside its transaction the library says whether it undid the
+        # change; an interrupt outside it (before it started, or after it finished, before this frame knew) is
+        # told by the folder itself.
+        undone = getattr(stopped, "qcompile_undone", None)
+        if undone is None:
+            undone = _configs(pipeline_dir) == before
+        _interrupted(pipeline_dir, getattr(stopped, "signum", signal.SIGINT), undone=undone)
+
+
+def _configs(pipeline_dir: str) -> dict[str, bytes]:
+    """Every component's config.json, as bytes: what a patch or its removal changes."""
+    folder = Path(pipeline_dir)
+    try:
+        return {str(path): path.read_bytes() for path in sorted(folder.glob(f"*/{CONFIG_NAME}"))}
+    except OSError:
+        return {}
 
 
 def _interrupted(pipeline_dir: str, signum: int, *, undone: bool) -> None:
@@ -84,9 +96,8 @@ def _interrupted(pipeline_dir: str, signum: int, *, undone: bool) -> None:
     sys.exit(128 + signum)
 
 
-def _remove(pipeline_dir: str, done: list[bool]) -> None:
+def _remove(pipeline_dir: str) -> None:
     removed = remove_patch(pipeline_dir)
-    done.append(True)
     if removed.recovered:
         click.echo(f"{removed.recovered}")
     for name in removed.restored:
@@ -97,9 +108,8 @@ def _remove(pipeline_dir: str, done: list[bool]) -> None:
         click.echo(f"{name}/{CONFIG_NAME}{BACKUP_SUFFIX}: deleted, a leftover identical to {CONFIG_NAME}")
 
 
-def _patch(pipeline_dir: str, plan_path: str | None, done: list[bool]) -> None:
+def _patch(pipeline_dir: str, plan_path: str | None) -> None:
     result = patch_pipeline_dir(pipeline_dir, plan_path)
-    done.append(True)
     if result.recovered:
         click.echo(f"{result.recovered}")
     for name in result.patched:
